@@ -1,0 +1,88 @@
+//! TPM evidence in the shape Trustee's `tpm` verifier reads.
+//!
+//! `{"tpm_quote":{"signature":<b64 TPMT_SIGNATURE>,"message":<b64 TPMS_ATTEST>,
+//! "pcrs":[24 lowercase hex SHA-256]},"ak_public":<b64 DER SPKI>}` plus, when the firmware
+//! exposes it, `"event_log":<b64>` (ignored by Trustee's verifier, used by reference-value
+//! tooling). The quote's qualifying data is the first 32 bytes of the binding digest.
+
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use kbs_types::Tee;
+use serde::Serialize;
+
+use super::{EvidenceError, EvidenceSource, ReportData};
+use crate::config::{Platform, Tpm as TpmConfig};
+use crate::hw::tpm::{Quote, Tpm};
+
+/// The `tpm_quote` member.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TpmQuoteJson {
+    /// Standard base64 of the marshalled TPMT_SIGNATURE.
+    pub signature: String,
+    /// Standard base64 of the marshalled TPMS_ATTEST.
+    pub message: String,
+    /// PCR 0-23 of the SHA-256 bank, lowercase hex.
+    pub pcrs: Vec<String>,
+}
+
+/// The whole `tpm` evidence.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TpmEvidence {
+    /// The quote.
+    pub tpm_quote: TpmQuoteJson,
+    /// Standard base64 of the AK's DER SubjectPublicKeyInfo.
+    pub ak_public: String,
+    /// Standard base64 of the TCG event log, when present.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub event_log: Option<String>,
+}
+
+impl TpmEvidence {
+    /// Encode a quote.
+    pub fn new(quote: &Quote, ak_spki_der: &[u8], event_log: Option<&[u8]>) -> TpmEvidence {
+        TpmEvidence {
+            tpm_quote: TpmQuoteJson {
+                signature: STANDARD.encode(&quote.signature),
+                message: STANDARD.encode(&quote.message),
+                pcrs: quote.pcrs.iter().map(hex::encode).collect(),
+            },
+            ak_public: STANDARD.encode(ak_spki_der),
+            event_log: event_log.map(|l| STANDARD.encode(l)),
+        }
+    }
+}
+
+/// Evidence from a TPM 2.0.
+pub struct TpmSource {
+    config: TpmConfig,
+    event_log: PathBuf,
+}
+
+impl TpmSource {
+    /// A source using `config`; `event_log` is the (rooted) event log path.
+    pub fn new(config: TpmConfig, event_log: PathBuf) -> TpmSource {
+        TpmSource { config, event_log }
+    }
+}
+
+impl EvidenceSource for TpmSource {
+    fn platform(&self) -> Platform {
+        Platform::Tpm
+    }
+
+    fn tee(&self) -> Tee {
+        Tee::Tpm
+    }
+
+    fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
+        let mut tpm = Tpm::open(&self.config.tcti)?;
+        let (quote, ak) = tpm.quote(self.config.ak_handle, &report_data.tpm_qualifying_data())?;
+        // The event log is optional evidence: a kernel without securityfs or firmware
+        // without a log still attests by its PCRs.
+        let log = std::fs::read(&self.event_log).ok();
+        let evidence = TpmEvidence::new(&quote, &ak.spki_der, log.as_deref());
+        serde_json::to_value(evidence).map_err(|e| EvidenceError::Encode(e.to_string()))
+    }
+}

@@ -1,0 +1,466 @@
+//! The unlock flow: an explicit state machine that depends only on the evidence-source trait,
+//! the broker client and the LUKS/deliver back ends.
+//!
+//! ```text
+//! Detect -> [ Keygen -> Auth -> Evidence -> Attest -> Fetch -> Decrypt ]  (one session,
+//!            one broker; on a retryable error: next broker, then backoff and a new round)
+//!        -> Stage -> Unlock -> Deliver -> Done
+//! any state -> Failed (nothing unlocked, nothing written)
+//! ```
+//!
+//! Ordering is what makes it fail closed: every secret is fetched and decrypted before
+//! anything touches the disk or a destination; secrets are staged to temporary files (invisible
+//! at their destinations) before the unlock, and become visible only after it succeeded.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kbs_types::{Attestation, CompositeEvidence, InitData, RuntimeData};
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::config::{Config, KeyFormat};
+use crate::deliver::{self, Item};
+use crate::error::{Error, ErrorClass};
+use crate::evidence::{binding, EvidenceSource};
+use crate::kbs::key::EphemeralKey;
+use crate::kbs::{jwe, KbsClient, KbsError};
+use crate::luks::Cryptsetup;
+
+/// The states of the flow, also the names of the timed steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Find the platform.
+    Detect,
+    /// Generate the ephemeral key.
+    Keygen,
+    /// `POST /kbs/v0/auth`.
+    Auth,
+    /// Produce the evidence bound to the nonce and key.
+    Evidence,
+    /// `POST /kbs/v0/attest`.
+    Attest,
+    /// `GET /kbs/v0/resource/...` for each resource.
+    Fetch,
+    /// Decrypt each JWE.
+    Decrypt,
+    /// Write secrets to temporary files.
+    Stage,
+    /// Check or open the LUKS2 keyslot.
+    Unlock,
+    /// Move secrets into place.
+    Deliver,
+}
+
+impl Step {
+    /// The step's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Detect => "detect",
+            Step::Keygen => "keygen",
+            Step::Auth => "auth",
+            Step::Evidence => "evidence",
+            Step::Attest => "attest",
+            Step::Fetch => "fetch",
+            Step::Decrypt => "decrypt",
+            Step::Stage => "stage",
+            Step::Unlock => "unlock",
+            Step::Deliver => "deliver",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Elapsed time per step (of the successful session, plus the steps after it).
+#[derive(Debug, Default, Clone)]
+pub struct Timings(pub Vec<(Step, Duration)>);
+
+impl Timings {
+    fn time<T>(&mut self, step: Step, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.0.push((step, start.elapsed()));
+        out
+    }
+}
+
+impl fmt::Display for Timings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (step, d)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{step}={:.1}ms", d.as_secs_f64() * 1e3)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the caller asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only check that the key opens the keyslot; activate nothing.
+    pub verify_only: bool,
+}
+
+/// A successful run.
+#[derive(Debug)]
+pub struct Report {
+    /// The broker that released the secrets.
+    pub broker: String,
+    /// Sessions tried (1 when the first broker served at once).
+    pub attempts: u32,
+    /// Per-step timings.
+    pub timings: Timings,
+    /// What was done to the volume, for the verdict (`verified` / `opened` / `none`).
+    pub volume: &'static str,
+    /// Number of secrets delivered.
+    pub secrets: usize,
+}
+
+/// A failed run: the error, the step it happened in, and the broker involved.
+#[derive(Debug)]
+pub struct Failure {
+    /// The step that failed.
+    pub step: Step,
+    /// The broker of the last session, if one was tried.
+    pub broker: Option<String>,
+    /// Sessions tried.
+    pub attempts: u32,
+    /// Why.
+    pub error: Error,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.error)
+    }
+}
+
+/// Secrets released in one session, decrypted, held in zeroizing buffers.
+struct Released {
+    disk_key: Option<Zeroizing<Vec<u8>>>,
+    secrets: Vec<Zeroizing<Vec<u8>>>,
+    token: Zeroizing<String>,
+}
+
+/// Run the whole flow with an evidence source already chosen by detection.
+pub fn run(
+    config: &Config,
+    source: &mut dyn EvidenceSource,
+    cryptsetup: &Cryptsetup,
+    opts: &Options,
+) -> Result<Report, Failure> {
+    let fail = |step, broker, attempts, error: Error| Failure {
+        step,
+        broker,
+        attempts,
+        error,
+    };
+    config
+        .validate_for_unlock()
+        .map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
+    let init_data = config
+        .init_data_body()
+        .map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
+
+    let mut clients = Vec::new();
+    for b in &config.brokers {
+        let ca = b.ca_pem().map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
+        let client = KbsClient::new(b, ca.as_deref(), &config.timeouts)
+            .map_err(|e| fail(Step::Detect, Some(b.url.clone()), 0, e.into()))?;
+        clients.push(client);
+    }
+
+    let mut attempts = 0u32;
+    let mut round = 0u32;
+    let (released, broker, mut timings) = 'rounds: loop {
+        let mut last: Option<(Step, String, Error)> = None;
+        for client in &clients {
+            attempts += 1;
+            let mut timings = Timings::default();
+            match session(config, client, source, init_data.as_deref(), &mut timings) {
+                Ok(released) => break 'rounds (released, client.url().to_owned(), timings),
+                Err((step, error)) => {
+                    let class = error.class();
+                    log::warn!(
+                        "attempt {attempts}: broker {} step {step}: {} [{class}]",
+                        client.url(),
+                        error
+                    );
+                    if !class.is_retryable() {
+                        return Err(fail(step, Some(client.url().to_owned()), attempts, error));
+                    }
+                    last = Some((step, client.url().to_owned(), error));
+                }
+            }
+        }
+        round += 1;
+        let Some((step, url, error)) = last else {
+            return Err(fail(
+                Step::Detect,
+                None,
+                attempts,
+                crate::config::ConfigError::Invalid("no broker configured".into()).into(),
+            ));
+        };
+        if config.retry.max_rounds.is_some_and(|max| round >= max) {
+            return Err(fail(step, Some(url), attempts, error));
+        }
+        let delay = backoff(config, round, error.class());
+        log::info!(
+            "round {round} failed; retrying all brokers in {:.1}s",
+            delay.as_secs_f64()
+        );
+        std::thread::sleep(delay);
+    };
+
+    let fail_at = |step, error| fail(step, Some(broker.clone()), attempts, error);
+
+    // Stage secrets (and the token) before touching the disk: a destination that cannot be
+    // written fails the run before anything is unlocked.
+    let mut items = Vec::new();
+    for (s, bytes) in config.secrets.iter().zip(&released.secrets) {
+        items.push(Item {
+            path: &s.path,
+            mode: s.mode,
+            bytes,
+        });
+    }
+    if let Some(p) = &config.token_path {
+        items.push(Item {
+            path: p,
+            mode: 0o600,
+            bytes: released.token.as_bytes(),
+        });
+    }
+    let staged = timings
+        .time(Step::Stage, || deliver::stage(&items, config.insecure_allow_persistent_secrets))
+        .map_err(|e| fail_at(Step::Stage, e.into()))?;
+
+    let mut volume = "none";
+    if let (Some(luks), Some(key)) = (&config.luks, &released.disk_key) {
+        timings
+            .time(Step::Unlock, || {
+                if opts.verify_only {
+                    cryptsetup.test_key(&luks.device, luks.keyslot, key)
+                } else {
+                    cryptsetup.open(&luks.device, &luks.name, luks.keyslot, key)
+                }
+            })
+            .map_err(|e| fail_at(Step::Unlock, e.into()))?;
+        volume = if opts.verify_only { "verified" } else { "opened" };
+    }
+
+    timings
+        .time(Step::Deliver, || staged.commit())
+        .map_err(|e| fail_at(Step::Deliver, e.into()))?;
+
+    Ok(Report {
+        broker,
+        attempts,
+        timings,
+        volume,
+        secrets: config.secrets.len(),
+    })
+}
+
+/// One session with one broker: everything up to decrypted secrets in memory.
+fn session(
+    config: &Config,
+    client: &KbsClient,
+    source: &mut dyn EvidenceSource,
+    init_data: Option<&str>,
+    t: &mut Timings,
+) -> Result<Released, (Step, Error)> {
+    let key = t.time(Step::Keygen, EphemeralKey::generate);
+    let tee_pubkey = key.tee_pubkey();
+    let session = t
+        .time(Step::Auth, || client.auth(source.tee()))
+        .map_err(|e| (Step::Auth, e.into()))?;
+
+    let evidence = t
+        .time(Step::Evidence, || {
+            let rd = binding::report_data(&session.nonce, &tee_pubkey, "")
+                .map_err(|e| crate::evidence::EvidenceError::Encode(e.to_string()))?;
+            source.collect(&rd)
+        })
+        .map_err(|e| (Step::Evidence, e.into()))?;
+
+    let attestation = Attestation {
+        init_data: init_data.map(|body| InitData {
+            format: "toml".to_owned(),
+            body: body.to_owned(),
+        }),
+        runtime_data: RuntimeData {
+            nonce: session.nonce.clone(),
+            tee_pubkey,
+        },
+        tee_evidence: CompositeEvidence {
+            primary_evidence: evidence,
+            additional_evidence: String::new(),
+        },
+    };
+    let token = t
+        .time(Step::Attest, || client.attest(&session, &attestation))
+        .map_err(|e| (Step::Attest, e.into()))?;
+
+    let mut paths: Vec<&str> = Vec::new();
+    if let Some(k) = &config.disk_key {
+        paths.push(k);
+    }
+    paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
+    let bodies = t
+        .time(Step::Fetch, || {
+            paths
+                .iter()
+                .map(|p| client.resource(&session, p))
+                .collect::<Result<Vec<_>, KbsError>>()
+        })
+        .map_err(|e| (Step::Fetch, e.into()))?;
+
+    let mut plain = t
+        .time(Step::Decrypt, || {
+            paths
+                .iter()
+                .zip(&bodies)
+                .map(|(p, body)| {
+                    jwe::decrypt(body, &key).map_err(|source| Error::Jwe {
+                        resource: (*p).to_owned(),
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()
+        })
+        .map_err(|e| (Step::Decrypt, e))?;
+    drop(key);
+
+    let disk_key = match &config.disk_key {
+        Some(path) => {
+            let raw = plain.remove(0);
+            Some(disk_passphrase(raw, config.disk_key_format).map_err(|message| {
+                (
+                    Step::Decrypt,
+                    Error::KeyFormat {
+                        resource: path.clone(),
+                        message,
+                    },
+                )
+            })?)
+        }
+        None => None,
+    };
+    Ok(Released {
+        disk_key,
+        secrets: plain,
+        token: Zeroizing::new(token),
+    })
+}
+
+/// Turn the disk key resource into the LUKS passphrase.
+///
+/// The trusted-execution-clusters operator stores `{"key_type":"oct","key":"<string>"}` and
+/// its pin uses the bytes of the `key` string; anything else is taken as raw bytes (`auto`).
+pub fn disk_passphrase(
+    raw: Zeroizing<Vec<u8>>,
+    format: KeyFormat,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    #[derive(serde::Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+    #[serde(deny_unknown_fields)]
+    struct Operator {
+        key_type: String,
+        key: String,
+    }
+    let parsed = || -> Result<Zeroizing<Vec<u8>>, String> {
+        let op: Operator = serde_json::from_slice(&raw)
+            .map_err(|_| "not {\"key_type\":\"oct\",\"key\":...} JSON".to_owned())?;
+        if op.key_type != "oct" {
+            return Err(format!("key_type {:?} is not \"oct\"", op.key_type));
+        }
+        if op.key.is_empty() {
+            return Err("key is empty".to_owned());
+        }
+        Ok(Zeroizing::new(op.key.as_bytes().to_vec()))
+    };
+    let key = match format {
+        KeyFormat::OperatorJson => parsed()?,
+        KeyFormat::Raw => raw.clone(),
+        KeyFormat::Auto => match parsed() {
+            Ok(k) => k,
+            Err(_) => raw.clone(),
+        },
+    };
+    if key.is_empty() {
+        return Err("disk key is empty".to_owned());
+    }
+    Ok(key)
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^round)]. A denial
+/// waits longer (at least half the cap): the operator is probably changing the policy, and
+/// hammering the broker does not help.
+fn backoff(config: &Config, round: u32, class: ErrorClass) -> Duration {
+    let base = config.retry.initial_backoff_ms;
+    let cap = config.retry.max_backoff_ms;
+    let exp = base.saturating_mul(1u64 << round.min(30)).min(cap);
+    let (lo, hi) = if class == ErrorClass::BrokerDenied {
+        (cap / 2, cap)
+    } else {
+        (0, exp)
+    };
+    let span = hi.saturating_sub(lo).max(1);
+    Duration::from_millis(lo + OsRng.next_u64() % span)
+}
+
+/// Where the flow's inputs live on this system (injectable for tests).
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    /// Prefix for `/dev`, `/sys`, `/proc` lookups.
+    pub root: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths {
+            root: PathBuf::from("/"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_key_format() {
+        let z = |b: &[u8]| Zeroizing::new(b.to_vec());
+        let op = br#"{"key_type":"oct","key":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}"#;
+        assert_eq!(
+            &**disk_passphrase(z(op), KeyFormat::Auto).unwrap(),
+            b"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"
+        );
+        assert_eq!(&**disk_passphrase(z(b"raw"), KeyFormat::Auto).unwrap(), b"raw");
+        assert_eq!(&**disk_passphrase(z(op), KeyFormat::Raw).unwrap(), op);
+        assert!(disk_passphrase(z(b"raw"), KeyFormat::OperatorJson).is_err());
+        assert!(disk_passphrase(z(br#"{"key_type":"rsa","key":"x"}"#), KeyFormat::OperatorJson).is_err());
+        assert!(disk_passphrase(z(b""), KeyFormat::Raw).is_err());
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_denial_waits_longer() {
+        let c = Config::default();
+        for round in 0..40 {
+            let d = backoff(&c, round, ErrorClass::Transport);
+            assert!(d <= Duration::from_millis(c.retry.max_backoff_ms));
+            let d = backoff(&c, round, ErrorClass::BrokerDenied);
+            assert!(d >= Duration::from_millis(c.retry.max_backoff_ms / 2));
+        }
+        assert!(backoff(&c, 0, ErrorClass::Transport) <= Duration::from_millis(250));
+    }
+}

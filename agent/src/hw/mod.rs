@@ -1,0 +1,3 @@
+//! The only code that opens devices. Everything above it sees typed results, never handles.
+
+pub mod tpm;

@@ -1,0 +1,365 @@
+//! TPM 2.0 access through tss-esapi: the only code that talks to a TPM.
+//!
+//! It knows how to load the attestation key (AK), quote the SHA-256 PCR bank and read it, and
+//! nothing about the broker protocol. Every object it creates is flushed before it returns,
+//! because a swtpm (and a TPM without a resource manager in general) keeps transient objects
+//! alive between connections and runs out of slots after three.
+
+use std::str::FromStr;
+
+use rsa::pkcs8::{EncodePublicKey, LineEnding};
+use rsa::{BigUint, RsaPublicKey};
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::CapabilityType;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::structures::{
+    AttestInfo, CapabilityData, Data, HashScheme, PcrSelectionListBuilder, PcrSlot, Public,
+    PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
+    SignatureScheme, SymmetricDefinitionObject,
+};
+use tss_esapi::traits::Marshall;
+use tss_esapi::{Context, TctiNameConf};
+
+/// A failure talking to the TPM.
+#[derive(Debug, thiserror::Error)]
+pub enum TpmError {
+    /// The TCTI string is malformed.
+    #[error("invalid TPM TCTI {tcti:?}: {source}")]
+    Tcti {
+        /// The configured string.
+        tcti: String,
+        /// Why.
+        #[source]
+        source: tss_esapi::Error,
+    },
+    /// The TPM could not be opened (device absent, swtpm not listening).
+    #[error("cannot open TPM via {tcti}: {source}")]
+    Open {
+        /// The configured string.
+        tcti: String,
+        /// Why.
+        #[source]
+        source: tss_esapi::Error,
+    },
+    /// A TPM command failed.
+    #[error("TPM {op} failed: {source}")]
+    Command {
+        /// What we were doing.
+        op: &'static str,
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+    /// The TPM returned something we cannot use.
+    #[error("TPM {0}")]
+    Unexpected(String),
+}
+
+fn cmd(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+    move |source| TpmError::Command { op, source }
+}
+
+/// The values of SHA-256 PCRs 0-23, as read right after a quote.
+pub type PcrValues = [[u8; 32]; 24];
+
+/// A quote and the values it covers.
+pub struct Quote {
+    /// Marshalled TPMS_ATTEST.
+    pub message: Vec<u8>,
+    /// Marshalled TPMT_SIGNATURE.
+    pub signature: Vec<u8>,
+    /// PCR 0-23 of the SHA-256 bank, consistent with the quote's PCR digest.
+    pub pcrs: PcrValues,
+}
+
+/// The AK's public key.
+pub struct AkPublic {
+    /// DER SubjectPublicKeyInfo.
+    pub spki_der: Vec<u8>,
+    /// The same as PEM.
+    pub pem: String,
+}
+
+/// An open TPM.
+pub struct Tpm {
+    ctx: Context,
+}
+
+const ALL_PCRS: [PcrSlot; 24] = [
+    PcrSlot::Slot0,
+    PcrSlot::Slot1,
+    PcrSlot::Slot2,
+    PcrSlot::Slot3,
+    PcrSlot::Slot4,
+    PcrSlot::Slot5,
+    PcrSlot::Slot6,
+    PcrSlot::Slot7,
+    PcrSlot::Slot8,
+    PcrSlot::Slot9,
+    PcrSlot::Slot10,
+    PcrSlot::Slot11,
+    PcrSlot::Slot12,
+    PcrSlot::Slot13,
+    PcrSlot::Slot14,
+    PcrSlot::Slot15,
+    PcrSlot::Slot16,
+    PcrSlot::Slot17,
+    PcrSlot::Slot18,
+    PcrSlot::Slot19,
+    PcrSlot::Slot20,
+    PcrSlot::Slot21,
+    PcrSlot::Slot22,
+    PcrSlot::Slot23,
+];
+
+/// First handle of the transient range (TPM_HT_TRANSIENT << 24).
+const TRANSIENT_FIRST: u32 = 0x8000_0000;
+
+/// How often to re-quote when a PCR is extended between the quote and the read-back.
+const QUOTE_TRIES: usize = 3;
+
+/// The AK template: RSA-2048 restricted signing key, RSASSA-SHA256, as go-tpm-tools'
+/// default AK template. As a primary key in the endorsement hierarchy it is derived from the
+/// TPM's endorsement seed, so the same TPM yields the same key on every boot without storing
+/// anything, and a broker can trust it by its public key.
+fn ak_template() -> Result<Public, tss_esapi::Error> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .build()?;
+    let params = PublicRsaParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::Null)
+        .with_scheme(RsaScheme::RsaSsa(HashScheme::new(HashingAlgorithm::Sha256)))
+        .with_key_bits(RsaKeyBits::Rsa2048)
+        .with_exponent(RsaExponent::default())
+        .with_is_signing_key(true)
+        .with_is_decryption_key(false)
+        .with_restricted(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Rsa)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_rsa_parameters(params)
+        .with_rsa_unique_identifier(PublicKeyRsa::default())
+        .build()
+}
+
+/// A loaded AK: either a transient primary we must flush, or a persistent handle we must only
+/// close.
+struct Ak {
+    handle: KeyHandle,
+    public: Public,
+    transient: bool,
+}
+
+impl Tpm {
+    /// Open the TPM named by a TCTI string.
+    pub fn open(tcti: &str) -> Result<Tpm, TpmError> {
+        let conf = TctiNameConf::from_str(tcti).map_err(|source| TpmError::Tcti {
+            tcti: tcti.to_owned(),
+            source,
+        })?;
+        let ctx = Context::new(conf).map_err(|source| TpmError::Open {
+            tcti: tcti.to_owned(),
+            source,
+        })?;
+        let mut tpm = Tpm { ctx };
+        tpm.flush_stale_transients()?;
+        Ok(tpm)
+    }
+
+    /// Flush transient objects left behind by a process that died before flushing. Behind a
+    /// kernel resource manager (`/dev/tpmrm0`) there are none; on a bare TPM or swtpm there
+    /// can be, and three of them block every further key load.
+    fn flush_stale_transients(&mut self) -> Result<(), TpmError> {
+        let (data, _) = self
+            .ctx
+            .get_capability(CapabilityType::Handles, TRANSIENT_FIRST, 16)
+            .map_err(cmd("GetCapability(handles)"))?;
+        if let CapabilityData::Handles(list) = data {
+            for h in list.into_inner() {
+                if let Ok(obj) = self.ctx.tr_from_tpm_public(h) {
+                    log::debug!("flushing stale transient TPM object {h:?}");
+                    self.ctx.flush_context(obj).map_err(cmd("FlushContext"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_ak(&mut self, persistent: Option<u32>) -> Result<Ak, TpmError> {
+        match persistent {
+            Some(h) => {
+                let tpm_handle = PersistentTpmHandle::new(h)
+                    .map(TpmHandle::Persistent)
+                    .map_err(|_| TpmError::Unexpected(format!("{h:#x} is not a persistent handle")))?;
+                let obj = self
+                    .ctx
+                    .tr_from_tpm_public(tpm_handle)
+                    .map_err(cmd("load persistent AK"))?;
+                let handle = KeyHandle::from(obj);
+                let (public, _, _) = self.ctx.read_public(handle).map_err(cmd("ReadPublic"))?;
+                Ok(Ak {
+                    handle,
+                    public,
+                    transient: false,
+                })
+            }
+            None => {
+                let template = ak_template().map_err(cmd("build AK template"))?;
+                let res = self
+                    .ctx
+                    .execute_with_nullauth_session(|ctx| {
+                        ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+                    })
+                    .map_err(cmd("CreatePrimary(AK)"))?;
+                Ok(Ak {
+                    handle: res.key_handle,
+                    public: res.out_public,
+                    transient: true,
+                })
+            }
+        }
+    }
+
+    fn release(&mut self, ak: Ak) -> Result<(), TpmError> {
+        let mut obj = ObjectHandle::from(ak.handle);
+        if ak.transient {
+            self.ctx.flush_context(obj).map_err(cmd("FlushContext(AK)"))
+        } else {
+            self.ctx.tr_close(&mut obj).map_err(cmd("TR_Close(AK)"))
+        }
+    }
+
+    /// The AK's public key.
+    pub fn ak_public(&mut self, persistent: Option<u32>) -> Result<AkPublic, TpmError> {
+        let ak = self.load_ak(persistent)?;
+        let public = spki(&ak.public);
+        self.release(ak)?;
+        public
+    }
+
+    /// Quote SHA-256 PCRs 0-23 with `qualifying_data` and read the quoted values back.
+    ///
+    /// The values are read after the quote and checked against the quote's PCR digest; if a
+    /// PCR was extended in between, the quote is taken again, so the evidence is always
+    /// self-consistent (a broker would reject it otherwise, with a generic error).
+    pub fn quote(
+        &mut self,
+        persistent: Option<u32>,
+        qualifying_data: &[u8],
+    ) -> Result<(Quote, AkPublic), TpmError> {
+        let ak = self.load_ak(persistent)?;
+        let result = self.quote_with(&ak, qualifying_data);
+        let released = self.release(ak);
+        let out = result?;
+        released?;
+        Ok(out)
+    }
+
+    fn quote_with(&mut self, ak: &Ak, qualifying_data: &[u8]) -> Result<(Quote, AkPublic), TpmError> {
+        let public = spki(&ak.public)?;
+        let selection = PcrSelectionListBuilder::new()
+            .with_selection(HashingAlgorithm::Sha256, &ALL_PCRS)
+            .build()
+            .map_err(cmd("build PCR selection"))?;
+        let data = Data::try_from(qualifying_data.to_vec()).map_err(cmd("qualifying data"))?;
+        let scheme = SignatureScheme::RsaSsa {
+            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+        };
+        for _ in 0..QUOTE_TRIES {
+            let (attest, signature) = self
+                .ctx
+                .execute_with_nullauth_session(|ctx| {
+                    ctx.quote(ak.handle, data.clone(), scheme, selection.clone())
+                })
+                .map_err(cmd("Quote"))?;
+            let pcrs = self.read_pcrs()?;
+            let AttestInfo::Quote { info } = attest.attested() else {
+                return Err(TpmError::Unexpected("returned a non-quote attestation".into()));
+            };
+            if info.pcr_digest().value() != pcr_digest(&pcrs) {
+                log::info!("a PCR changed between quote and read-back; quoting again");
+                continue;
+            }
+            let message = attest.marshall().map_err(cmd("marshal TPMS_ATTEST"))?;
+            let signature = signature.marshall().map_err(cmd("marshal TPMT_SIGNATURE"))?;
+            return Ok((
+                Quote {
+                    message,
+                    signature,
+                    pcrs,
+                },
+                public,
+            ));
+        }
+        Err(TpmError::Unexpected(format!(
+            "PCRs kept changing during {QUOTE_TRIES} quotes"
+        )))
+    }
+
+    fn read_pcrs(&mut self) -> Result<PcrValues, TpmError> {
+        let selection = PcrSelectionListBuilder::new()
+            .with_selection(HashingAlgorithm::Sha256, &ALL_PCRS)
+            .build()
+            .map_err(cmd("build PCR selection"))?;
+        let data = tss_esapi::abstraction::pcr::read_all(&mut self.ctx, selection)
+            .map_err(cmd("PCR_Read"))?;
+        let bank = data
+            .pcr_bank(HashingAlgorithm::Sha256)
+            .ok_or_else(|| TpmError::Unexpected("has no SHA-256 PCR bank".into()))?;
+        let mut out = [[0u8; 32]; 24];
+        for (i, slot) in ALL_PCRS.iter().enumerate() {
+            let d = bank
+                .get_digest(*slot)
+                .ok_or_else(|| TpmError::Unexpected(format!("did not return PCR {i}")))?;
+            out[i] = d
+                .value()
+                .try_into()
+                .map_err(|_| TpmError::Unexpected(format!("PCR {i} is not 32 bytes")))?;
+        }
+        Ok(out)
+    }
+}
+
+/// SHA-256 over the concatenated PCR values: what TPMS_QUOTE_INFO.pcrDigest holds.
+pub fn pcr_digest(pcrs: &PcrValues) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in pcrs {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn spki(public: &Public) -> Result<AkPublic, TpmError> {
+    let Public::Rsa {
+        unique, parameters, ..
+    } = public
+    else {
+        return Err(TpmError::Unexpected("AK is not an RSA key".into()));
+    };
+    let e = match parameters.exponent().value() {
+        0 => 65_537,
+        e => e,
+    };
+    let key = RsaPublicKey::new(BigUint::from_bytes_be(unique.value()), BigUint::from(e))
+        .map_err(|e| TpmError::Unexpected(format!("AK public key is invalid: {e}")))?;
+    let spki_der = key
+        .to_public_key_der()
+        .map_err(|e| TpmError::Unexpected(format!("AK public key: {e}")))?
+        .into_vec();
+    let pem = key
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| TpmError::Unexpected(format!("AK public key: {e}")))?;
+    Ok(AkPublic { spki_der, pem })
+}

@@ -1,0 +1,358 @@
+//! The Trustee KBS protocol 0.4.0 client (RCAR: request, challenge, attestation, response).
+//!
+//! One [`KbsClient`] per broker holds one HTTP agent, so the TLS connection is reused across
+//! `auth`, `attest` and every resource GET of a session. Only the CA named in the config is
+//! trusted; no proxy is used; redirects are refused (a redirect would carry the session
+//! cookie elsewhere). Replies are read with a size cap, so a hostile broker cannot make the
+//! agent allocate without bound.
+
+pub mod jwe;
+pub mod key;
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use kbs_types::{Attestation, Challenge, ErrorInformation, Request, Tee};
+use serde::de::DeserializeOwned;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use crate::config::{Broker, Timeouts};
+use crate::error::ErrorClass;
+
+/// The protocol version we speak; Trustee accepts exactly this.
+pub const PROTOCOL_VERSION: &str = "0.4.0";
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "kbs-session-id";
+
+/// Largest reply body we read. Challenges, tokens and wrapped secrets are a few KiB.
+pub const MAX_REPLY_BYTES: u64 = 1 << 20;
+
+/// A broker conversation failure. Variants differ in what the retry policy does with them.
+#[derive(Debug, thiserror::Error)]
+pub enum KbsError {
+    /// The broker settings cannot be used (e.g. the CA PEM holds no certificate).
+    #[error("broker {broker}: {message}")]
+    Config {
+        /// Broker URL.
+        broker: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Connect, TLS, or I/O failure, or a timeout.
+    #[error("broker {broker}: {step}: {message}")]
+    Transport {
+        /// Broker URL.
+        broker: String,
+        /// Which call.
+        step: &'static str,
+        /// The transport's message.
+        message: String,
+    },
+    /// The broker answered 5xx.
+    #[error("broker {broker}: {step}: HTTP {status}: broker unavailable")]
+    Unavailable {
+        /// Broker URL.
+        broker: String,
+        /// Which call.
+        step: &'static str,
+        /// The status.
+        status: u16,
+    },
+    /// The broker refused (401/403): attestation failed or the policy denied the resource.
+    #[error("broker {broker}: {step}: denied ({kind}): {detail}")]
+    Denied {
+        /// Broker URL.
+        broker: String,
+        /// Which call.
+        step: &'static str,
+        /// The last path component of the error `type` (`PolicyDeny`, `TokenNotFound`...).
+        kind: String,
+        /// The broker's `detail`.
+        detail: String,
+    },
+    /// The broker does not speak protocol 0.4.0.
+    #[error("broker {broker}: protocol version mismatch: {detail}")]
+    ProtocolMismatch {
+        /// Broker URL.
+        broker: String,
+        /// The broker's words.
+        detail: String,
+    },
+    /// The reply is malformed or breaks the protocol.
+    #[error("broker {broker}: {step}: bad reply: {message}")]
+    BadReply {
+        /// Broker URL.
+        broker: String,
+        /// Which call.
+        step: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl KbsError {
+    /// The class of this failure.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            KbsError::Config { .. } => ErrorClass::Config,
+            KbsError::Transport { .. } => ErrorClass::Transport,
+            KbsError::Unavailable { .. } => ErrorClass::BrokerUnavailable,
+            KbsError::Denied { .. } => ErrorClass::BrokerDenied,
+            KbsError::ProtocolMismatch { .. } => ErrorClass::ProtocolMismatch,
+            KbsError::BadReply { .. } => ErrorClass::BadReply,
+        }
+    }
+}
+
+/// A session established by `auth`.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The broker's challenge nonce, as received.
+    pub nonce: String,
+    cookie: String,
+}
+
+/// A client for one broker.
+pub struct KbsClient {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl KbsClient {
+    /// Build a client trusting only the broker's configured CA.
+    pub fn new(broker: &Broker, ca_pem: Option<&str>, timeouts: &Timeouts) -> Result<KbsClient, KbsError> {
+        let base = broker.url.trim_end_matches('/').to_owned();
+        let config_err = |message: String| KbsError::Config {
+            broker: base.clone(),
+            message,
+        };
+        let mut roots = Vec::new();
+        if let Some(pem) = ca_pem {
+            for item in ureq::tls::parse_pem(pem.as_bytes()) {
+                match item {
+                    Ok(PemItem::Certificate(c)) => roots.push(c),
+                    Ok(_) => {}
+                    Err(e) => return Err(config_err(format!("ca_cert is not valid PEM: {e}"))),
+                }
+            }
+            if roots.is_empty() {
+                return Err(config_err("ca_cert holds no certificate".to_owned()));
+            }
+        }
+        let roots: Vec<Certificate<'static>> = roots;
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(Arc::new(roots)))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
+        let https = base.starts_with("https://");
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .https_only(https)
+            .proxy(None)
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .timeout_connect(Some(timeouts.connect()))
+            .timeout_per_call(Some(timeouts.request()))
+            .user_agent(concat!("attest-unlock/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .new_agent();
+        Ok(KbsClient { agent, base })
+    }
+
+    /// The broker URL, for messages.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /kbs/v0/auth`: open a session and get the challenge nonce.
+    pub fn auth(&self, tee: Tee) -> Result<Session, KbsError> {
+        let step = "auth";
+        let req = Request {
+            version: PROTOCOL_VERSION.to_owned(),
+            tee,
+            extra_params: serde_json::Value::Object(serde_json::Map::new()),
+        };
+        let resp = self
+            .agent
+            .post(format!("{}/kbs/v0/auth", self.base))
+            .header("Content-Type", "application/json")
+            .send(self.encode(step, &req)?)
+            .map_err(|e| self.transport(step, e))?;
+        let cookie = session_cookie(&resp).ok_or_else(|| self.bad(step, "no kbs-session-id cookie in reply".into()))?;
+        let challenge: Challenge = self.read_json(step, resp)?;
+        let raw = STANDARD
+            .decode(&challenge.nonce)
+            .map_err(|_| self.bad(step, "nonce is not standard base64".into()))?;
+        if raw.len() < 16 {
+            return Err(self.bad(step, format!("nonce is {} bytes, fewer than 16", raw.len())));
+        }
+        Ok(Session {
+            nonce: challenge.nonce,
+            cookie,
+        })
+    }
+
+    /// `POST /kbs/v0/attest`: send the evidence; returns the attestation token (EAR JWT).
+    pub fn attest(&self, session: &Session, attestation: &Attestation) -> Result<String, KbsError> {
+        let step = "attest";
+        let resp = self
+            .agent
+            .post(format!("{}/kbs/v0/attest", self.base))
+            .header("Content-Type", "application/json")
+            .header("Cookie", &format!("{SESSION_COOKIE}={}", session.cookie))
+            .send(self.encode(step, attestation)?)
+            .map_err(|e| self.transport(step, e))?;
+        if let Some(c) = session_cookie(&resp) {
+            if c != session.cookie {
+                return Err(self.bad(step, "broker changed the session cookie mid-session".into()));
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenReply {
+            token: String,
+        }
+        let reply: TokenReply = self.read_json(step, resp)?;
+        Ok(reply.token)
+    }
+
+    /// `GET /kbs/v0/resource/<path>`: the raw JWE body of one resource.
+    pub fn resource(&self, session: &Session, path: &str) -> Result<Vec<u8>, KbsError> {
+        let step = "resource";
+        let resp = self
+            .agent
+            .get(format!("{}/kbs/v0/resource/{path}", self.base))
+            .header("Cookie", &format!("{SESSION_COOKIE}={}", session.cookie))
+            .call()
+            .map_err(|e| self.transport(step, e))?;
+        self.read_ok(step, resp)
+    }
+
+    fn encode<T: serde::Serialize>(&self, step: &'static str, v: &T) -> Result<Vec<u8>, KbsError> {
+        serde_json::to_vec(v).map_err(|e| KbsError::Config {
+            broker: self.base.clone(),
+            message: format!("{step}: cannot encode request: {e}"),
+        })
+    }
+
+    fn read_json<T: DeserializeOwned>(
+        &self,
+        step: &'static str,
+        resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<T, KbsError> {
+        let body = self.read_ok(step, resp)?;
+        serde_json::from_slice(&body).map_err(|e| self.bad(step, format!("invalid JSON: {e}")))
+    }
+
+    /// Read a reply: the body when 200, a classified error otherwise.
+    fn read_ok(&self, step: &'static str, mut resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, KbsError> {
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_REPLY_BYTES)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => {
+                    self.bad(step, format!("reply larger than {MAX_REPLY_BYTES} bytes"))
+                }
+                e => self.transport(step, e),
+            })?;
+        match status {
+            200 => Ok(body),
+            401 | 403 => {
+                let info: ErrorInformation = serde_json::from_slice(&body).map_err(|_| {
+                    self.bad(step, format!("HTTP {status} without a KBS error body"))
+                })?;
+                let kind = info
+                    .error_type
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                if info.detail.contains("Protocol Version Mismatch") {
+                    return Err(KbsError::ProtocolMismatch {
+                        broker: self.base.clone(),
+                        detail: one_line(&info.detail),
+                    });
+                }
+                Err(KbsError::Denied {
+                    broker: self.base.clone(),
+                    step,
+                    kind: one_line(&kind),
+                    detail: one_line(&info.detail),
+                })
+            }
+            500..=599 => Err(KbsError::Unavailable {
+                broker: self.base.clone(),
+                step,
+                status,
+            }),
+            404 => Err(self.bad(step, "HTTP 404: no such endpoint or resource path (check the broker URL and the resource path)".into())),
+            s => Err(self.bad(step, format!("unexpected HTTP {s}"))),
+        }
+    }
+
+    fn transport(&self, step: &'static str, e: ureq::Error) -> KbsError {
+        KbsError::Transport {
+            broker: self.base.clone(),
+            step,
+            message: one_line(&transport_message(&e)),
+        }
+    }
+
+    fn bad(&self, step: &'static str, message: String) -> KbsError {
+        KbsError::BadReply {
+            broker: self.base.clone(),
+            step,
+            message,
+        }
+    }
+}
+
+fn transport_message(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused (broker not listening?)".to_owned(),
+            _ => {
+                // rustls errors reach us wrapped in io::Error; name TLS explicitly.
+                let inner = io.get_ref().map(|i| i.to_string()).unwrap_or_default();
+                if inner.is_empty() {
+                    io.to_string()
+                } else {
+                    format!("TLS/IO: {inner}")
+                }
+            }
+        },
+        ureq::Error::Rustls(t) => format!("TLS: {t}"),
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        e => e.to_string(),
+    }
+}
+
+/// The value of the `kbs-session-id` cookie set by a reply, if any.
+fn session_cookie(resp: &ureq::http::Response<ureq::Body>) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let first = v.split(';').next()?.trim();
+            let (name, value) = first.split_once('=')?;
+            (name.trim() == SESSION_COOKIE && !value.is_empty()).then(|| value.trim().to_owned())
+        })
+}
+
+fn one_line(s: &str) -> String {
+    let mut out: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > 300 {
+        let mut cut = 300;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}

@@ -1,0 +1,18 @@
+//! attest-unlock: the boot-time attestation agent for confidential RHCOS nodes.
+//!
+//! Detect the platform, collect evidence bound to the broker's nonce and an ephemeral key,
+//! speak Trustee's KBS protocol 0.4.0 over TLS, receive the disk key and other secrets as
+//! JWE, unlock the LUKS2 volume and deliver the secrets; on any failure, unlock nothing and
+//! write nothing. See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod error;
+pub mod evidence;
+pub mod flow;
+pub mod hw;
+pub mod kbs;
+pub mod luks;
+
+pub use error::{Error, ErrorClass};

@@ -1,0 +1,149 @@
+//! LUKS2 keyslot verification and activation through the `cryptsetup` binary.
+//!
+//! The key goes to cryptsetup on a pipe (`--key-file=-`): never in argv, the environment or a
+//! file. cryptsetup reads the pipe to EOF and uses the bytes exactly (no newline handling).
+//! Naming the keyslot (`--key-slot N`) matters for speed: without it cryptsetup tries every
+//! slot in order, and an argon2id slot before ours costs seconds.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A LUKS step failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LuksError {
+    /// The device or image does not exist.
+    #[error("LUKS device {0} does not exist")]
+    DeviceAbsent(PathBuf),
+    /// The key does not open the (named) keyslot.
+    #[error("the broker's key does not open {device}{slot}")]
+    KeyRejected {
+        /// The device.
+        device: PathBuf,
+        /// " keyslot N" or "" when no slot was named.
+        slot: String,
+    },
+    /// cryptsetup could not be run.
+    #[error("cannot run {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// cryptsetup failed otherwise.
+    #[error("cryptsetup {op} {device} failed (exit {code}): {message}")]
+    Failed {
+        /// `open` or `test-passphrase`.
+        op: &'static str,
+        /// The device.
+        device: PathBuf,
+        /// Its exit status.
+        code: i32,
+        /// The first line of its stderr.
+        message: String,
+    },
+}
+
+/// How to run cryptsetup.
+#[derive(Debug, Clone)]
+pub struct Cryptsetup {
+    binary: PathBuf,
+}
+
+impl Default for Cryptsetup {
+    fn default() -> Self {
+        Cryptsetup {
+            binary: PathBuf::from("cryptsetup"),
+        }
+    }
+}
+
+/// cryptsetup's exit code for "no key available with this passphrase".
+const EXIT_NO_PERMISSION: i32 = 2;
+/// cryptsetup's exit code for "device does not exist or access denied".
+const EXIT_WRONG_DEVICE: i32 = 4;
+
+impl Cryptsetup {
+    /// Use a specific cryptsetup binary.
+    pub fn with_binary(binary: PathBuf) -> Cryptsetup {
+        Cryptsetup { binary }
+    }
+
+    /// Check that `key` opens `keyslot` of `device` without activating anything.
+    pub fn test_key(&self, device: &Path, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError> {
+        let mut args = vec!["open".to_owned(), "--test-passphrase".to_owned()];
+        args.extend(slot_args(keyslot));
+        args.extend(["--key-file=-".to_owned(), device.display().to_string()]);
+        self.run("test-passphrase", device, keyslot, &args, key)
+    }
+
+    /// Activate `device` as `/dev/mapper/<name>` with `key`.
+    pub fn open(&self, device: &Path, name: &str, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError> {
+        let mut args = vec!["open".to_owned(), "--type".to_owned(), "luks2".to_owned()];
+        args.extend(slot_args(keyslot));
+        args.extend([
+            "--key-file=-".to_owned(),
+            device.display().to_string(),
+            name.to_owned(),
+        ]);
+        self.run("open", device, keyslot, &args, key)
+    }
+
+    fn run(
+        &self,
+        op: &'static str,
+        device: &Path,
+        keyslot: Option<u32>,
+        args: &[String],
+        key: &[u8],
+    ) -> Result<(), LuksError> {
+        if !device.exists() {
+            return Err(LuksError::DeviceAbsent(device.to_owned()));
+        }
+        let mut child = Command::new(&self.binary)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| LuksError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A write error means cryptsetup exited early; its exit status says why.
+            let _ = stdin.write_all(key);
+        }
+        let out = child.wait_with_output().map_err(|source| LuksError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
+        match out.status.code() {
+            Some(0) => Ok(()),
+            Some(EXIT_NO_PERMISSION) => Err(LuksError::KeyRejected {
+                device: device.to_owned(),
+                slot: keyslot.map(|s| format!(" keyslot {s}")).unwrap_or_default(),
+            }),
+            Some(EXIT_WRONG_DEVICE) if !device.exists() => Err(LuksError::DeviceAbsent(device.to_owned())),
+            code => Err(LuksError::Failed {
+                op,
+                device: device.to_owned(),
+                code: code.unwrap_or(-1),
+                message: String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no message")
+                    .trim()
+                    .to_owned(),
+            }),
+        }
+    }
+}
+
+fn slot_args(keyslot: Option<u32>) -> Vec<String> {
+    keyslot
+        .map(|s| vec!["--key-slot".to_owned(), s.to_string()])
+        .unwrap_or_default()
+}
