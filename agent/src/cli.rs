@@ -30,11 +30,22 @@ pub struct Cli {
     pub set: Vec<String>,
 
     /// Kernel command line to read `rd.attest_unlock.*` keys from.
-    #[arg(long, global = true, value_name = "PATH", default_value = "/proc/cmdline")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "/proc/cmdline"
+    )]
     pub kernel_cmdline: PathBuf,
 
     /// Root under which /dev, /sys and the event log are looked up (for tests and chroots).
-    #[arg(long, global = true, value_name = "DIR", default_value = "/", hide = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "/",
+        hide = true
+    )]
     pub root: PathBuf,
 
     /// More log output (-v debug, -vv trace).
@@ -93,7 +104,9 @@ impl Cli {
         };
         let config = layers.resolve()?;
         if config.insecure_allow_persistent_secrets {
-            log::warn!("insecure_allow_persistent_secrets is set: secrets may land on a persistent disk");
+            log::warn!(
+                "insecure_allow_persistent_secrets is set: secrets may land on a persistent disk"
+            );
         }
         if config.insecure_allow_http {
             log::warn!("insecure_allow_http is set: http:// brokers are allowed");
@@ -126,7 +139,14 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             let ak = tpm
                 .ak_public(config.tpm.ak_handle)
                 .map_err(evidence::EvidenceError::from)?;
-            write_out(out, &format!("ak_public: {}\n{}", STANDARD.encode(&ak.spki_der), ak.pem.trim_end()));
+            write_out(
+                out,
+                &format!(
+                    "ak_public: {}\n{}",
+                    STANDARD.encode(&ak.spki_der),
+                    ak.pem.trim_end()
+                ),
+            );
             Ok(Outcome::Success)
         }
         Command::Evidence { nonce, pubkey } => {
@@ -175,12 +195,19 @@ fn unlock(cli: &Cli, config: &Config, verify_only: bool) -> Outcome {
         }
     };
     let detect_time = detect_start.elapsed();
-    log::info!("platform {} ({})", detected.platform.as_str(), detected.detail);
+    log::info!(
+        "platform {} ({})",
+        detected.platform.as_str(),
+        detected.detail
+    );
     let mut source = evidence::source_for(&detected, config, &cli.root);
     let opts = Options { verify_only };
     match flow::run(config, source.as_mut(), &Cryptsetup::default(), &opts) {
         Ok(mut report) => {
-            report.timings.0.insert(0, (flow::Step::Detect, detect_time));
+            report
+                .timings
+                .0
+                .insert(0, (flow::Step::Detect, detect_time));
             log::info!(
                 "verdict=ok platform={} broker={} volume={} secrets={} attempts={} {} total={:.1}ms",
                 detected.platform.as_str(),

@@ -97,12 +97,14 @@ impl Broker {
         match &self.ca_cert {
             None => Ok(None),
             Some(v) if v.trim_start().starts_with("-----BEGIN") => Ok(Some(v.clone())),
-            Some(path) => std::fs::read_to_string(path)
-                .map(Some)
-                .map_err(|source| ConfigError::CaCert {
-                    path: PathBuf::from(path),
-                    source,
-                }),
+            Some(path) => {
+                std::fs::read_to_string(path)
+                    .map(Some)
+                    .map_err(|source| ConfigError::CaCert {
+                        path: PathBuf::from(path),
+                        source,
+                    })
+            }
         }
     }
 }
@@ -482,7 +484,8 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         for b in &self.brokers {
             let https = b.url.starts_with("https://");
-            if !https && !(self.insecure_allow_http && b.url.starts_with("http://")) {
+            let http_ok = self.insecure_allow_http && b.url.starts_with("http://");
+            if !(https || http_ok) {
                 return Err(ConfigError::Invalid(format!(
                     "broker url {:?} must start with https://",
                     b.url
@@ -653,7 +656,10 @@ tcti = "device:/dev/tpmrm0"
     #[test]
     fn rejects_weak_modes_http_and_bad_paths() {
         for (k, frag) in [
-            ("secrets=[{resource=\"a/b/c\",path=\"/run/x\",mode=\"0644\"}]", "group or others"),
+            (
+                "secrets=[{resource=\"a/b/c\",path=\"/run/x\",mode=\"0644\"}]",
+                "group or others",
+            ),
             ("brokers=[{url=\"http://127.0.0.1:1\"}]", "https://"),
             ("brokers=[{url=\"https://127.0.0.1:1\"}]", "ca_cert"),
             ("disk_key=\"a/../c\"", "repo/type/tag"),

@@ -54,11 +54,7 @@ pub struct Staged {
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DeliverError {
     let path = path.to_owned();
-    move |source| DeliverError::Io {
-        path,
-        op,
-        source,
-    }
+    move |source| DeliverError::Io { path, op, source }
 }
 
 /// Stage every item; on any failure, remove what was staged and return the error.
@@ -178,7 +174,10 @@ mod tests {
         }];
         let fs = statfs(dir.path()).unwrap().filesystem_type();
         if fs != TMPFS_MAGIC {
-            assert!(matches!(stage(&items, false), Err(DeliverError::Persistent(_))));
+            assert!(matches!(
+                stage(&items, false),
+                Err(DeliverError::Persistent(_))
+            ));
         }
         let staged = stage(&items, true).unwrap();
         assert!(!dest.exists(), "staging must not make the secret visible");
@@ -196,11 +195,22 @@ mod tests {
         std::fs::write(&blocker, b"").unwrap();
         let bad = blocker.join("b"); // parent is a file: cannot be created
         let items = [
-            Item { path: &ok, mode: 0o600, bytes: b"1" },
-            Item { path: &bad, mode: 0o600, bytes: b"2" },
+            Item {
+                path: &ok,
+                mode: 0o600,
+                bytes: b"1",
+            },
+            Item {
+                path: &bad,
+                mode: 0o600,
+                bytes: b"2",
+            },
         ];
         assert!(stage(&items, true).is_err());
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("file")]);
     }
 
@@ -208,7 +218,15 @@ mod tests {
     fn dropped_staging_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("s");
-        let staged = stage(&[Item { path: &dest, mode: 0o600, bytes: b"x" }], true).unwrap();
+        let staged = stage(
+            &[Item {
+                path: &dest,
+                mode: 0o600,
+                bytes: b"x",
+            }],
+            true,
+        )
+        .unwrap();
         drop(staged);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -140,5 +140,8 @@ pub fn chain(error: &dyn std::error::Error) -> String {
         }
         cur = e.source();
     }
-    out.split_whitespace().collect::<Vec<_>>().join(" ").replace('"', "'")
+    out.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('"', "'")
 }

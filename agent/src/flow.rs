@@ -172,7 +172,9 @@ pub fn run(
 
     let mut clients = Vec::new();
     for b in &config.brokers {
-        let ca = b.ca_pem().map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
+        let ca = b
+            .ca_pem()
+            .map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
         let client = KbsClient::new(b, ca.as_deref(), &config.timeouts)
             .map_err(|e| fail(Step::Detect, Some(b.url.clone()), 0, e.into()))?;
         clients.push(client);
@@ -241,7 +243,9 @@ pub fn run(
         });
     }
     let staged = timings
-        .time(Step::Stage, || deliver::stage(&items, config.insecure_allow_persistent_secrets))
+        .time(Step::Stage, || {
+            deliver::stage(&items, config.insecure_allow_persistent_secrets)
+        })
         .map_err(|e| fail_at(Step::Stage, e.into()))?;
 
     let mut volume = "none";
@@ -255,7 +259,11 @@ pub fn run(
                 }
             })
             .map_err(|e| fail_at(Step::Unlock, e.into()))?;
-        volume = if opts.verify_only { "verified" } else { "opened" };
+        volume = if opts.verify_only {
+            "verified"
+        } else {
+            "opened"
+        };
     }
 
     timings
@@ -344,15 +352,17 @@ fn session(
     let disk_key = match &config.disk_key {
         Some(path) => {
             let raw = plain.remove(0);
-            Some(disk_passphrase(raw, config.disk_key_format).map_err(|message| {
-                (
-                    Step::Decrypt,
-                    Error::KeyFormat {
-                        resource: path.clone(),
-                        message,
-                    },
-                )
-            })?)
+            Some(
+                disk_passphrase(raw, config.disk_key_format).map_err(|message| {
+                    (
+                        Step::Decrypt,
+                        Error::KeyFormat {
+                            resource: path.clone(),
+                            message,
+                        },
+                    )
+                })?,
+            )
         }
         None => None,
     };
@@ -445,10 +455,17 @@ mod tests {
             &**disk_passphrase(z(op), KeyFormat::Auto).unwrap(),
             b"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"
         );
-        assert_eq!(&**disk_passphrase(z(b"raw"), KeyFormat::Auto).unwrap(), b"raw");
+        assert_eq!(
+            &**disk_passphrase(z(b"raw"), KeyFormat::Auto).unwrap(),
+            b"raw"
+        );
         assert_eq!(&**disk_passphrase(z(op), KeyFormat::Raw).unwrap(), op);
         assert!(disk_passphrase(z(b"raw"), KeyFormat::OperatorJson).is_err());
-        assert!(disk_passphrase(z(br#"{"key_type":"rsa","key":"x"}"#), KeyFormat::OperatorJson).is_err());
+        assert!(disk_passphrase(
+            z(br#"{"key_type":"rsa","key":"x"}"#),
+            KeyFormat::OperatorJson
+        )
+        .is_err());
         assert!(disk_passphrase(z(b""), KeyFormat::Raw).is_err());
     }
 

@@ -55,7 +55,12 @@ fn main() -> ExitCode {
     // Only in the initramfs: on a running system the journal already captures stderr.
     let kmsg = std::path::Path::new("/etc/initrd-release")
         .exists()
-        .then(|| std::fs::OpenOptions::new().write(true).open("/dev/kmsg").ok())
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/kmsg")
+                .ok()
+        })
         .flatten()
         .map(Mutex::new);
     let _ = log::set_boxed_logger(Box::new(Logger { level, kmsg }));
@@ -72,8 +77,17 @@ fn main() -> ExitCode {
                 let _ = writeln!(std::io::stderr(), "  caused by: {s}");
                 source = s.source();
             }
-            let _ = writeln!(std::io::stderr(), "attest-unlock: verdict=failed class={} reason=\"{}\"", e.class(), attest_unlock::error::chain(&e));
-            ExitCode::from(if e.class() == attest_unlock::ErrorClass::Config { 2 } else { 1 })
+            let _ = writeln!(
+                std::io::stderr(),
+                "attest-unlock: verdict=failed class={} reason=\"{}\"",
+                e.class(),
+                attest_unlock::error::chain(&e)
+            );
+            ExitCode::from(if e.class() == attest_unlock::ErrorClass::Config {
+                2
+            } else {
+                1
+            })
         }
     }
 }

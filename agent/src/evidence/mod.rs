@@ -82,11 +82,7 @@ pub fn rooted(root: &Path, path: &str) -> PathBuf {
 }
 
 /// Build the evidence source for what was detected.
-pub fn source_for(
-    detected: &Detected,
-    config: &Config,
-    root: &Path,
-) -> Box<dyn EvidenceSource> {
+pub fn source_for(detected: &Detected, config: &Config, root: &Path) -> Box<dyn EvidenceSource> {
     match detected.platform {
         Platform::Auto | Platform::Tpm => Box::new(tpm::TpmSource::new(
             config.tpm.clone(),

@@ -201,7 +201,9 @@ impl Tpm {
             Some(h) => {
                 let tpm_handle = PersistentTpmHandle::new(h)
                     .map(TpmHandle::Persistent)
-                    .map_err(|_| TpmError::Unexpected(format!("{h:#x} is not a persistent handle")))?;
+                    .map_err(|_| {
+                        TpmError::Unexpected(format!("{h:#x} is not a persistent handle"))
+                    })?;
                 let obj = self
                     .ctx
                     .tr_from_tpm_public(tpm_handle)
@@ -266,7 +268,11 @@ impl Tpm {
         Ok(out)
     }
 
-    fn quote_with(&mut self, ak: &Ak, qualifying_data: &[u8]) -> Result<(Quote, AkPublic), TpmError> {
+    fn quote_with(
+        &mut self,
+        ak: &Ak,
+        qualifying_data: &[u8],
+    ) -> Result<(Quote, AkPublic), TpmError> {
         let public = spki(&ak.public)?;
         let selection = PcrSelectionListBuilder::new()
             .with_selection(HashingAlgorithm::Sha256, &ALL_PCRS)
@@ -285,14 +291,18 @@ impl Tpm {
                 .map_err(cmd("Quote"))?;
             let pcrs = self.read_pcrs()?;
             let AttestInfo::Quote { info } = attest.attested() else {
-                return Err(TpmError::Unexpected("returned a non-quote attestation".into()));
+                return Err(TpmError::Unexpected(
+                    "returned a non-quote attestation".into(),
+                ));
             };
             if info.pcr_digest().value() != pcr_digest(&pcrs) {
                 log::info!("a PCR changed between quote and read-back; quoting again");
                 continue;
             }
             let message = attest.marshall().map_err(cmd("marshal TPMS_ATTEST"))?;
-            let signature = signature.marshall().map_err(cmd("marshal TPMT_SIGNATURE"))?;
+            let signature = signature
+                .marshall()
+                .map_err(cmd("marshal TPMT_SIGNATURE"))?;
             return Ok((
                 Quote {
                     message,

@@ -48,10 +48,15 @@ pub enum JweError {
 #[serde(deny_unknown_fields)]
 struct Flattened {
     protected: String,
-    encrypted_key: String,
+    #[serde(default)]
+    encrypted_key: Option<String>,
     iv: String,
     ciphertext: String,
     tag: String,
+    /// Shared unprotected header (JWE JSON serialization).
+    unprotected: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Per-recipient unprotected header (flattened form); jwcrypto puts `epk` here.
+    header: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -83,11 +88,27 @@ fn b64(field: &'static str, v: &str) -> Result<Vec<u8>, JweError> {
 
 /// Decrypt a flattened JWE JSON document with this boot's ephemeral key.
 pub fn decrypt(body: &[u8], key: &EphemeralKey) -> Result<Zeroizing<Vec<u8>>, JweError> {
-    let jwe: Flattened = serde_json::from_slice(body)
-        .map_err(|e| JweError::Malformed(e.to_string()))?;
+    let jwe: Flattened =
+        serde_json::from_slice(body).map_err(|e| JweError::Malformed(e.to_string()))?;
     let header_bytes = b64("protected", &jwe.protected)?;
-    let header: Header = serde_json::from_slice(&header_bytes)
-        .map_err(|e| JweError::Malformed(format!("protected header: {e}")))?;
+    let mut joined: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header_bytes)
+            .map_err(|e| JweError::Malformed(format!("protected header: {e}")))?;
+    // The JOSE header is the union of the protected and unprotected members, which must be
+    // disjoint (RFC 7516 7.2.1). An unprotected `epk` is safe: altering it changes the
+    // agreed key and the unwrap fails.
+    for extra in [jwe.unprotected, jwe.header].into_iter().flatten() {
+        for (k, v) in extra {
+            if joined.contains_key(&k) {
+                return Err(JweError::Malformed(format!(
+                    "header parameter {k:?} appears twice"
+                )));
+            }
+            joined.insert(k, v);
+        }
+    }
+    let header: Header = serde_json::from_value(serde_json::Value::Object(joined))
+        .map_err(|e| JweError::Malformed(format!("JOSE header: {e}")))?;
     if header.alg != ALG {
         return Err(JweError::UnsupportedAlg(header.alg));
     }
@@ -104,13 +125,20 @@ pub fn decrypt(body: &[u8], key: &EphemeralKey) -> Result<Zeroizing<Vec<u8>>, Jw
         .epk
         .ok_or_else(|| JweError::BadEpk("missing".into()))?;
     if epk.kty != "EC" || epk.crv != "P-256" {
-        return Err(JweError::BadEpk(format!("{} {} is not EC P-256", epk.kty, epk.crv)));
+        return Err(JweError::BadEpk(format!(
+            "{} {} is not EC P-256",
+            epk.kty, epk.crv
+        )));
     }
     let x = b64("epk.x", &epk.x)?;
     let y = b64("epk.y", &epk.y)?;
     let apu = header.apu.as_deref().map(|v| b64("apu", v)).transpose()?;
     let apv = header.apv.as_deref().map(|v| b64("apv", v)).transpose()?;
-    let encrypted_key = b64("encrypted_key", &jwe.encrypted_key)?;
+    let encrypted_key = jwe
+        .encrypted_key
+        .as_deref()
+        .ok_or_else(|| JweError::Malformed("missing encrypted_key".into()))?;
+    let encrypted_key = b64("encrypted_key", encrypted_key)?;
     let iv = b64("iv", &jwe.iv)?;
     let tag = b64("tag", &jwe.tag)?;
     let mut plaintext = Zeroizing::new(b64("ciphertext", &jwe.ciphertext)?);
@@ -130,7 +158,11 @@ pub fn decrypt(body: &[u8], key: &EphemeralKey) -> Result<Zeroizing<Vec<u8>>, Jw
     let z = key
         .agree(&x, &y)
         .map_err(|e| JweError::BadEpk(e.to_string()))?;
-    let kek = concat_kdf(&z, apu.as_deref().unwrap_or(&[]), apv.as_deref().unwrap_or(&[]));
+    let kek = concat_kdf(
+        &z,
+        apu.as_deref().unwrap_or(&[]),
+        apv.as_deref().unwrap_or(&[]),
+    );
     let mut cek = Zeroizing::new([0u8; 32]);
     aes_kw::KekAes256::from(*kek)
         .unwrap(&encrypted_key, cek.as_mut())
@@ -141,7 +173,7 @@ pub fn decrypt(body: &[u8], key: &EphemeralKey) -> Result<Zeroizing<Vec<u8>>, Jw
         .decrypt_in_place_detached(
             &Nonce::from(iv),
             jwe.protected.as_bytes(),
-            &mut *plaintext,
+            &mut plaintext,
             &Tag::from(tag),
         )
         .map_err(|_| JweError::Decrypt)?;
@@ -186,7 +218,8 @@ mod tests {
         let key = EphemeralKey::generate();
         assert!(matches!(decrypt(b"{", &key), Err(JweError::Malformed(_))));
         assert!(matches!(decrypt(b"[]", &key), Err(JweError::Malformed(_))));
-        let extra = br#"{"protected":"e30","encrypted_key":"","iv":"","ciphertext":"","tag":"","aad":""}"#;
+        let extra =
+            br#"{"protected":"e30","encrypted_key":"","iv":"","ciphertext":"","tag":"","aad":""}"#;
         assert!(matches!(decrypt(extra, &key), Err(JweError::Malformed(_))));
         let bad64 = br#"{"protected":"***","encrypted_key":"","iv":"","ciphertext":"","tag":""}"#;
         assert_eq!(decrypt(bad64, &key), Err(JweError::Base64("protected")));

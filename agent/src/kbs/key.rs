@@ -38,8 +38,14 @@ impl EphemeralKey {
     pub fn tee_pubkey(&self) -> TeePubKey {
         let point = self.secret.public_key().to_encoded_point(false);
         // An uncompressed point of a valid key always has both coordinates.
-        let x = point.x().map(|x| URL_SAFE_NO_PAD.encode(x)).unwrap_or_default();
-        let y = point.y().map(|y| URL_SAFE_NO_PAD.encode(y)).unwrap_or_default();
+        let x = point
+            .x()
+            .map(|x| URL_SAFE_NO_PAD.encode(x))
+            .unwrap_or_default();
+        let y = point
+            .y()
+            .map(|y| URL_SAFE_NO_PAD.encode(y))
+            .unwrap_or_default();
         TeePubKey::EC {
             crv: "P-256".to_owned(),
             alg: KEY_ALG.to_owned(),
@@ -72,7 +78,10 @@ mod tests {
             panic!("not EC");
         };
         assert_eq!((crv.as_str(), alg.as_str()), ("P-256", KEY_ALG));
-        let (x, y) = (URL_SAFE_NO_PAD.decode(x).unwrap(), URL_SAFE_NO_PAD.decode(y).unwrap());
+        let (x, y) = (
+            URL_SAFE_NO_PAD.decode(x).unwrap(),
+            URL_SAFE_NO_PAD.decode(y).unwrap(),
+        );
         assert_eq!((x.len(), y.len()), (32, 32));
         assert!(k.agree(&x, &y).is_ok());
         let mut bad = y.clone();

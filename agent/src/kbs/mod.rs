@@ -122,7 +122,11 @@ pub struct KbsClient {
 
 impl KbsClient {
     /// Build a client trusting only the broker's configured CA.
-    pub fn new(broker: &Broker, ca_pem: Option<&str>, timeouts: &Timeouts) -> Result<KbsClient, KbsError> {
+    pub fn new(
+        broker: &Broker,
+        ca_pem: Option<&str>,
+        timeouts: &Timeouts,
+    ) -> Result<KbsClient, KbsError> {
         let base = broker.url.trim_end_matches('/').to_owned();
         let config_err = |message: String| KbsError::Config {
             broker: base.clone(),
@@ -180,8 +184,11 @@ impl KbsClient {
             .header("Content-Type", "application/json")
             .send(self.encode(step, &req)?)
             .map_err(|e| self.transport(step, e))?;
-        let cookie = session_cookie(&resp).ok_or_else(|| self.bad(step, "no kbs-session-id cookie in reply".into()))?;
+        let cookie = session_cookie(&resp);
+        // Status first: an error reply carries no cookie, and its detail is what matters.
         let challenge: Challenge = self.read_json(step, resp)?;
+        let cookie =
+            cookie.ok_or_else(|| self.bad(step, "no kbs-session-id cookie in reply".into()))?;
         let raw = STANDARD
             .decode(&challenge.nonce)
             .map_err(|_| self.bad(step, "nonce is not standard base64".into()))?;
@@ -246,7 +253,11 @@ impl KbsClient {
     }
 
     /// Read a reply: the body when 200, a classified error otherwise.
-    fn read_ok(&self, step: &'static str, mut resp: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>, KbsError> {
+    fn read_ok(
+        &self,
+        step: &'static str,
+        mut resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<Vec<u8>, KbsError> {
         let status = resp.status().as_u16();
         let body = resp
             .body_mut()
@@ -314,7 +325,9 @@ impl KbsClient {
 fn transport_message(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connection refused (broker not listening?)".to_owned(),
+            std::io::ErrorKind::ConnectionRefused => {
+                "connection refused (broker not listening?)".to_owned()
+            }
             _ => {
                 // rustls errors reach us wrapped in io::Error; name TLS explicitly.
                 let inner = io.get_ref().map(|i| i.to_string()).unwrap_or_default();

@@ -72,7 +72,12 @@ impl Cryptsetup {
     }
 
     /// Check that `key` opens `keyslot` of `device` without activating anything.
-    pub fn test_key(&self, device: &Path, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError> {
+    pub fn test_key(
+        &self,
+        device: &Path,
+        keyslot: Option<u32>,
+        key: &[u8],
+    ) -> Result<(), LuksError> {
         let mut args = vec!["open".to_owned(), "--test-passphrase".to_owned()];
         args.extend(slot_args(keyslot));
         args.extend(["--key-file=-".to_owned(), device.display().to_string()]);
@@ -80,7 +85,13 @@ impl Cryptsetup {
     }
 
     /// Activate `device` as `/dev/mapper/<name>` with `key`.
-    pub fn open(&self, device: &Path, name: &str, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError> {
+    pub fn open(
+        &self,
+        device: &Path,
+        name: &str,
+        keyslot: Option<u32>,
+        key: &[u8],
+    ) -> Result<(), LuksError> {
         let mut args = vec!["open".to_owned(), "--type".to_owned(), "luks2".to_owned()];
         args.extend(slot_args(keyslot));
         args.extend([
@@ -116,17 +127,21 @@ impl Cryptsetup {
             // A write error means cryptsetup exited early; its exit status says why.
             let _ = stdin.write_all(key);
         }
-        let out = child.wait_with_output().map_err(|source| LuksError::Spawn {
-            binary: self.binary.clone(),
-            source,
-        })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|source| LuksError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
         match out.status.code() {
             Some(0) => Ok(()),
             Some(EXIT_NO_PERMISSION) => Err(LuksError::KeyRejected {
                 device: device.to_owned(),
                 slot: keyslot.map(|s| format!(" keyslot {s}")).unwrap_or_default(),
             }),
-            Some(EXIT_WRONG_DEVICE) if !device.exists() => Err(LuksError::DeviceAbsent(device.to_owned())),
+            Some(EXIT_WRONG_DEVICE) if !device.exists() => {
+                Err(LuksError::DeviceAbsent(device.to_owned()))
+            }
             code => Err(LuksError::Failed {
                 op,
                 device: device.to_owned(),

@@ -1,0 +1,285 @@
+//! Shared harness of the end-to-end tests: a real swtpm, a LUKS2 image made by the real
+//! cryptsetup, the test broker on 127.0.0.1, and the agent binary run as a user would.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+/// The agent binary under test.
+pub fn agent_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_attest-unlock"))
+}
+
+/// Run a command and fail the test with its output if it did not succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A swtpm on two free loopback ports, killed on drop.
+pub struct Swtpm {
+    pub port: u16,
+    pid: i32,
+    _state: tempfile::TempDir,
+}
+
+impl Swtpm {
+    pub fn start() -> Swtpm {
+        for _ in 0..20 {
+            let port = free_port_pair();
+            let state = tempfile::tempdir().unwrap();
+            let pidfile = state.path().join("pid");
+            let status = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", state.path().display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .args([
+                    "--flags",
+                    "not-need-init,startup-clear",
+                    "--daemon",
+                    "--pid",
+                ])
+                .arg(format!("file={}", pidfile.display()))
+                .stderr(Stdio::null())
+                .status()
+                .expect("swtpm must be installed (cargo xtask setup)");
+            if !status.success() {
+                continue; // port taken between our probe and swtpm's bind: try others
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !pidfile.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let pid: i32 = std::fs::read_to_string(&pidfile)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            return Swtpm {
+                port,
+                pid,
+                _state: state,
+            };
+        }
+        panic!("could not start swtpm on any port pair");
+    }
+
+    /// The TCTI string for tss-esapi and tpm2-tools.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.pid.to_string()).status();
+    }
+}
+
+/// Two consecutive free ports (swtpm's server and control sockets).
+fn free_port_pair() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65535 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// The AK public key (std base64 DER SPKI) the agent reports for this TPM.
+pub fn ak_public(tpm: &Swtpm) -> String {
+    let out = run_ok(
+        Command::new(agent_bin())
+            .args(["ak", "--kernel-cmdline", "/dev/null", "--set"])
+            .arg(format!("tpm.tcti={}", tpm.tcti())),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ak_public: "))
+        .unwrap()
+        .to_owned()
+}
+
+/// SHA-256 PCR values of the TPM, read with tpm2-tools (independent of our code).
+pub fn pcrs_by_tpm2_tools(tpm: &Swtpm) -> Vec<String> {
+    let out = run_ok(
+        Command::new("tpm2_pcrread")
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .arg("sha256:all"),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .filter_map(|l| l.trim().split_once(": 0x"))
+        .map(|(_, v)| v.trim().to_lowercase())
+        .collect()
+}
+
+/// A LUKS2 image whose slot 0 holds a recovery key and slot 1 the broker key, both PBKDF2-1000
+/// (fast), made by the real cryptsetup on a plain file.
+pub struct LuksImage {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LuksImage {
+    pub fn new(broker_key: &[u8]) -> LuksImage {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(20 << 20).unwrap();
+        let k0 = dir.path().join("k0");
+        let k1 = dir.path().join("k1");
+        std::fs::write(&k0, b"recovery key of the test image").unwrap();
+        std::fs::write(&k1, broker_key).unwrap();
+        let pbkdf = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+        run_ok(
+            Command::new("cryptsetup")
+                .args(["luksFormat", "--type", "luks2", "--batch-mode"])
+                .args(pbkdf)
+                .arg("--key-file")
+                .arg(&k0)
+                .arg(&path),
+        );
+        run_ok(
+            Command::new("cryptsetup")
+                .args(["luksAddKey", "--batch-mode", "--key-slot", "1"])
+                .args(pbkdf)
+                .arg("--key-file")
+                .arg(&k0)
+                .arg(&path)
+                .arg(&k1),
+        );
+        std::fs::remove_file(&k1).unwrap();
+        LuksImage { path, _dir: dir }
+    }
+
+    /// SHA-256 of the whole image, to prove a run left it untouched.
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(std::fs::read(&self.path).unwrap()))
+    }
+}
+
+/// A directory for delivered secrets on tmpfs (the agent refuses persistent filesystems).
+pub fn secret_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) is needed for secret destinations")
+}
+
+/// The disk key in the trusted-execution-clusters operator's format, and the passphrase
+/// (the bytes of its `key` string) that the LUKS keyslot holds.
+pub fn operator_disk_key() -> (Vec<u8>, Vec<u8>) {
+    let mut raw = [0u8; 24];
+    getrandom(&mut raw);
+    let key = STANDARD.encode(raw);
+    let resource = serde_json::json!({"key_type": "oct", "key": key}).to_string();
+    (resource.into_bytes(), key.into_bytes())
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(buf)
+        .unwrap();
+}
+
+/// One agent configuration under test.
+pub struct AgentConfig {
+    pub brokers: Vec<(String, String)>, // (url, ca pem)
+    pub tcti: String,
+    pub disk_key: Option<String>,
+    pub image: Option<PathBuf>,
+    pub secrets: Vec<(String, PathBuf)>,
+    pub token_path: Option<PathBuf>,
+    pub extra: String,
+}
+
+impl AgentConfig {
+    pub fn toml(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&self.extra);
+        s.push('\n');
+        if let Some(k) = &self.disk_key {
+            s.push_str(&format!("disk_key = {k:?}\n"));
+        }
+        if let Some(p) = &self.token_path {
+            s.push_str(&format!("token_path = {:?}\n", p.display().to_string()));
+        }
+        s.push_str("[retry]\nmax_rounds = 1\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n");
+        s.push_str("[timeouts]\nconnect_ms = 2000\nrequest_ms = 10000\n");
+        s.push_str(&format!("[tpm]\ntcti = {:?}\n", self.tcti));
+        if let Some(img) = &self.image {
+            s.push_str(&format!(
+                "[luks]\ndevice = {:?}\nkeyslot = 1\n",
+                img.display().to_string()
+            ));
+        }
+        for (url, ca) in &self.brokers {
+            s.push_str(&format!("[[brokers]]\nurl = {url:?}\nca_cert = {ca:?}\n"));
+        }
+        for (res, path) in &self.secrets {
+            s.push_str(&format!(
+                "[[secrets]]\nresource = {res:?}\npath = {:?}\nmode = \"0600\"\n",
+                path.display().to_string()
+            ));
+        }
+        s
+    }
+}
+
+/// The result of one agent run.
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+    pub stdout: String,
+}
+
+impl Run {
+    /// The verdict line.
+    pub fn verdict(&self) -> &str {
+        self.stderr
+            .lines()
+            .rev()
+            .find(|l| l.contains("verdict="))
+            .unwrap_or_else(|| panic!("no verdict line in:\n{}", self.stderr))
+    }
+}
+
+/// Run `attest-unlock unlock --verify-only` with this config.
+pub fn unlock(config: &AgentConfig, dir: &Path) -> Run {
+    let cfg = dir.join("config.toml");
+    std::fs::write(&cfg, config.toml()).unwrap();
+    let out = Command::new(agent_bin())
+        .args([
+            "unlock",
+            "--verify-only",
+            "--kernel-cmdline",
+            "/dev/null",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    Run {
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}

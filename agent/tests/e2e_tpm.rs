@@ -1,0 +1,278 @@
+//! End to end on the host: swtpm + test broker + agent binary + real cryptsetup on a LUKS2
+//! image file. Each test checks what a user would: the verdict line, the image, the files.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use common::*;
+use test_kbs::{Broker, BrokerConfig};
+
+const DISK: &str = "default/node1/root";
+const KUBELET: &str = "default/node1/kubelet";
+
+struct World {
+    tpm: Swtpm,
+    image: LuksImage,
+    passphrase: Vec<u8>,
+    disk_resource: Vec<u8>,
+    ak: String,
+    work: tempfile::TempDir,
+    secrets: tempfile::TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let tpm = Swtpm::start();
+        let (disk_resource, passphrase) = operator_disk_key();
+        let image = LuksImage::new(&passphrase);
+        let ak = ak_public(&tpm);
+        World {
+            tpm,
+            image,
+            passphrase,
+            disk_resource,
+            ak,
+            work: tempfile::tempdir().unwrap(),
+            secrets: secret_dir(),
+        }
+    }
+
+    fn broker_config(&self) -> BrokerConfig {
+        let mut resources = BTreeMap::new();
+        resources.insert(DISK.to_owned(), self.disk_resource.clone());
+        resources.insert(KUBELET.to_owned(), b"kubelet bootstrap token 1234".to_vec());
+        BrokerConfig {
+            trusted_aks: vec![self.ak.clone()],
+            resources,
+            ..BrokerConfig::default()
+        }
+    }
+
+    fn secret_path(&self) -> PathBuf {
+        self.secrets.path().join("kubelet/bootstrap-token")
+    }
+
+    fn agent_config(&self, broker: &Broker) -> AgentConfig {
+        AgentConfig {
+            brokers: vec![(broker.url(), broker.ca_pem())],
+            tcti: self.tpm.tcti(),
+            disk_key: Some(DISK.to_owned()),
+            image: Some(self.image.path.clone()),
+            secrets: vec![(KUBELET.to_owned(), self.secret_path())],
+            token_path: Some(self.secrets.path().join("token.jwt")),
+            extra: String::new(),
+        }
+    }
+
+    /// Run and assert the fail-closed guarantees: non-zero exit, image untouched, nothing
+    /// written; returns the verdict line.
+    fn expect_failure(&self, config: &AgentConfig, class: &str) -> String {
+        let before = self.image.digest();
+        let run = unlock(config, self.work.path());
+        assert!(!run.status.success(), "must fail:\n{}", run.stderr);
+        assert_eq!(self.image.digest(), before, "the image must be untouched");
+        let left: Vec<_> = walk(self.secrets.path());
+        assert!(left.is_empty(), "nothing may be written, found {left:?}");
+        let verdict = run.verdict().to_owned();
+        assert!(verdict.contains("verdict=failed"), "{verdict}");
+        assert!(
+            verdict.contains(&format!("class={class} ")),
+            "want class {class}: {verdict}"
+        );
+        assert_eq!(verdict.lines().count(), 1);
+        verdict
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn released_key_opens_keyslot_and_secret_is_delivered() {
+    let w = World::new();
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let before = w.image.digest();
+    let run = unlock(&w.agent_config(&broker), w.work.path());
+    assert!(run.status.success(), "{}", run.stderr);
+
+    let verdict = run.verdict();
+    assert!(verdict.contains("verdict=ok platform=tpm"), "{verdict}");
+    assert!(verdict.contains("volume=verified"), "{verdict}");
+    for step in [
+        "keygen=",
+        "auth=",
+        "evidence=",
+        "attest=",
+        "fetch=",
+        "decrypt=",
+        "unlock=",
+        "deliver=",
+        "total=",
+    ] {
+        assert!(verdict.contains(step), "{step} missing: {verdict}");
+    }
+
+    let secret = w.secret_path();
+    assert_eq!(
+        std::fs::read(&secret).unwrap(),
+        b"kubelet bootstrap token 1234"
+    );
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = std::fs::read_to_string(w.secrets.path().join("token.jwt")).unwrap();
+    assert_eq!(token.split('.').count(), 3, "token is a JWT");
+    assert_eq!(
+        w.image.digest(),
+        before,
+        "--verify-only must not change the image"
+    );
+    assert_eq!(broker.released(), vec![DISK.to_owned(), KUBELET.to_owned()]);
+
+    // The released passphrase is the one in keyslot 1: check with cryptsetup directly.
+    let mut child = std::process::Command::new("cryptsetup")
+        .args([
+            "open",
+            "--test-passphrase",
+            "--key-slot",
+            "1",
+            "--key-file=-",
+        ])
+        .arg(&w.image.path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&w.passphrase)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn pcr_policy_mismatch_is_denied_and_nothing_happens() {
+    let w = World::new();
+    let mut bc = w.broker_config();
+    bc.expected_pcrs.insert(7, "ff".repeat(32));
+    let broker = Broker::start(bc).unwrap();
+    let v = w.expect_failure(&w.agent_config(&broker), "broker-denied");
+    assert!(v.contains("PolicyDeny"), "{v}");
+    assert!(broker.released().is_empty());
+    assert!(
+        broker
+            .log()
+            .iter()
+            .any(|l| l.contains("PCR") || l.contains("pcr")),
+        "{:?}",
+        broker.log()
+    );
+}
+
+#[test]
+fn untrusted_ak_is_denied() {
+    let w = World::new();
+    let mut bc = w.broker_config();
+    bc.trusted_aks = vec![];
+    let broker = Broker::start(bc).unwrap();
+    let v = w.expect_failure(&w.agent_config(&broker), "broker-denied");
+    assert!(v.contains("step=fetch"), "{v}");
+    assert!(broker.released().is_empty());
+}
+
+#[test]
+fn broker_cert_from_another_ca_fails_tls() {
+    let w = World::new();
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let other = Broker::start(BrokerConfig::default()).unwrap();
+    let mut c = w.agent_config(&broker);
+    c.brokers = vec![(broker.url(), other.ca_pem())];
+    let v = w.expect_failure(&c, "transport");
+    assert!(
+        v.to_lowercase().contains("certificate") || v.contains("TLS"),
+        "{v}"
+    );
+    assert!(broker.released().is_empty());
+}
+
+#[test]
+fn broker_not_listening_is_a_transport_error() {
+    let w = World::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let other = Broker::start(BrokerConfig::default()).unwrap();
+    let mut c = w.agent_config(&other);
+    c.brokers = vec![(format!("https://127.0.0.1:{port}"), other.ca_pem())];
+    let v = w.expect_failure(&c, "transport");
+    assert!(v.contains("step=auth"), "{v}");
+    assert!(v.contains("refused"), "{v}");
+}
+
+#[test]
+fn protocol_version_mismatch_stops_at_once() {
+    let w = World::new();
+    let mut bc = w.broker_config();
+    bc.expected_version = "0.5.0".to_owned();
+    let broker = Broker::start(bc).unwrap();
+    let mut c = w.agent_config(&broker);
+    // Even with retries allowed, a version mismatch is not retried.
+    c.extra = String::new();
+    let v = w.expect_failure(&c, "protocol-mismatch");
+    assert!(v.contains("attempts=1 "), "{v}");
+}
+
+#[test]
+fn key_that_does_not_open_the_slot_fails_in_unlock() {
+    let w = World::new();
+    let mut bc = w.broker_config();
+    bc.resources.insert(
+        DISK.to_owned(),
+        br#"{"key_type":"oct","key":"not the key"}"#.to_vec(),
+    );
+    let broker = Broker::start(bc).unwrap();
+    let v = w.expect_failure(&w.agent_config(&broker), "luks");
+    assert!(v.contains("keyslot 1"), "{v}");
+}
+
+#[test]
+fn absent_tpm_fails_before_contacting_the_broker() {
+    let w = World::new();
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let mut c = w.agent_config(&broker);
+    c.tcti = "device:/dev/tpm-that-does-not-exist".to_owned();
+    let v = w.expect_failure(&c, "evidence");
+    assert!(v.contains("tpm-that-does-not-exist"), "{v}");
+    assert!(
+        broker.log().is_empty(),
+        "broker was contacted: {:?}",
+        broker.log()
+    );
+}
+
+#[test]
+fn missing_luks_device_fails_without_writing() {
+    let w = World::new();
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let mut c = w.agent_config(&broker);
+    c.image = Some(w.work.path().join("no-such-disk.img"));
+    let v = w.expect_failure(&c, "luks");
+    assert!(v.contains("does not exist"), "{v}");
+}

@@ -1,0 +1,152 @@
+//! The agent's TPM evidence checked by independent tools: tpm2_checkquote verifies the quote
+//! signature and qualifying data, tpm2_print decodes the TPMS_ATTEST, tpm2_pcrread reads the
+//! PCRs, and the JSON has exactly the field layout Trustee's `tpm` verifier deserializes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use common::*;
+use rsa::pkcs8::DecodePublicKey;
+use sha2::{Digest, Sha256};
+
+fn evidence(tpm: &Swtpm, nonce: &str) -> serde_json::Value {
+    let out = run_ok(
+        Command::new(agent_bin())
+            .args([
+                "evidence",
+                "--kernel-cmdline",
+                "/dev/null",
+                "--nonce",
+                nonce,
+                "--set",
+            ])
+            .arg(format!("tpm.tcti={}", tpm.tcti())),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn quote_verifies_with_tpm2_checkquote_and_matches_trustee_layout() {
+    let tpm = Swtpm::start();
+    let nonce = STANDARD.encode([7u8; 32]);
+    let doc = evidence(&tpm, &nonce);
+    assert_eq!(doc["tee"], "tpm");
+    assert_eq!(doc["runtime-data"]["nonce"], nonce.as_str());
+    let ev = &doc["tee-evidence"]["primary_evidence"];
+
+    // Field layout Trustee's verifier reads: {tpm_quote:{signature,message,pcrs},ak_public}.
+    let obj = ev.as_object().unwrap();
+    assert!(
+        obj.keys()
+            .all(|k| ["tpm_quote", "ak_public", "event_log"].contains(&k.as_str())),
+        "{obj:?}"
+    );
+    let quote = ev["tpm_quote"].as_object().unwrap();
+    assert_eq!(quote.len(), 3, "{quote:?}");
+    let pcrs: Vec<String> = quote["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(pcrs.len(), 24);
+    assert!(pcrs.iter().all(|p| p.len() == 64
+        && p.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))));
+    let ak_b64 = ev["ak_public"].as_str().unwrap();
+    let ak_der = STANDARD.decode(ak_b64).unwrap();
+    rsa::RsaPublicKey::from_public_key_der(&ak_der).expect("ak_public is a DER RSA SPKI");
+    assert_eq!(
+        ak_b64,
+        ak_public(&tpm),
+        "same AK as `attest-unlock ak`: stable across runs"
+    );
+
+    // Independent checks with tpm2-tools.
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("msg");
+    let sig = dir.path().join("sig");
+    let pem = dir.path().join("ak.pem");
+    std::fs::write(
+        &msg,
+        STANDARD.decode(quote["message"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        &sig,
+        STANDARD
+            .decode(quote["signature"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let ak_out = run_ok(
+        Command::new(agent_bin())
+            .args(["ak", "--kernel-cmdline", "/dev/null", "--set"])
+            .arg(format!("tpm.tcti={}", tpm.tcti())),
+    );
+    let text = String::from_utf8(ak_out.stdout).unwrap();
+    let pem_text: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&pem, pem_text).unwrap();
+
+    let report_data = doc["report-data"].as_str().unwrap();
+    let qualifying = &report_data[..64]; // first 32 bytes of the binding digest
+    run_ok(
+        Command::new("tpm2_checkquote")
+            .arg("-u")
+            .arg(&pem)
+            .arg("-m")
+            .arg(&msg)
+            .arg("-s")
+            .arg(&sig)
+            .args(["-g", "sha256", "-q", qualifying]),
+    );
+    // The checker can fail: another qualification is rejected.
+    let wrong = Command::new("tpm2_checkquote")
+        .arg("-u")
+        .arg(&pem)
+        .arg("-m")
+        .arg(&msg)
+        .arg("-s")
+        .arg(&sig)
+        .args(["-g", "sha256", "-q", &"00".repeat(32)])
+        .output()
+        .unwrap();
+    assert!(
+        !wrong.status.success(),
+        "tpm2_checkquote accepted a wrong nonce"
+    );
+
+    // The quoted PCR digest is SHA-256 over the 24 PCR values we sent, which are the TPM's.
+    let printed = run_ok(
+        Command::new("tpm2_print")
+            .args(["-t", "TPMS_ATTEST"])
+            .arg(&msg),
+    );
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    let digest_line = printed
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("pcrDigest:"))
+        .unwrap_or_else(|| panic!("no pcrDigest in {printed}"));
+    let mut h = Sha256::new();
+    for p in &pcrs {
+        h.update(hex::decode(p).unwrap());
+    }
+    assert_eq!(digest_line.trim().to_lowercase(), hex::encode(h.finalize()));
+    assert_eq!(pcrs, pcrs_by_tpm2_tools(&tpm));
+}
+
+#[test]
+fn evidence_is_bound_to_the_nonce() {
+    let tpm = Swtpm::start();
+    let a = evidence(&tpm, &STANDARD.encode([1u8; 32]));
+    let b = evidence(&tpm, &STANDARD.encode([2u8; 32]));
+    assert_ne!(a["report-data"], b["report-data"]);
+    assert_ne!(
+        a["tee-evidence"]["primary_evidence"]["tpm_quote"]["message"],
+        b["tee-evidence"]["primary_evidence"]["tpm_quote"]["message"]
+    );
+}
