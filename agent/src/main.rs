@@ -16,7 +16,15 @@ struct Logger {
 
 impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= self.level
+        // Libraries (tss-esapi logs every context close at info) speak only when it matters,
+        // unless -vv asks for everything.
+        let ours = m.target().starts_with("attest_unlock");
+        let level = if ours || self.level >= log::LevelFilter::Trace {
+            self.level
+        } else {
+            self.level.min(log::LevelFilter::Warn)
+        };
+        m.level() <= level
     }
 
     fn log(&self, r: &log::Record<'_>) {

@@ -1,0 +1,92 @@
+//! A test key broker that speaks Trustee's KBS protocol 0.4.0 (RCAR) on loopback.
+//!
+//! The broker exists so the agent's end-to-end tests and the demo can run against something
+//! wire-compatible with a real Trustee KBS without containers or network access. It verifies TPM
+//! evidence for real (quote signature, PCR digest, nonce binding) with code that shares nothing
+//! with the agent, appraises it the way Trustee's default TPM policy does (`affirming` only when
+//! the AK is trusted and the expected PCRs match, `warning` otherwise), issues an ES256 EAR-style
+//! token and releases resources as flattened JWE (`ECDH-ES+A256KW` + `A256GCM`) to the TEE key
+//! bound into the evidence.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let mut config = test_kbs::BrokerConfig::default();
+//! config.resources.insert("default/key/disk".into(), b"secret".to_vec());
+//! let broker = test_kbs::Broker::start(config)?;
+//! println!("trust {} and talk to {}", broker.ca_pem(), broker.url());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every decision (why attestation failed, which status was given, which resource was released
+//! or denied) is recorded as one line in [`Broker::log`], mirroring what an operator would read in
+//! Trustee's log. Secret bytes, nonces and tokens are never logged.
+
+mod api;
+mod evidence;
+mod http;
+mod jwe;
+mod server;
+mod tls;
+mod token;
+
+use std::collections::BTreeMap;
+
+pub use server::Broker;
+
+/// The KBS protocol version a real Trustee accepts, and this broker's default.
+pub const KBS_PROTOCOL_VERSION: &str = "0.4.0";
+
+/// What the broker trusts, what it serves, and how strict it is.
+///
+/// Build it with `BrokerConfig { ..Default::default() }` so that fields added later do not break
+/// callers.
+#[derive(Clone)]
+pub struct BrokerConfig {
+    /// Trusted attestation keys: standard base64 (padded) of the AK's DER SubjectPublicKeyInfo,
+    /// exactly as the client sends it in the evidence field `ak_public`. Like Trustee, the broker
+    /// compares the decoded bytes, so only the key matters, not the base64 spelling.
+    pub trusted_aks: Vec<String>,
+    /// Reference values: PCR index (0-23) to the lowercase hex SHA-256 value it must hold.
+    pub expected_pcrs: BTreeMap<u8, String>,
+    /// Resources by path `repo/type/tag`, with their plaintext bytes.
+    pub resources: BTreeMap<String, Vec<u8>>,
+    /// The protocol version the broker accepts in `/auth`; tests set another value to provoke a
+    /// version mismatch. Defaults to [`KBS_PROTOCOL_VERSION`].
+    pub expected_version: String,
+    /// Whether a resource is released only when the appraisal is `affirming` (the default, and
+    /// what operators must configure on a real Trustee). When false, `warning` is enough, which is
+    /// what Trustee's default resource policy does.
+    pub require_affirming: bool,
+}
+
+/// Shows resource paths and sizes but never their bytes, so a logged configuration cannot leak
+/// a secret.
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let resources: BTreeMap<&str, String> = self
+            .resources
+            .iter()
+            .map(|(path, bytes)| (path.as_str(), format!("<{} bytes>", bytes.len())))
+            .collect();
+        f.debug_struct("BrokerConfig")
+            .field("trusted_aks", &self.trusted_aks)
+            .field("expected_pcrs", &self.expected_pcrs)
+            .field("resources", &resources)
+            .field("expected_version", &self.expected_version)
+            .field("require_affirming", &self.require_affirming)
+            .finish()
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            trusted_aks: Vec::new(),
+            expected_pcrs: BTreeMap::new(),
+            resources: BTreeMap::new(),
+            expected_version: KBS_PROTOCOL_VERSION.to_string(),
+            require_affirming: true,
+        }
+    }
+}
