@@ -38,13 +38,21 @@ fn main() -> Result<()> {
             setup()?;
             demo()
         }
+        Some("fuzz") => {
+            let secs: u64 = match args.get(1) {
+                Some(s) => s.parse().context("fuzz takes the seconds per target")?,
+                None => 30,
+            };
+            fuzz(secs)
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  setup   install the Debian packages and tools the tests and the demo need\n  \
                  test    setup, then fmt --check, clippy -D warnings and the whole test suite\n  \
-                 demo    setup, then attest with a swtpm to a local test broker and verify a LUKS2 keyslot"
+                 demo    setup, then attest with a swtpm to a local test broker and verify a LUKS2 keyslot\n  \
+                 fuzz [SECS]  run every cargo-fuzz target for SECS seconds (default 30)"
             );
             bail!("no command given")
         }
@@ -128,7 +136,39 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The fuzz targets are outside the workspace (they build with cargo-fuzz's flags); make
+    // sure they still compile against the library.
+    run(cargo().args([
+        "check",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--target-dir",
+        "target/fuzz-check",
+    ]))?;
     run(cargo().args(["test", "--workspace"]))?;
+    Ok(())
+}
+
+/// The cargo-fuzz targets (fuzz/fuzz_targets/*.rs), each a two-line call into the library.
+const FUZZ_TARGETS: &[&str] = &["jwe", "kbs_reply", "config", "cmdline", "disk_key"];
+
+fn fuzz(secs: u64) -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have {
+        run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    for t in FUZZ_TARGETS {
+        eprintln!("xtask: fuzzing {t} for {secs}s");
+        // cargo-fuzz needs nightly flags; the machine has one stable toolchain.
+        run(cargo()
+            .current_dir(root().join("fuzz"))
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["fuzz", "run", t, "--", &format!("-max_total_time={secs}")]))?;
+    }
     Ok(())
 }
 

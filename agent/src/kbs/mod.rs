@@ -270,39 +270,7 @@ impl KbsClient {
                 }
                 e => self.transport(step, e),
             })?;
-        match status {
-            200 => Ok(body),
-            401 | 403 => {
-                let info: ErrorInformation = serde_json::from_slice(&body).map_err(|_| {
-                    self.bad(step, format!("HTTP {status} without a KBS error body"))
-                })?;
-                let kind = info
-                    .error_type
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                if info.detail.contains("Protocol Version Mismatch") {
-                    return Err(KbsError::ProtocolMismatch {
-                        broker: self.base.clone(),
-                        detail: one_line(&info.detail),
-                    });
-                }
-                Err(KbsError::Denied {
-                    broker: self.base.clone(),
-                    step,
-                    kind: one_line(&kind),
-                    detail: one_line(&info.detail),
-                })
-            }
-            500..=599 => Err(KbsError::Unavailable {
-                broker: self.base.clone(),
-                step,
-                status,
-            }),
-            404 => Err(self.bad(step, "HTTP 404: no such endpoint or resource path (check the broker URL and the resource path)".into())),
-            s => Err(self.bad(step, format!("unexpected HTTP {s}"))),
-        }
+        classify_reply(&self.base, step, status, body)
     }
 
     fn transport(&self, step: &'static str, e: ureq::Error) -> KbsError {
@@ -341,6 +309,56 @@ fn transport_message(e: &ureq::Error) -> String {
         ureq::Error::Rustls(t) => format!("TLS: {t}"),
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
         e => e.to_string(),
+    }
+}
+
+/// Classify a complete reply: the body when 200, a typed error otherwise. Pure, so it can be
+/// fuzzed; the broker's words are cut to one bounded line before they reach a message.
+pub fn classify_reply(
+    broker: &str,
+    step: &'static str,
+    status: u16,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, KbsError> {
+    let bad = |message: String| KbsError::BadReply {
+        broker: broker.to_owned(),
+        step,
+        message,
+    };
+    match status {
+        200 => Ok(body),
+        401 | 403 => {
+            let info: ErrorInformation = serde_json::from_slice(&body)
+                .map_err(|_| bad(format!("HTTP {status} without a KBS error body")))?;
+            let kind = info
+                .error_type
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if info.detail.contains("Protocol Version Mismatch") {
+                return Err(KbsError::ProtocolMismatch {
+                    broker: broker.to_owned(),
+                    detail: one_line(&info.detail),
+                });
+            }
+            Err(KbsError::Denied {
+                broker: broker.to_owned(),
+                step,
+                kind: one_line(&kind),
+                detail: one_line(&info.detail),
+            })
+        }
+        500..=599 => Err(KbsError::Unavailable {
+            broker: broker.to_owned(),
+            step,
+            status,
+        }),
+        404 => Err(bad(
+            "HTTP 404: no such endpoint or resource path (check the broker URL and the resource path)"
+                .into(),
+        )),
+        s => Err(bad(format!("unexpected HTTP {s}"))),
     }
 }
 

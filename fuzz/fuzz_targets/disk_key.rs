@@ -1,0 +1,6 @@
+#![no_main]
+// The disk key resource as released by the broker.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let raw = zeroize::Zeroizing::new(data.to_vec());
+    let _ = attest_unlock::flow::disk_passphrase(raw, attest_unlock::config::KeyFormat::Auto);
+});
