@@ -66,6 +66,10 @@ pub enum Command {
         /// activate nothing.
         #[arg(long)]
         verify_only: bool,
+        /// On failure, write a short explanation here (the initramfs unit shows it in the
+        /// emergency shell).
+        #[arg(long, value_name = "PATH")]
+        failure_report: Option<PathBuf>,
     },
     /// Print the evidence JSON this node would send for a nonce (debugging, reference values).
     Evidence {
@@ -83,36 +87,46 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Build the configuration from every layer, in precedence order.
-    pub fn load_config(&self) -> Result<Config, ConfigError> {
+    /// The kernel command line, or "" when it cannot be read (a chroot, a test).
+    pub fn cmdline(&self) -> String {
+        std::fs::read_to_string(&self.kernel_cmdline).unwrap_or_default()
+    }
+
+    /// The configuration layers except the LUKS token's.
+    pub fn layers(&self) -> Result<Layers, ConfigError> {
         let file = match &self.config {
             Some(p) => config::read_file_layer(p, true)?,
             None => config::read_file_layer(Path::new(DEFAULT_CONFIG_PATH), false)?,
         };
-        let cmdline = match std::fs::read_to_string(&self.kernel_cmdline) {
-            Ok(text) => Some(config::parse_cmdline(&text)?),
-            // No /proc (a chroot, a test): no kernel layer.
-            Err(_) => None,
-        };
-        let cli = config::parse_overrides(self.set.iter().map(String::as_str), "--set")?;
-        let layers = Layers {
+        Ok(Layers {
             file,
-            // The LUKS2 token layer is filled by the token reader of the boot integration.
             luks_token: None,
-            cmdline,
-            cli,
-        };
-        let config = layers.resolve()?;
-        if config.insecure_allow_persistent_secrets {
-            log::warn!(
-                "insecure_allow_persistent_secrets is set: secrets may land on a persistent disk"
-            );
-        }
-        if config.insecure_allow_http {
-            log::warn!("insecure_allow_http is set: http:// brokers are allowed");
-        }
-        Ok(config)
+            cmdline: Some(config::parse_cmdline(&self.cmdline())?),
+            cli: config::parse_overrides(self.set.iter().map(String::as_str), "--set")?,
+        })
     }
+
+    /// Build the configuration from every layer but the LUKS token, in precedence order.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        resolve(self.layers()?)
+    }
+}
+
+/// Resolve layers and warn about insecure settings.
+pub fn resolve(layers: Layers) -> Result<Config, ConfigError> {
+    let config = layers.resolve()?;
+    if config.insecure_allow_persistent_secrets {
+        log::warn!(
+            "insecure_allow_persistent_secrets is set: secrets may land on a persistent disk"
+        );
+    }
+    if config.insecure_allow_http {
+        log::warn!("insecure_allow_http is set: http:// brokers are allowed");
+    }
+    if let Some(url) = &config.servers_url_override {
+        log::info!("servers_url_override: every broker URL replaced by {url}");
+    }
+    Ok(config)
 }
 
 /// How a run ended, for the exit code.
@@ -128,7 +142,10 @@ pub enum Outcome {
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
     let config = cli.load_config()?;
     match &cli.command {
-        Command::Unlock { verify_only } => Ok(unlock(cli, &config, *verify_only)),
+        Command::Unlock {
+            verify_only,
+            failure_report,
+        } => Ok(unlock(cli, config, *verify_only, failure_report.as_deref())),
         Command::Detect => {
             let d = evidence::detect(&config, &cli.root)?;
             write_out(out, &format!("{} ({})", d.platform.as_str(), d.detail));
@@ -184,14 +201,66 @@ fn write_out(out: &mut dyn Write, text: &str) {
     let _ = writeln!(out, "{text}");
 }
 
-fn unlock(cli: &Cli, config: &Config, verify_only: bool) -> Outcome {
+/// What the verdict and the failure report need to know about a failed run.
+struct FailureContext<'a> {
+    platform: &'a str,
+    step: &'a str,
+    broker: Option<&'a str>,
+    device: Option<String>,
+    attempts: u32,
+}
+
+fn unlock(cli: &Cli, mut config: Config, verify_only: bool, report: Option<&Path>) -> Outcome {
     let start = Instant::now();
-    let detect_start = Instant::now();
-    let detected = match evidence::detect(config, &cli.root) {
+    let report = report
+        .map(Path::to_path_buf)
+        .or_else(|| config.failure_report.clone());
+    let fail = |ctx: FailureContext<'_>, error: &Error| {
+        verdict_failed(&ctx, start, error);
+        if let Some(path) = &report {
+            write_failure_report(path, &ctx, error);
+        }
+        Outcome::Failed
+    };
+    let ctx = |step| FailureContext {
+        platform: "-",
+        step,
+        broker: None,
+        device: None,
+        attempts: 0,
+    };
+
+    // The volume: configured, or named by the standard rd.luks.* kernel arguments.
+    if config.luks.is_none() {
+        config.luks = config::luks_from_cmdline(&cli.cmdline());
+    }
+    let cryptsetup = Cryptsetup::default();
+    let disk = match prepare_disk_key(cli, &mut config, &cryptsetup) {
         Ok(d) => d,
         Err(e) => {
-            verdict_failed("none", "detect", None, 0, start, &Error::from(e));
-            return Outcome::Failed;
+            let device = config.luks.as_ref().map(|l| l.device.display().to_string());
+            return fail(
+                FailureContext {
+                    device,
+                    ..ctx("token")
+                },
+                &e,
+            );
+        }
+    };
+    let device = config.luks.as_ref().map(|l| l.device.display().to_string());
+
+    let detect_start = Instant::now();
+    let detected = match evidence::detect(&config, &cli.root) {
+        Ok(d) => d,
+        Err(e) => {
+            return fail(
+                FailureContext {
+                    device,
+                    ..ctx("detect")
+                },
+                &Error::from(e),
+            )
         }
     };
     let detect_time = detect_start.elapsed();
@@ -200,9 +269,9 @@ fn unlock(cli: &Cli, config: &Config, verify_only: bool) -> Outcome {
         detected.platform.as_str(),
         detected.detail
     );
-    let mut source = evidence::source_for(&detected, config, &cli.root);
+    let mut source = evidence::source_for(&detected, &config, &cli.root);
     let opts = Options { verify_only };
-    match flow::run(config, source.as_mut(), &Cryptsetup::default(), &opts) {
+    match flow::run(&config, disk.as_ref(), source.as_mut(), &cryptsetup, &opts) {
         Ok(mut report) => {
             report
                 .timings
@@ -220,32 +289,117 @@ fn unlock(cli: &Cli, config: &Config, verify_only: bool) -> Outcome {
             );
             Outcome::Success
         }
-        Err(f) => {
-            verdict_failed(
-                detected.platform.as_str(),
-                f.step.as_str(),
-                f.broker.as_deref(),
-                f.attempts,
-                start,
-                &f.error,
-            );
-            Outcome::Failed
-        }
+        Err(f) => fail(
+            FailureContext {
+                platform: detected.platform.as_str(),
+                step: f.step.as_str(),
+                broker: f.broker.as_deref(),
+                device,
+                attempts: f.attempts,
+            },
+            &f.error,
+        ),
     }
 }
 
-fn verdict_failed(
-    platform: &str,
-    step: &str,
-    broker: Option<&str>,
-    attempts: u32,
-    start: Instant,
-    error: &Error,
-) {
-    log::error!(
-        "verdict=failed platform={platform} step={step} class={} broker={} attempts={attempts} total={:.1}ms reason=\"{}\" (nothing unlocked, no secret written)",
+/// Decide where the disk key comes from: `disk_key` in the config, or the trustee clevis
+/// token in the volume's LUKS2 header (whose pin config then becomes the config's LUKS-token
+/// layer, and whose keyslot is the one to open).
+fn prepare_disk_key(
+    cli: &Cli,
+    config: &mut Config,
+    cryptsetup: &Cryptsetup,
+) -> Result<Option<flow::DiskKey>, Error> {
+    if let Some(path) = &config.disk_key {
+        return Ok(Some(flow::DiskKey::Resource(path.clone())));
+    }
+    let Some(luks) = config.luks.clone() else {
+        return Ok(None);
+    };
+    crate::luks::wait_for_device(
+        &luks.device,
+        std::time::Duration::from_millis(luks.device_timeout_ms),
+    )?;
+    let meta = cryptsetup.metadata(&luks.device)?;
+    let token = crate::clevis::find_trustee_token(&meta)?;
+    let jwe = crate::clevis::ClevisJwe::parse_compact(&token.jwe)?;
+    log::info!(
+        "{}: trustee clevis token {} for keyslot {}",
+        luks.device.display(),
+        token.id,
+        token.keyslot
+    );
+    let mut layers = cli.layers()?;
+    layers.luks_token = Some(jwe.config.to_layer(system_ca_bundle())?);
+    let mut resolved = resolve(layers)?;
+    let mut luks = resolved.luks.take().unwrap_or(luks);
+    luks.keyslot = luks.keyslot.or(Some(token.keyslot));
+    resolved.luks = Some(luks);
+    *config = resolved;
+    Ok(Some(flow::DiskKey::Clevis(Box::new(jwe))))
+}
+
+/// The system CA bundle, used for a pin server whose `cert` is empty (as the upstream pin
+/// trusts the system roots then).
+fn system_ca_bundle() -> Option<&'static str> {
+    crate::clevis::SYSTEM_CA_BUNDLES
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).exists())
+}
+
+/// What to check, per error class: the first thing an on-call engineer should look at.
+fn hint(class: crate::ErrorClass) -> &'static str {
+    use crate::ErrorClass as C;
+    match class {
+        C::Config => "the attest-unlock config / pin config / kernel arguments (rd.attest_unlock.*)",
+        C::Evidence => "that the TPM/TEE is present and enabled for this VM (ls /dev/tpmrm0)",
+        C::Transport => "network (ip a), the broker URL, and that the broker's certificate is signed by the configured CA",
+        C::BrokerUnavailable => "the broker's health; it answered 5xx",
+        C::BrokerDenied => "the broker's log for this session: is this node's AK in trusted_aks, do its PCRs match the reference values, does the resource policy allow it",
+        C::ProtocolMismatch => "the broker's version: it must speak KBS protocol 0.4.0",
+        C::BadReply => "the broker's version and the resource's format",
+        C::Jwe => "the broker: the secret was not encrypted to this boot's key",
+        C::Luks => "the LUKS2 header (cryptsetup luksDump): the trustee token and its keyslot",
+        C::Deliver => "the secret destinations: they must be on tmpfs and writable",
+    }
+}
+
+fn write_failure_report(path: &Path, ctx: &FailureContext<'_>, error: &Error) {
+    let text = format!(
+        "attest-unlock: boot stopped: the root disk was NOT unlocked and no secret was written.\n\
+         \x20 device:   {}\n\
+         \x20 broker:   {}\n\
+         \x20 step:     {} (attempts {})\n\
+         \x20 class:    {}\n\
+         \x20 reason:   {}\n\
+         \x20 check:    {}\n\
+         \x20 journal:  journalctl -u attest-unlock.service\n",
+        ctx.device.as_deref().unwrap_or("-"),
+        ctx.broker.unwrap_or("-"),
+        ctx.step,
+        ctx.attempts,
         error.class(),
-        broker.unwrap_or("-"),
+        crate::error::chain(error),
+        hint(error.class()),
+    );
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        log::warn!("cannot write failure report {}: {e}", path.display());
+    }
+}
+
+fn verdict_failed(ctx: &FailureContext<'_>, start: Instant, error: &Error) {
+    log::error!(
+        "verdict=failed platform={} step={} class={} broker={} device={} attempts={} total={:.1}ms reason=\"{}\" (nothing unlocked, no secret written)",
+        ctx.platform,
+        ctx.step,
+        error.class(),
+        ctx.broker.unwrap_or("-"),
+        ctx.device.as_deref().unwrap_or("-"),
+        ctx.attempts,
         start.elapsed().as_secs_f64() * 1e3,
         crate::error::chain(error),
     );

@@ -133,8 +133,15 @@ pub struct Luks {
     #[serde(default = "default_luks_name")]
     pub name: String,
     /// The keyslot the broker key opens. Naming it skips cryptsetup's trial of every slot,
-    /// which costs seconds when an argon2 slot comes first.
+    /// which costs seconds when an argon2 slot comes first. A trustee LUKS2 token names it.
     pub keyslot: Option<u32>,
+    /// How long to wait for the device node to appear (udev in early boot), in milliseconds.
+    #[serde(default = "default_device_timeout")]
+    pub device_timeout_ms: u64,
+}
+
+fn default_device_timeout() -> u64 {
+    90_000
 }
 
 fn default_luks_name() -> String {
@@ -308,6 +315,12 @@ pub struct Config {
     /// Allow `http://` broker URLs (no TLS). Logged at warn; tests of the fail-closed path only.
     #[serde(default)]
     pub insecure_allow_http: bool,
+    /// Replace the URL of every broker (the operator's boot-time switch, usually given as
+    /// `rd.attest_unlock.servers_url_override=URL`, e.g. when the broker moved). The CA stays
+    /// as configured.
+    pub servers_url_override: Option<String>,
+    /// Write a short explanation of a failed unlock here (for the emergency shell).
+    pub failure_report: Option<PathBuf>,
 }
 
 /// The layers a configuration is built from, each optional, in precedence order.
@@ -337,8 +350,13 @@ impl Layers {
             merge(&mut merged, t);
         }
         merge(&mut merged, self.cli);
-        let config = Config::deserialize(Value::Table(merged))
+        let mut config = Config::deserialize(Value::Table(merged))
             .map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))?;
+        if let Some(url) = &config.servers_url_override {
+            for b in &mut config.brokers {
+                b.url.clone_from(url);
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -413,6 +431,37 @@ pub fn parse_cmdline(cmdline: &str) -> Result<Table, ConfigError> {
         .filter_map(|w| w.strip_prefix(CMDLINE_PREFIX))
         .collect();
     parse_overrides(ours, "kernel command line")
+}
+
+/// The LUKS volume named by the standard dracut/systemd kernel arguments: `rd.luks.name=UUID=NAME`
+/// or `rd.luks.uuid=[luks-]UUID` (activated as `luks-UUID`, the name systemd-cryptsetup would
+/// give it). The first one wins.
+pub fn luks_from_cmdline(cmdline: &str) -> Option<Luks> {
+    for w in split_cmdline(cmdline) {
+        let (uuid, name) = if let Some(v) = w.strip_prefix("rd.luks.name=") {
+            let (uuid, name) = v.split_once('=')?;
+            (uuid.trim_start_matches("UUID=").to_owned(), name.to_owned())
+        } else if let Some(v) = w.strip_prefix("rd.luks.uuid=") {
+            let uuid = v
+                .trim_start_matches("UUID=")
+                .trim_start_matches("luks-")
+                .to_owned();
+            let name = format!("luks-{uuid}");
+            (uuid, name)
+        } else {
+            continue;
+        };
+        if uuid.is_empty() || !uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            continue;
+        }
+        return Some(Luks {
+            device: PathBuf::from(format!("/dev/disk/by-uuid/{uuid}")),
+            name,
+            keyslot: None,
+            device_timeout_ms: default_device_timeout(),
+        });
+    }
+    None
 }
 
 fn split_cmdline(cmdline: &str) -> Vec<String> {
@@ -533,18 +582,20 @@ impl Config {
     }
 
     /// Checks needed before `unlock` (other subcommands need less).
-    pub fn validate_for_unlock(&self) -> Result<(), ConfigError> {
+    pub fn validate_for_unlock(&self, has_disk_key: bool) -> Result<(), ConfigError> {
         if self.brokers.is_empty() {
             return Err(ConfigError::Invalid("no broker configured".to_owned()));
         }
-        if self.disk_key.is_none() && self.secrets.is_empty() {
+        if !has_disk_key && self.secrets.is_empty() {
             return Err(ConfigError::Invalid(
-                "nothing to do: neither disk_key nor secrets configured".to_owned(),
+                "nothing to do: no disk key (disk_key or a trustee LUKS2 token) and no secrets"
+                    .to_owned(),
             ));
         }
-        if self.disk_key.is_some() != self.luks.is_some() {
+        if has_disk_key && self.luks.is_none() {
             return Err(ConfigError::Invalid(
-                "disk_key and [luks] go together".to_owned(),
+                "a disk key needs a [luks] device (or rd.luks.uuid= on the kernel command line)"
+                    .to_owned(),
             ));
         }
         Ok(())
@@ -627,7 +678,7 @@ tcti = "device:/dev/tpmrm0"
         assert_eq!(c.secrets[0].mode, 0o400);
         assert_eq!(c.luks.as_ref().unwrap().name, "root");
         assert_eq!(c.timeouts, Timeouts::default());
-        c.validate_for_unlock().unwrap();
+        c.validate_for_unlock(true).unwrap();
     }
 
     #[test]
@@ -643,6 +694,29 @@ tcti = "device:/dev/tpmrm0"
         assert_eq!(c.luks.unwrap().keyslot, Some(2), "token beats file");
         assert_eq!(c.tpm.ak_handle, Some(0x81010002), "cmdline beats token");
         assert_eq!(c.tpm.tcti, "swtpm:port=2321", "cli beats cmdline");
+    }
+
+    #[test]
+    fn luks_volume_from_standard_kernel_arguments() {
+        let l = luks_from_cmdline("ro rd.luks.uuid=luks-0123-abcd rd.luks.uuid=ffff").unwrap();
+        assert_eq!(l.device, PathBuf::from("/dev/disk/by-uuid/0123-abcd"));
+        assert_eq!(l.name, "luks-0123-abcd");
+        let l = luks_from_cmdline("rd.luks.name=0123-abcd=root").unwrap();
+        assert_eq!(
+            (l.name.as_str(), l.device.to_str()),
+            ("root", Some("/dev/disk/by-uuid/0123-abcd"))
+        );
+        assert!(luks_from_cmdline("rd.luks.uuid=../../etc root=x").is_none());
+    }
+
+    #[test]
+    fn servers_url_override_replaces_every_broker_url() {
+        let mut l = layers();
+        l.cmdline = Some(
+            parse_cmdline("rd.attest_unlock.servers_url_override=https://10.0.2.2:9").unwrap(),
+        );
+        let c = l.resolve().unwrap();
+        assert!(c.brokers.iter().all(|b| b.url == "https://10.0.2.2:9"));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use crate::clevis::ClevisError;
 use crate::config::ConfigError;
 use crate::deliver::DeliverError;
 use crate::evidence::EvidenceError;
@@ -104,6 +105,9 @@ pub enum Error {
         /// What is wrong (never the key itself).
         message: String,
     },
+    /// The clevis pin config, JWE or LUKS2 token is unusable.
+    #[error(transparent)]
+    Clevis(#[from] ClevisError),
     /// The LUKS2 step failed.
     #[error(transparent)]
     Luks(#[from] LuksError),
@@ -121,6 +125,10 @@ impl Error {
             Error::Kbs(e) => e.class(),
             Error::Jwe { .. } => ErrorClass::Jwe,
             Error::KeyFormat { .. } => ErrorClass::BadReply,
+            Error::Clevis(ClevisError::Config(_)) => ErrorClass::Config,
+            Error::Clevis(ClevisError::Key(_)) => ErrorClass::BadReply,
+            Error::Clevis(ClevisError::Decrypt) => ErrorClass::Jwe,
+            Error::Clevis(ClevisError::Jwe(_) | ClevisError::Token(_)) => ErrorClass::Luks,
             Error::Luks(_) => ErrorClass::Luks,
             Error::Deliver(_) => ErrorClass::Deliver,
         }

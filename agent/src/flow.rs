@@ -143,33 +143,63 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Secrets released in one session, decrypted, held in zeroizing buffers.
-struct Released {
-    disk_key: Option<Zeroizing<Vec<u8>>>,
-    secrets: Vec<Zeroizing<Vec<u8>>>,
-    token: Zeroizing<String>,
+/// Where the disk's passphrase comes from.
+#[derive(Debug, Clone)]
+pub enum DiskKey {
+    /// The resource at this path is the passphrase (in `config.disk_key_format`).
+    Resource(String),
+    /// The passphrase is a clevis `trustee` JWE (from the LUKS2 token) whose key is the
+    /// resource at the pin config's `path`.
+    Clevis(Box<crate::clevis::ClevisJwe>),
 }
 
-/// Run the whole flow with an evidence source already chosen by detection.
-pub fn run(
+impl DiskKey {
+    /// The resource path to fetch.
+    pub fn resource(&self) -> &str {
+        match self {
+            DiskKey::Resource(p) => p,
+            DiskKey::Clevis(jwe) => &jwe.config.path,
+        }
+    }
+}
+
+/// Resources released in one session, decrypted, held in zeroizing buffers.
+pub struct Released {
+    /// The broker that released them.
+    pub broker: String,
+    /// Sessions tried.
+    pub attempts: u32,
+    /// Per-step timings of the successful session.
+    pub timings: Timings,
+    /// The plaintexts, in the order asked for.
+    pub resources: Vec<Zeroizing<Vec<u8>>>,
+    /// The attestation token (EAR JWT).
+    pub token: Zeroizing<String>,
+}
+
+/// Attest and fetch `paths`, retrying across brokers and rounds per the config's policy.
+pub fn release(
     config: &Config,
     source: &mut dyn EvidenceSource,
-    cryptsetup: &Cryptsetup,
-    opts: &Options,
-) -> Result<Report, Failure> {
+    paths: &[&str],
+) -> Result<Released, Failure> {
     let fail = |step, broker, attempts, error: Error| Failure {
         step,
         broker,
         attempts,
         error,
     };
-    config
-        .validate_for_unlock()
-        .map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
     let init_data = config
         .init_data_body()
         .map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
-
+    if config.brokers.is_empty() {
+        return Err(fail(
+            Step::Detect,
+            None,
+            0,
+            crate::config::ConfigError::Invalid("no broker configured".into()).into(),
+        ));
+    }
     let mut clients = Vec::new();
     for b in &config.brokers {
         let ca = b
@@ -182,19 +212,27 @@ pub fn run(
 
     let mut attempts = 0u32;
     let mut round = 0u32;
-    let (released, broker, mut timings) = 'rounds: loop {
-        let mut last: Option<(Step, String, Error)> = None;
+    loop {
+        let mut last = None;
         for client in &clients {
             attempts += 1;
             let mut timings = Timings::default();
-            match session(config, client, source, init_data.as_deref(), &mut timings) {
-                Ok(released) => break 'rounds (released, client.url().to_owned(), timings),
+            match session(client, source, paths, init_data.as_deref(), &mut timings) {
+                Ok((resources, token)) => {
+                    return Ok(Released {
+                        broker: client.url().to_owned(),
+                        attempts,
+                        timings,
+                        resources,
+                        token,
+                    })
+                }
                 Err((step, error)) => {
                     let class = error.class();
                     log::warn!(
                         "attempt {attempts}: broker {} step {step}: {} [{class}]",
                         client.url(),
-                        error
+                        crate::error::chain(&error)
                     );
                     if !class.is_retryable() {
                         return Err(fail(step, Some(client.url().to_owned()), attempts, error));
@@ -221,14 +259,61 @@ pub fn run(
             delay.as_secs_f64()
         );
         std::thread::sleep(delay);
+    }
+}
+
+/// Run the whole flow with an evidence source already chosen by detection.
+pub fn run(
+    config: &Config,
+    disk: Option<&DiskKey>,
+    source: &mut dyn EvidenceSource,
+    cryptsetup: &Cryptsetup,
+    opts: &Options,
+) -> Result<Report, Failure> {
+    if let Err(e) = config.validate_for_unlock(disk.is_some()) {
+        return Err(Failure {
+            step: Step::Detect,
+            broker: None,
+            attempts: 0,
+            error: e.into(),
+        });
+    }
+    let mut paths: Vec<&str> = Vec::new();
+    if let Some(d) = disk {
+        paths.push(d.resource());
+    }
+    paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
+    let Released {
+        broker,
+        attempts,
+        mut timings,
+        mut resources,
+        token,
+    } = release(config, source, &paths)?;
+    let fail_at = |step, error| Failure {
+        step,
+        broker: Some(broker.clone()),
+        attempts,
+        error,
     };
 
-    let fail_at = |step, error| fail(step, Some(broker.clone()), attempts, error);
+    let passphrase = match disk {
+        None => None,
+        Some(d) => {
+            let raw = resources.remove(0);
+            let key = timings
+                .time(Step::Decrypt, || {
+                    passphrase_for(d, raw, config.disk_key_format)
+                })
+                .map_err(|e| fail_at(Step::Decrypt, e))?;
+            Some(key)
+        }
+    };
 
     // Stage secrets (and the token) before touching the disk: a destination that cannot be
     // written fails the run before anything is unlocked.
     let mut items = Vec::new();
-    for (s, bytes) in config.secrets.iter().zip(&released.secrets) {
+    for (s, bytes) in config.secrets.iter().zip(&resources) {
         items.push(Item {
             path: &s.path,
             mode: s.mode,
@@ -239,7 +324,7 @@ pub fn run(
         items.push(Item {
             path: p,
             mode: 0o600,
-            bytes: released.token.as_bytes(),
+            bytes: token.as_bytes(),
         });
     }
     let staged = timings
@@ -249,7 +334,7 @@ pub fn run(
         .map_err(|e| fail_at(Step::Stage, e.into()))?;
 
     let mut volume = "none";
-    if let (Some(luks), Some(key)) = (&config.luks, &released.disk_key) {
+    if let (Some(luks), Some(key)) = (&config.luks, &passphrase) {
         timings
             .time(Step::Unlock, || {
                 if opts.verify_only {
@@ -279,14 +364,39 @@ pub fn run(
     })
 }
 
-/// One session with one broker: everything up to decrypted secrets in memory.
+fn passphrase_for(
+    disk: &DiskKey,
+    raw: Zeroizing<Vec<u8>>,
+    format: KeyFormat,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    match disk {
+        DiskKey::Resource(path) => {
+            disk_passphrase(raw, format).map_err(|message| Error::KeyFormat {
+                resource: path.clone(),
+                message,
+            })
+        }
+        DiskKey::Clevis(jwe) => {
+            let key = crate::clevis::PinKey::from_resource(&raw).map_err(|e| Error::KeyFormat {
+                resource: jwe.config.path.clone(),
+                message: e.to_string(),
+            })?;
+            Ok(jwe.decrypt(&key)?)
+        }
+    }
+}
+
+/// What one successful session yields: the decrypted resources and the attestation token.
+type SessionOutput = (Vec<Zeroizing<Vec<u8>>>, Zeroizing<String>);
+
+/// One session with one broker: everything up to decrypted resources in memory.
 fn session(
-    config: &Config,
     client: &KbsClient,
     source: &mut dyn EvidenceSource,
+    paths: &[&str],
     init_data: Option<&str>,
     t: &mut Timings,
-) -> Result<Released, (Step, Error)> {
+) -> Result<SessionOutput, (Step, Error)> {
     let key = t.time(Step::Keygen, EphemeralKey::generate);
     let tee_pubkey = key.tee_pubkey();
     let session = t
@@ -319,11 +429,6 @@ fn session(
         .time(Step::Attest, || client.attest(&session, &attestation))
         .map_err(|e| (Step::Attest, e.into()))?;
 
-    let mut paths: Vec<&str> = Vec::new();
-    if let Some(k) = &config.disk_key {
-        paths.push(k);
-    }
-    paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
     let bodies = t
         .time(Step::Fetch, || {
             paths
@@ -333,7 +438,7 @@ fn session(
         })
         .map_err(|e| (Step::Fetch, e.into()))?;
 
-    let mut plain = t
+    let plain = t
         .time(Step::Decrypt, || {
             paths
                 .iter()
@@ -347,30 +452,7 @@ fn session(
                 .collect::<Result<Vec<_>, Error>>()
         })
         .map_err(|e| (Step::Decrypt, e))?;
-    drop(key);
-
-    let disk_key = match &config.disk_key {
-        Some(path) => {
-            let raw = plain.remove(0);
-            Some(
-                disk_passphrase(raw, config.disk_key_format).map_err(|message| {
-                    (
-                        Step::Decrypt,
-                        Error::KeyFormat {
-                            resource: path.clone(),
-                            message,
-                        },
-                    )
-                })?,
-            )
-        }
-        None => None,
-    };
-    Ok(Released {
-        disk_key,
-        secrets: plain,
-        token: Zeroizing::new(token),
-    })
+    Ok((plain, Zeroizing::new(token)))
 }
 
 /// Turn the disk key resource into the LUKS passphrase.

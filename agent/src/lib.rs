@@ -5,6 +5,7 @@
 //! JWE, unlock the LUKS2 volume and deliver the secrets; on any failure, unlock nothing and
 //! write nothing. See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod clevis;
 pub mod cli;
 pub mod config;
 pub mod deliver;
@@ -14,5 +15,6 @@ pub mod flow;
 pub mod hw;
 pub mod kbs;
 pub mod luks;
+pub mod pin;
 
 pub use error::{Error, ErrorClass};

@@ -53,9 +53,8 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = match cli.verbose {
+fn init_logging(verbose: u8) {
+    let level = match verbose {
         0 => log::LevelFilter::Info,
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
@@ -73,29 +72,80 @@ fn main() -> ExitCode {
         .map(Mutex::new);
     let _ = log::set_boxed_logger(Box::new(Logger { level, kmsg }));
     log::set_max_level(level);
+}
 
+fn report(e: &attest_unlock::Error) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "attest-unlock: error: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let _ = writeln!(std::io::stderr(), "  caused by: {s}");
+        source = s.source();
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "attest-unlock: verdict=failed class={} reason=\"{}\"",
+        e.class(),
+        attest_unlock::error::chain(e)
+    );
+    ExitCode::from(if e.class() == attest_unlock::ErrorClass::Config {
+        2
+    } else {
+        1
+    })
+}
+
+/// clevis runs pins by name: `clevis-encrypt-trustee CONFIG` and `clevis-decrypt-trustee`.
+fn pin_mode(argv0: &str) -> Option<ExitCode> {
+    let name = std::path::Path::new(argv0).file_name()?.to_str()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut stdout = std::io::stdout().lock();
+    let result = match name {
+        "clevis-encrypt-trustee" => {
+            init_logging(0);
+            match args.first().map(String::as_str) {
+                Some("--summary") => {
+                    let _ = writeln!(
+                        stdout,
+                        "Encrypts using a Trustee key broker after attestation (attest-unlock)"
+                    );
+                    return Some(ExitCode::SUCCESS);
+                }
+                Some(config) if !config.starts_with('-') => {
+                    attest_unlock::pin::encrypt(config, &mut stdout)
+                }
+                _ => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "Usage: clevis encrypt trustee CONFIG < PLAINTEXT > JWE\n\n\
+                         CONFIG: {{\"servers\":[{{\"url\":...,\"cert\":...}}],\"path\":\"repo/type/tag\",\
+                         \"initdata\":...,\"num_retries\":N|\"infinity\",\"attestation_key\":...}}"
+                    );
+                    return Some(ExitCode::from(2));
+                }
+            }
+        }
+        "clevis-decrypt-trustee" => {
+            init_logging(0);
+            attest_unlock::pin::decrypt(&mut stdout)
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e),
+    })
+}
+
+fn main() -> ExitCode {
+    if let Some(code) = std::env::args().next().as_deref().and_then(pin_mode) {
+        return code;
+    }
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
     let mut stdout = std::io::stdout().lock();
     match cli::run(&cli, &mut stdout) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "attest-unlock: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let _ = writeln!(std::io::stderr(), "  caused by: {s}");
-                source = s.source();
-            }
-            let _ = writeln!(
-                std::io::stderr(),
-                "attest-unlock: verdict=failed class={} reason=\"{}\"",
-                e.class(),
-                attest_unlock::error::chain(&e)
-            );
-            ExitCode::from(if e.class() == attest_unlock::ErrorClass::Config {
-                2
-            } else {
-                1
-            })
-        }
+        Err(e) => report(&e),
     }
 }

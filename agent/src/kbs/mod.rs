@@ -128,40 +128,7 @@ impl KbsClient {
         timeouts: &Timeouts,
     ) -> Result<KbsClient, KbsError> {
         let base = broker.url.trim_end_matches('/').to_owned();
-        let config_err = |message: String| KbsError::Config {
-            broker: base.clone(),
-            message,
-        };
-        let mut roots = Vec::new();
-        if let Some(pem) = ca_pem {
-            for item in ureq::tls::parse_pem(pem.as_bytes()) {
-                match item {
-                    Ok(PemItem::Certificate(c)) => roots.push(c),
-                    Ok(_) => {}
-                    Err(e) => return Err(config_err(format!("ca_cert is not valid PEM: {e}"))),
-                }
-            }
-            if roots.is_empty() {
-                return Err(config_err("ca_cert holds no certificate".to_owned()));
-            }
-        }
-        let roots: Vec<Certificate<'static>> = roots;
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(roots)))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
-        let https = base.starts_with("https://");
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .https_only(https)
-            .proxy(None)
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .timeout_connect(Some(timeouts.connect()))
-            .timeout_per_call(Some(timeouts.request()))
-            .user_agent(concat!("attest-unlock/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let agent = http_agent(&base, ca_pem, timeouts)?;
         Ok(KbsClient { agent, base })
     }
 
@@ -309,6 +276,92 @@ fn transport_message(e: &ureq::Error) -> String {
         ureq::Error::Rustls(t) => format!("TLS: {t}"),
         ureq::Error::Timeout(t) => format!("timed out ({t})"),
         e => e.to_string(),
+    }
+}
+
+/// An HTTP agent for `url` trusting only `ca_pem`: no proxy, no redirects, bounded timeouts.
+fn http_agent(
+    url: &str,
+    ca_pem: Option<&str>,
+    timeouts: &Timeouts,
+) -> Result<ureq::Agent, KbsError> {
+    let config_err = |message: String| KbsError::Config {
+        broker: url.to_owned(),
+        message,
+    };
+    let mut roots: Vec<Certificate<'static>> = Vec::new();
+    if let Some(pem) = ca_pem {
+        for item in ureq::tls::parse_pem(pem.as_bytes()) {
+            match item {
+                Ok(PemItem::Certificate(c)) => roots.push(c),
+                Ok(_) => {}
+                Err(e) => return Err(config_err(format!("ca_cert is not valid PEM: {e}"))),
+            }
+        }
+        if roots.is_empty() {
+            return Err(config_err("ca_cert holds no certificate".to_owned()));
+        }
+    }
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls)
+        .https_only(url.starts_with("https://"))
+        .proxy(None)
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .timeout_connect(Some(timeouts.connect()))
+        .timeout_per_call(Some(timeouts.request()))
+        .user_agent(concat!("attest-unlock/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent())
+}
+
+/// Register this node's AK at first boot: `PUT <url>` with
+/// `{"attestation_key": <PEM>, "uuid": <uuid>}`, as the trusted-execution-clusters
+/// registration server expects; any 2xx is success.
+pub fn register_ak(
+    url: &str,
+    ca_pem: Option<&str>,
+    timeouts: &Timeouts,
+    ak_pem: &str,
+    uuid: &str,
+) -> Result<(), KbsError> {
+    let step = "register-ak";
+    let agent = http_agent(url, ca_pem, timeouts)?;
+    let body = serde_json::json!({"attestation_key": ak_pem, "uuid": uuid});
+    let mut resp = agent
+        .put(url)
+        .header("Content-Type", "application/json")
+        .send(body.to_string())
+        .map_err(|e| KbsError::Transport {
+            broker: url.to_owned(),
+            step,
+            message: one_line(&transport_message(&e)),
+        })?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(4096)
+        .read_to_string()
+        .unwrap_or_default();
+    match status {
+        500..=599 => Err(KbsError::Unavailable {
+            broker: url.to_owned(),
+            step,
+            status,
+        }),
+        _ => Err(KbsError::BadReply {
+            broker: url.to_owned(),
+            step,
+            message: format!("HTTP {status}: {}", one_line(&text)),
+        }),
     }
 }
 

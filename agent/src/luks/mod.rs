@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// A LUKS step failure.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +36,7 @@ pub enum LuksError {
     /// cryptsetup failed otherwise.
     #[error("cryptsetup {op} {device} failed (exit {code}): {message}")]
     Failed {
-        /// `open` or `test-passphrase`.
+        /// `open`, `test-passphrase` or `luksDump`.
         op: &'static str,
         /// The device.
         device: PathBuf,
@@ -155,6 +156,57 @@ impl Cryptsetup {
             }),
         }
     }
+}
+
+impl Cryptsetup {
+    /// The LUKS2 header metadata as JSON (`cryptsetup luksDump --dump-json-metadata`), where
+    /// the tokens live.
+    pub fn metadata(&self, device: &Path) -> Result<Vec<u8>, LuksError> {
+        if !device.exists() {
+            return Err(LuksError::DeviceAbsent(device.to_owned()));
+        }
+        let out = Command::new(&self.binary)
+            .args(["luksDump", "--dump-json-metadata"])
+            .arg(device)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| LuksError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(LuksError::Failed {
+                op: "luksDump",
+                device: device.to_owned(),
+                code: out.status.code().unwrap_or(-1),
+                message: String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no message (not a LUKS2 device?)")
+                    .trim()
+                    .to_owned(),
+            });
+        }
+        Ok(out.stdout)
+    }
+}
+
+/// Wait for a device node to appear (udev creates `/dev/disk/by-uuid/...` links some time
+/// after the disk is probed). Polls at a short interval; returns at once when it exists.
+pub fn wait_for_device(device: &Path, timeout: Duration) -> Result<(), LuksError> {
+    let deadline = Instant::now() + timeout;
+    let mut logged = false;
+    while !device.exists() {
+        if Instant::now() >= deadline {
+            return Err(LuksError::DeviceAbsent(device.to_owned()));
+        }
+        if !logged {
+            log::info!("waiting for {} to appear", device.display());
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn slot_args(keyslot: Option<u32>) -> Vec<String> {

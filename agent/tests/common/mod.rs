@@ -136,19 +136,37 @@ pub fn pcrs_by_tpm2_tools(tpm: &Swtpm) -> Vec<String> {
 /// (fast), made by the real cryptsetup on a plain file.
 pub struct LuksImage {
     pub path: PathBuf,
+    /// The key file of slot 0.
+    pub recovery_key: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl LuksImage {
     pub fn new(broker_key: &[u8]) -> LuksImage {
+        let img = LuksImage::recovery_only();
+        let k1 = img._dir.path().join("k1");
+        std::fs::write(&k1, broker_key).unwrap();
+        run_ok(
+            Command::new("cryptsetup")
+                .args(["luksAddKey", "--batch-mode", "--key-slot", "1"])
+                .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+                .arg("--key-file")
+                .arg(&img.recovery_key)
+                .arg(&img.path)
+                .arg(&k1),
+        );
+        std::fs::remove_file(&k1).unwrap();
+        img
+    }
+
+    /// An image with only slot 0 (the recovery key).
+    pub fn recovery_only() -> LuksImage {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(20 << 20).unwrap();
         let k0 = dir.path().join("k0");
-        let k1 = dir.path().join("k1");
         std::fs::write(&k0, b"recovery key of the test image").unwrap();
-        std::fs::write(&k1, broker_key).unwrap();
         let pbkdf = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
         run_ok(
             Command::new("cryptsetup")
@@ -158,17 +176,11 @@ impl LuksImage {
                 .arg(&k0)
                 .arg(&path),
         );
-        run_ok(
-            Command::new("cryptsetup")
-                .args(["luksAddKey", "--batch-mode", "--key-slot", "1"])
-                .args(pbkdf)
-                .arg("--key-file")
-                .arg(&k0)
-                .arg(&path)
-                .arg(&k1),
-        );
-        std::fs::remove_file(&k1).unwrap();
-        LuksImage { path, _dir: dir }
+        LuksImage {
+            path,
+            recovery_key: k0,
+            _dir: dir,
+        }
     }
 
     /// SHA-256 of the whole image, to prove a run left it untouched.

@@ -1,0 +1,553 @@
+//! The clevis `trustee` pin: config, JWE and LUKS2 token formats (pure code, no I/O).
+//!
+//! Drop-in for latchset's `clevis-pin-trustee`: the same pin config JSON
+//! (`{"servers":[{"url","cert"}],"path","initdata","num_retries","attestation_key"}`), the same
+//! compact JWE (`dir` + `A256GCM`, the key being the 32 ASCII bytes of the `key` string of the
+//! broker resource `{"key_type":"oct","key":...}`), and the same `clevis` protected header
+//! (`{"pin":"trustee", ...config...}`), so existing Ignition configs and bound disks work.
+//! Our own settings may ride along under the key `attest-unlock` (a hyphenated name that the
+//! upstream pin, whose keys are snake_case, cannot clash with): it holds any part of our TOML
+//! config (secrets to deliver, TPM settings...) and forms the LUKS-token layer of the config.
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+/// The pin's name in the clevis header.
+pub const PIN: &str = "trustee";
+
+/// Our extension key inside the pin config.
+pub const EXTENSION_KEY: &str = "attest-unlock";
+
+/// Where a CA bundle is looked for when a server's `cert` is empty (the upstream pin then
+/// trusts the system roots).
+pub const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/certs/ca-certificates.crt",
+];
+
+/// A clevis/pin format problem.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClevisError {
+    /// The pin config JSON is invalid.
+    #[error("invalid trustee pin config: {0}")]
+    Config(String),
+    /// The JWE is not a compact `dir`/`A256GCM` JWE with a trustee clevis header.
+    #[error("invalid clevis JWE: {0}")]
+    Jwe(String),
+    /// The broker's key resource is not `{"key_type":"oct","key":<32 characters>}`.
+    #[error("key resource: {0}")]
+    Key(String),
+    /// Authentication failed: wrong key or altered JWE.
+    #[error("clevis JWE authentication failed: wrong key from the broker, or the JWE was altered")]
+    Decrypt,
+    /// The LUKS2 header metadata has no usable trustee token.
+    #[error("LUKS2 token: {0}")]
+    Token(String),
+}
+
+/// One broker as the pin config names it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Server {
+    /// Base URL.
+    pub url: String,
+    /// CA certificate PEM; empty means the system trust store.
+    #[serde(default)]
+    pub cert: String,
+}
+
+/// `num_retries`: a count or `"infinity"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumRetries {
+    /// Try this many rounds.
+    Count(u32),
+    /// Keep trying.
+    Infinity,
+}
+
+impl<'de> Deserialize<'de> for NumRetries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "infinity" => Ok(NumRetries::Infinity),
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(NumRetries::Count)
+                .ok_or_else(|| serde::de::Error::custom("num_retries must be a count")),
+            other => Err(serde::de::Error::custom(format!(
+                "num_retries must be a number or \"infinity\", not {other}"
+            ))),
+        }
+    }
+}
+
+/// The AK registration target (first boot).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Registration {
+    /// Where to PUT `{"attestation_key": <PEM>, "uuid": ...}`.
+    pub url: String,
+    /// CA certificate PEM of that server.
+    #[serde(default)]
+    pub cert: String,
+    /// The node's UUID.
+    pub uuid: String,
+}
+
+/// The `attestation_key` member.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct AttestationKey {
+    /// Register the AK at encrypt time.
+    pub registration: Option<Registration>,
+}
+
+/// The pin's config, as given to `clevis encrypt trustee CONFIG` and as stored in the header.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct PinConfig {
+    /// Brokers, tried in order.
+    pub servers: Vec<Server>,
+    /// Resource path of the key that encrypts the JWE.
+    pub path: String,
+    /// Init-data: at encrypt time a JSON object (string) of key/values, in the header the
+    /// TOML document made from it.
+    #[serde(default)]
+    pub initdata: Option<String>,
+    /// Retry rounds.
+    #[serde(default)]
+    pub num_retries: Option<NumRetries>,
+    /// AK registration.
+    #[serde(default)]
+    pub attestation_key: Option<AttestationKey>,
+    /// Our settings (any part of the TOML config, as JSON).
+    #[serde(default, rename = "attest-unlock")]
+    pub extension: Option<Value>,
+}
+
+impl PinConfig {
+    /// Parse the pin config JSON.
+    pub fn parse(json: &str) -> Result<PinConfig, ClevisError> {
+        let c: PinConfig =
+            serde_json::from_str(json).map_err(|e| ClevisError::Config(e.to_string()))?;
+        if c.servers.is_empty() {
+            return Err(ClevisError::Config("servers is empty".into()));
+        }
+        Ok(c)
+    }
+
+    /// The config as a layer of our TOML config (the "LUKS2 token" precedence level).
+    pub fn to_layer(&self, system_bundle: Option<&str>) -> Result<toml::Table, ClevisError> {
+        let mut brokers = Vec::new();
+        for s in &self.servers {
+            let mut b = toml::Table::new();
+            b.insert("url".into(), toml::Value::String(s.url.clone()));
+            if !s.cert.trim().is_empty() {
+                b.insert("ca_cert".into(), toml::Value::String(s.cert.clone()));
+            } else if let Some(bundle) = system_bundle {
+                b.insert("ca_cert".into(), toml::Value::String(bundle.to_owned()));
+            }
+            brokers.push(toml::Value::Table(b));
+        }
+        let mut t = toml::Table::new();
+        t.insert("brokers".into(), toml::Value::Array(brokers));
+        match self.num_retries {
+            Some(NumRetries::Count(n)) => {
+                let mut r = toml::Table::new();
+                r.insert(
+                    "max_rounds".into(),
+                    toml::Value::Integer(i64::from(n.max(1))),
+                );
+                t.insert("retry".into(), toml::Value::Table(r));
+            }
+            Some(NumRetries::Infinity) | None => {}
+        }
+        if let Some(body) = &self.initdata {
+            let mut i = toml::Table::new();
+            i.insert("body".into(), toml::Value::String(body.clone()));
+            t.insert("init_data".into(), toml::Value::Table(i));
+        }
+        if let Some(ext) = &self.extension {
+            let ext = toml::Value::try_from(ext).map_err(|e| {
+                ClevisError::Config(format!("{EXTENSION_KEY} cannot be a config layer: {e}"))
+            })?;
+            match ext {
+                toml::Value::Table(ext) => crate::config::merge(&mut t, ext),
+                _ => {
+                    return Err(ClevisError::Config(format!(
+                        "{EXTENSION_KEY} must be an object"
+                    )))
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Make the header form of `initdata` from the encrypt-time config value, as the upstream pin
+/// does: a JSON object of strings becomes the TOML init-data document
+/// (`version = "0.1.0"`, `algorithm = "sha256"`, `[data]`); anything else is kept as given.
+pub fn initdata_document(value: &str) -> Result<String, ClevisError> {
+    let Ok(map) = serde_json::from_str::<std::collections::BTreeMap<String, String>>(value) else {
+        return Ok(value.to_owned());
+    };
+    let mut data = toml::Table::new();
+    for (k, v) in map {
+        data.insert(k, toml::Value::String(v));
+    }
+    let mut doc = toml::Table::new();
+    doc.insert("version".into(), toml::Value::String("0.1.0".into()));
+    doc.insert("algorithm".into(), toml::Value::String("sha256".into()));
+    doc.insert("data".into(), toml::Value::Table(data));
+    toml::to_string(&doc).map_err(|e| ClevisError::Config(format!("initdata: {e}")))
+}
+
+/// The AES-256 key made from the broker's key resource.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct PinKey([u8; 32]);
+
+impl PinKey {
+    /// `{"key_type":"oct","key":"<32 characters>"}` -> the 32 bytes of the string (the
+    /// operator makes `key` as the standard base64 of 24 random bytes).
+    pub fn from_resource(resource: &[u8]) -> Result<PinKey, ClevisError> {
+        #[derive(Deserialize, Zeroize, ZeroizeOnDrop)]
+        struct Oct {
+            key_type: String,
+            key: String,
+        }
+        let oct: Oct = serde_json::from_slice(resource)
+            .map_err(|_| ClevisError::Key("not {\"key_type\":\"oct\",\"key\":...} JSON".into()))?;
+        if oct.key_type != "oct" {
+            return Err(ClevisError::Key(format!(
+                "key_type {:?} is not \"oct\"",
+                oct.key_type
+            )));
+        }
+        let bytes: [u8; 32] = oct.key.as_bytes().try_into().map_err(|_| {
+            ClevisError::Key(format!("key is {} bytes, A256GCM needs 32", oct.key.len()))
+        })?;
+        Ok(PinKey(bytes))
+    }
+}
+
+/// Encrypt `plaintext` as a compact JWE (`dir`, `A256GCM`) with `clevis` in the protected
+/// header.
+pub fn encrypt(key: &PinKey, clevis: Value, plaintext: &[u8]) -> Result<String, ClevisError> {
+    let header = serde_json::json!({"alg": "dir", "enc": "A256GCM", "clevis": clevis});
+    let protected = URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&header).map_err(|e| ClevisError::Jwe(e.to_string()))?);
+    let mut iv = [0u8; 12];
+    OsRng.fill_bytes(&mut iv);
+    let mut buf = Zeroizing::new(plaintext.to_vec());
+    let cipher = Aes256Gcm::new_from_slice(&key.0).map_err(|_| ClevisError::Decrypt)?;
+    let tag = cipher
+        .encrypt_in_place_detached(&Nonce::from(iv), protected.as_bytes(), &mut buf)
+        .map_err(|_| ClevisError::Jwe("encryption failed".into()))?;
+    Ok(format!(
+        "{protected}..{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(iv),
+        URL_SAFE_NO_PAD.encode(&*buf),
+        URL_SAFE_NO_PAD.encode(tag)
+    ))
+}
+
+/// A parsed compact clevis JWE (not yet decrypted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClevisJwe {
+    protected: String,
+    iv: Vec<u8>,
+    ciphertext: Vec<u8>,
+    tag: Vec<u8>,
+    /// The pin config from the `clevis` header member.
+    pub config: PinConfig,
+    /// The raw `clevis` header member (re-used when re-encrypting).
+    pub clevis: Value,
+}
+
+fn b64(what: &str, s: &str) -> Result<Vec<u8>, ClevisError> {
+    URL_SAFE_NO_PAD
+        .decode(s.trim())
+        .map_err(|_| ClevisError::Jwe(format!("{what} is not base64url")))
+}
+
+impl ClevisJwe {
+    /// Parse a compact JWE made by this pin or the upstream one.
+    pub fn parse_compact(jwe: &str) -> Result<ClevisJwe, ClevisError> {
+        let parts: Vec<&str> = jwe.trim().split('.').collect();
+        let [protected, encrypted_key, iv, ciphertext, tag] = parts[..] else {
+            return Err(ClevisError::Jwe(format!(
+                "compact JWE has {} parts, not 5",
+                parts.len()
+            )));
+        };
+        if !encrypted_key.is_empty() {
+            return Err(ClevisError::Jwe(
+                "alg dir has an empty encrypted key".into(),
+            ));
+        }
+        let header: Map<String, Value> =
+            serde_json::from_slice(&b64("protected header", protected)?)
+                .map_err(|e| ClevisError::Jwe(format!("protected header: {e}")))?;
+        let field = |k: &str| header.get(k).and_then(Value::as_str).unwrap_or_default();
+        if field("alg") != "dir" {
+            return Err(ClevisError::Jwe(format!(
+                "alg {:?} is not \"dir\"",
+                field("alg")
+            )));
+        }
+        if field("enc") != "A256GCM" {
+            return Err(ClevisError::Jwe(format!(
+                "enc {:?} is not \"A256GCM\"",
+                field("enc")
+            )));
+        }
+        if header.contains_key("zip") || header.contains_key("crit") {
+            return Err(ClevisError::Jwe("zip/crit are not supported".into()));
+        }
+        let clevis = header
+            .get("clevis")
+            .cloned()
+            .ok_or_else(|| ClevisError::Jwe("no clevis header member".into()))?;
+        if clevis.get("pin").and_then(Value::as_str) != Some(PIN) {
+            return Err(ClevisError::Jwe(format!(
+                "clevis pin is {}, not \"trustee\"",
+                clevis.get("pin").unwrap_or(&Value::Null)
+            )));
+        }
+        // The upstream pin puts its config flat beside `pin`; clevis' own convention (which
+        // `clevis luks list` reads) nests it under the pin's name. We write both, and read
+        // whichever is there.
+        let source = match clevis.get(PIN) {
+            Some(nested) if clevis.get("servers").is_none() => nested.clone(),
+            _ => clevis.clone(),
+        };
+        let config: PinConfig = serde_json::from_value(source)
+            .map_err(|e| ClevisError::Jwe(format!("clevis header: {e}")))?;
+        Ok(ClevisJwe {
+            protected: protected.to_owned(),
+            iv: b64("iv", iv)?,
+            ciphertext: b64("ciphertext", ciphertext)?,
+            tag: b64("tag", tag)?,
+            config,
+            clevis,
+        })
+    }
+
+    /// Decrypt with the key made from the broker's resource.
+    pub fn decrypt(&self, key: &PinKey) -> Result<Zeroizing<Vec<u8>>, ClevisError> {
+        let iv: [u8; 12] = self
+            .iv
+            .as_slice()
+            .try_into()
+            .map_err(|_| ClevisError::Jwe("iv is not 12 bytes".into()))?;
+        let tag: [u8; 16] = self
+            .tag
+            .as_slice()
+            .try_into()
+            .map_err(|_| ClevisError::Jwe("tag is not 16 bytes".into()))?;
+        let cipher = Aes256Gcm::new_from_slice(&key.0).map_err(|_| ClevisError::Decrypt)?;
+        let mut buf = Zeroizing::new(self.ciphertext.clone());
+        cipher
+            .decrypt_in_place_detached(
+                &Nonce::from(iv),
+                self.protected.as_bytes(),
+                &mut buf,
+                &Tag::from(tag),
+            )
+            .map_err(|_| ClevisError::Decrypt)?;
+        Ok(buf)
+    }
+}
+
+/// A trustee clevis token found in a LUKS2 header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrusteeToken {
+    /// The token id.
+    pub id: u32,
+    /// The keyslot it opens.
+    pub keyslot: u32,
+    /// The JWE, in compact form.
+    pub jwe: String,
+}
+
+/// Find the trustee clevis token in `cryptsetup luksDump --dump-json-metadata` output.
+///
+/// clevis stores `{"type":"clevis","keyslots":["1"],"jwe":{"protected","iv","ciphertext",
+/// "tag"[,"encrypted_key"]}}` (the JWE in JSON form). Tokens of other pins are skipped.
+pub fn find_trustee_token(metadata: &[u8]) -> Result<TrusteeToken, ClevisError> {
+    let meta: Value = serde_json::from_slice(metadata)
+        .map_err(|e| ClevisError::Token(format!("metadata: {e}")))?;
+    let tokens = meta
+        .get("tokens")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ClevisError::Token("metadata has no tokens object".into()))?;
+    let mut seen = Vec::new();
+    for (id, token) in tokens {
+        if token.get("type").and_then(Value::as_str) != Some("clevis") {
+            continue;
+        }
+        let Some(jwe) = token.get("jwe") else {
+            seen.push(format!("token {id}: clevis token without jwe"));
+            continue;
+        };
+        let s = |k: &str| jwe.get(k).and_then(Value::as_str).unwrap_or_default();
+        let compact = format!(
+            "{}.{}.{}.{}.{}",
+            s("protected"),
+            s("encrypted_key"),
+            s("iv"),
+            s("ciphertext"),
+            s("tag")
+        );
+        match ClevisJwe::parse_compact(&compact) {
+            Ok(_) => {}
+            Err(e) => {
+                seen.push(format!("token {id}: {e}"));
+                continue;
+            }
+        }
+        let keyslot = token
+            .get("keyslots")
+            .and_then(Value::as_array)
+            .and_then(|k| k.first())
+            .and_then(|k| match k {
+                Value::String(s) => s.parse().ok(),
+                Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+                _ => None,
+            })
+            .ok_or_else(|| ClevisError::Token(format!("token {id} names no keyslot")))?;
+        let id = id
+            .parse()
+            .map_err(|_| ClevisError::Token(format!("token id {id:?} is not a number")))?;
+        return Ok(TrusteeToken {
+            id,
+            keyslot,
+            jwe: compact,
+        });
+    }
+    Err(ClevisError::Token(if seen.is_empty() {
+        "no clevis trustee token".into()
+    } else {
+        format!("no usable clevis trustee token ({})", seen.join("; "))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PinKey {
+        PinKey::from_resource(br#"{"key_type":"oct","key":"MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1u"}"#)
+            .unwrap()
+    }
+
+    fn clevis() -> Value {
+        serde_json::json!({"pin":"trustee","servers":[{"url":"https://kbs:8080","cert":""}],"path":"default/n/root","initdata":null})
+    }
+
+    #[test]
+    fn round_trip_and_tamper() {
+        let jwe = encrypt(&key(), clevis(), b"luks passphrase").unwrap();
+        let parsed = ClevisJwe::parse_compact(&jwe).unwrap();
+        assert_eq!(parsed.config.path, "default/n/root");
+        assert_eq!(&**parsed.decrypt(&key()).unwrap(), b"luks passphrase");
+        let other = PinKey::from_resource(
+            br#"{"key_type":"oct","key":"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.decrypt(&other).unwrap_err(), ClevisError::Decrypt);
+        let mut parts: Vec<String> = jwe.split('.').map(str::to_owned).collect();
+        parts[3] = URL_SAFE_NO_PAD.encode(b"xxxxxxxxxxxxxxx");
+        let tampered = ClevisJwe::parse_compact(&parts.join(".")).unwrap();
+        assert_eq!(tampered.decrypt(&key()).unwrap_err(), ClevisError::Decrypt);
+    }
+
+    #[test]
+    fn rejects_other_pins_and_algs() {
+        let h = |v: Value| {
+            format!(
+                "{}..AAAAAAAAAAAAAAAA.AA.AAAAAAAAAAAAAAAAAAAAAA",
+                URL_SAFE_NO_PAD.encode(v.to_string())
+            )
+        };
+        let tang = h(serde_json::json!({"alg":"dir","enc":"A256GCM","clevis":{"pin":"tang"}}));
+        assert!(
+            matches!(ClevisJwe::parse_compact(&tang), Err(ClevisError::Jwe(m)) if m.contains("tang"))
+        );
+        let ecdh = h(serde_json::json!({"alg":"ECDH-ES","enc":"A256GCM","clevis":clevis()}));
+        assert!(
+            matches!(ClevisJwe::parse_compact(&ecdh), Err(ClevisError::Jwe(m)) if m.contains("dir"))
+        );
+        assert!(ClevisJwe::parse_compact("a.b.c").is_err());
+    }
+
+    #[test]
+    fn key_resource_must_be_32_byte_oct() {
+        assert!(PinKey::from_resource(br#"{"key_type":"oct","key":"short"}"#).is_err());
+        assert!(PinKey::from_resource(
+            br#"{"key_type":"RSA","key":"MDEyMzQ1Njc4OWFiY2RlZmdoaWprbG1u"}"#
+        )
+        .is_err());
+        assert!(PinKey::from_resource(b"raw").is_err());
+    }
+
+    #[test]
+    fn config_layer_maps_servers_retries_and_extension() {
+        let c = PinConfig::parse(r#"{"servers":[{"url":"https://a","cert":"-----BEGIN CERTIFICATE-----"},{"url":"https://b","cert":""}],
+            "path":"default/n/root","initdata":null,"num_retries":"infinity","attestation_key":null,
+            "attest-unlock":{"secrets":[{"resource":"default/n/kubelet","path":"/run/k","mode":"0600"}]}}"#).unwrap();
+        let t = c
+            .to_layer(Some("/etc/ssl/certs/ca-certificates.crt"))
+            .unwrap();
+        let brokers = t["brokers"].as_array().unwrap();
+        assert_eq!(
+            brokers[1]["ca_cert"].as_str(),
+            Some("/etc/ssl/certs/ca-certificates.crt")
+        );
+        assert!(t.get("retry").is_none());
+        assert_eq!(t["secrets"].as_array().unwrap().len(), 1);
+        let c = PinConfig::parse(
+            r#"{"servers":[{"url":"https://a","cert":""}],"path":"p","num_retries":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.to_layer(None).unwrap()["retry"]["max_rounds"].as_integer(),
+            Some(3)
+        );
+        assert!(PinConfig::parse(r#"{"servers":[],"path":"p"}"#).is_err());
+        assert!(
+            PinConfig::parse(r#"{"servers":[{"url":"u"}],"path":"p","num_retries":"many"}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn initdata_json_becomes_toml_document() {
+        let doc = initdata_document(r#"{"uuid":"1234"}"#).unwrap();
+        let t: toml::Table = doc.parse().unwrap();
+        assert_eq!(t["version"].as_str(), Some("0.1.0"));
+        assert_eq!(t["data"]["uuid"].as_str(), Some("1234"));
+        assert_eq!(
+            initdata_document("version = \"0.1.0\"").unwrap(),
+            "version = \"0.1.0\""
+        );
+    }
+
+    #[test]
+    fn finds_trustee_token_in_luks_metadata() {
+        let jwe = encrypt(&key(), clevis(), b"p").unwrap();
+        let p: Vec<&str> = jwe.split('.').collect();
+        let meta = serde_json::json!({"keyslots":{}, "tokens":{
+            "0":{"type":"systemd-tpm2","keyslots":["2"]},
+            "1":{"type":"clevis","keyslots":["1"],"jwe":{"protected":p[0],"iv":p[2],"ciphertext":p[3],"tag":p[4]}}
+        }});
+        let t = find_trustee_token(meta.to_string().as_bytes()).unwrap();
+        assert_eq!((t.id, t.keyslot), (1, 1));
+        assert_eq!(t.jwe, jwe);
+        let none = serde_json::json!({"tokens":{}});
+        assert!(find_trustee_token(none.to_string().as_bytes()).is_err());
+        assert!(find_trustee_token(b"garbage").is_err());
+    }
+}
