@@ -321,6 +321,12 @@ pub struct Config {
     pub servers_url_override: Option<String>,
     /// Write a short explanation of a failed unlock here (for the emergency shell).
     pub failure_report: Option<PathBuf>,
+    /// Do nothing (`rd.attest_unlock.disable`: recover with a passphrase or key file).
+    #[serde(default)]
+    pub disable: bool,
+    /// Debug logging (`rd.attest_unlock.verbose`).
+    #[serde(default)]
+    pub verbose: bool,
 }
 
 /// The layers a configuration is built from, each optional, in precedence order.

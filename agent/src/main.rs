@@ -18,11 +18,13 @@ impl log::Log for Logger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
         // Libraries (tss-esapi logs every context close at info) speak only when it matters,
         // unless -vv asks for everything.
+        // The level can be raised after start (rd.attest_unlock.verbose), so read it live.
+        let max = log::max_level().max(self.level);
         let ours = m.target().starts_with("attest_unlock");
-        let level = if ours || self.level >= log::LevelFilter::Trace {
-            self.level
+        let level = if ours || max >= log::LevelFilter::Trace {
+            max
         } else {
-            self.level.min(log::LevelFilter::Warn)
+            max.min(log::LevelFilter::Warn)
         };
         m.level() <= level
     }
