@@ -264,6 +264,28 @@ impl Default for Retry {
     }
 }
 
+/// Post-release measurement.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Measure {
+    /// Extend a PCR once secrets are released (on by default).
+    pub enabled: bool,
+    /// The SHA-256 PCR to extend (15, as systemd's volume-key measurement uses).
+    pub pcr: u32,
+    /// Append a line per measurement here (tmpfs), for verifiers replaying the PCR.
+    pub log: PathBuf,
+}
+
+impl Default for Measure {
+    fn default() -> Self {
+        Measure {
+            enabled: true,
+            pcr: 15,
+            log: PathBuf::from("/run/attest-unlock/measurements.log"),
+        }
+    }
+}
+
 /// Init-data sent with the attestation (hashed by the broker against HOST_DATA, MRCONFIGID or
 /// PCR8).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -304,6 +326,9 @@ pub struct Config {
     /// Retry policy.
     #[serde(default)]
     pub retry: Retry,
+    /// Post-release measurement.
+    #[serde(default)]
+    pub measure: Measure,
     /// Optional init-data.
     pub init_data: Option<InitData>,
     /// Where to write the broker's attestation token (EAR JWT), mode 0600, for later boot
@@ -578,6 +603,12 @@ impl Config {
                     "init_data needs exactly one of body and path".to_owned(),
                 ));
             }
+        }
+        if self.measure.pcr > 23 {
+            return Err(ConfigError::Invalid(format!(
+                "measure.pcr {} is not a PCR (0-23)",
+                self.measure.pcr
+            )));
         }
         if self.retry.initial_backoff_ms == 0 || self.retry.max_backoff_ms == 0 {
             return Err(ConfigError::Invalid(

@@ -45,6 +45,8 @@ pub enum Step {
     Fetch,
     /// Decrypt each JWE.
     Decrypt,
+    /// Extend the post-release measurement.
+    Measure,
     /// Write secrets to temporary files.
     Stage,
     /// Check or open the LUKS2 keyslot.
@@ -64,6 +66,7 @@ impl Step {
             Step::Attest => "attest",
             Step::Fetch => "fetch",
             Step::Decrypt => "decrypt",
+            Step::Measure => "measure",
             Step::Stage => "stage",
             Step::Unlock => "unlock",
             Step::Deliver => "deliver",
@@ -219,13 +222,20 @@ pub fn release(
             let mut timings = Timings::default();
             match session(client, source, paths, init_data.as_deref(), &mut timings) {
                 Ok((resources, token)) => {
+                    if config.measure.enabled {
+                        timings
+                            .time(Step::Measure, || measure_release(config, source))
+                            .map_err(|e| {
+                                fail(Step::Measure, Some(client.url().to_owned()), attempts, e)
+                            })?;
+                    }
                     return Ok(Released {
                         broker: client.url().to_owned(),
                         attempts,
                         timings,
                         resources,
                         token,
-                    })
+                    });
                 }
                 Err((step, error)) => {
                     let class = error.class();
@@ -384,6 +394,41 @@ fn passphrase_for(
             Ok(jwe.decrypt(&key)?)
         }
     }
+}
+
+/// The documented post-release event. The PCR becomes
+/// `SHA-256(old || SHA-256("attest-unlock:secrets-released:v1"))`.
+pub const RELEASE_EVENT: &[u8] = b"attest-unlock:secrets-released:v1";
+
+/// Extend the post-release measurement and log it. A failure fails the run: secrets whose
+/// release cannot be recorded are not used (they stay in memory and are zeroized).
+fn measure_release(config: &Config, source: &mut dyn EvidenceSource) -> Result<(), Error> {
+    use sha2::{Digest, Sha256};
+    let pcr = config.measure.pcr;
+    source.measure_release(pcr, RELEASE_EVENT)?;
+    let line = format!(
+        "pcr={pcr} bank=sha256 digest={} event={}\n",
+        hex::encode(Sha256::digest(RELEASE_EVENT)),
+        String::from_utf8_lossy(RELEASE_EVENT)
+    );
+    let log_path = &config.measure.log;
+    let appended = log_path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .and_then(|mut f| f.write_all(line.as_bytes()))
+        });
+    if let Err(e) = appended {
+        // The PCR holds the truth; the log is a convenience for verifiers.
+        log::warn!("cannot append to {}: {e}", log_path.display());
+    }
+    log::info!("extended PCR {pcr} with the post-release event");
+    Ok(())
 }
 
 /// What one successful session yields: the decrypted resources and the attestation token.

@@ -46,8 +46,9 @@ impl Pin {
         std::fs::write(
             &config_file,
             format!(
-                "[tpm]\ntcti = {:?}\n[retry]\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n",
-                tpm.tcti()
+                "[tpm]\ntcti = {:?}\n[retry]\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n[measure]\nlog = {:?}\n",
+                tpm.tcti(),
+                bin_dir.path().join("measurements.log").display().to_string()
             ),
         )
         .unwrap();

@@ -106,8 +106,18 @@ fn released_key_opens_keyslot_and_secret_is_delivered() {
     let w = World::new();
     let broker = Broker::start(w.broker_config()).unwrap();
     let before = w.image.digest();
+    let pcr15_before = hex::decode(&pcrs_by_tpm2_tools(&w.tpm)[15]).unwrap();
     let run = unlock(&w.agent_config(&broker), w.work.path());
     assert!(run.status.success(), "{}", run.stderr);
+
+    // Post-release measurement: PCR15 = SHA-256(old || SHA-256(event)), read by tpm2-tools.
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(&pcr15_before);
+    h.update(Sha256::digest(RELEASE_EVENT));
+    assert_eq!(pcrs_by_tpm2_tools(&w.tpm)[15], hex::encode(h.finalize()));
+    let log = std::fs::read_to_string(w.work.path().join("measurements.log")).unwrap();
+    assert!(log.starts_with("pcr=15 bank=sha256 digest="), "{log}");
 
     let verdict = run.verdict();
     assert!(verdict.contains("verdict=ok platform=tpm"), "{verdict}");

@@ -150,7 +150,15 @@ fn test() -> Result<()> {
 }
 
 /// The cargo-fuzz targets (fuzz/fuzz_targets/*.rs), each a two-line call into the library.
-const FUZZ_TARGETS: &[&str] = &["jwe", "kbs_reply", "config", "cmdline", "disk_key"];
+const FUZZ_TARGETS: &[&str] = &[
+    "jwe",
+    "kbs_reply",
+    "config",
+    "cmdline",
+    "disk_key",
+    "luks_token",
+    "clevis_jwe",
+];
 
 fn fuzz(secs: u64) -> Result<()> {
     let have = Command::new("cargo")
@@ -328,10 +336,12 @@ fn demo() -> Result<()> {
          [luks]\ndevice = \"{img}\"\nkeyslot = 1\n\
          [[brokers]]\nurl = \"{url}\"\nca_cert = \"{ca}\"\n\
          [[secrets]]\nresource = \"default/demo-node/kubelet\"\npath = \"{secret}\"\nmode = \"0600\"\n\
-         [retry]\nmax_rounds = 3\n",
+         [retry]\nmax_rounds = 3\n\
+         [measure]\nlog = \"{measure}\"\n",
         img = img.display(),
         ca = ca.display(),
         secret = secret.display(),
+        measure = work.join("measurements.log").display(),
     )?;
     eprintln!(
         "config ({}):\n{}",

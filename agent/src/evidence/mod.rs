@@ -40,6 +40,11 @@ pub trait EvidenceSource {
     fn tee(&self) -> Tee;
     /// Produce the primary evidence JSON, bound to `report_data`.
     fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError>;
+
+    /// Record in a measurement register that secrets were released (post-release
+    /// measurement), so evidence taken later in this boot cannot pass for a pre-unlock state.
+    /// `event` is the documented event; the register is the source's choice of the config's.
+    fn measure_release(&mut self, pcr: u32, event: &[u8]) -> Result<(), EvidenceError>;
 }
 
 /// What detection found.

@@ -85,4 +85,11 @@ impl EvidenceSource for TpmSource {
         let evidence = TpmEvidence::new(&quote, &ak.spki_der, log.as_deref());
         serde_json::to_value(evidence).map_err(|e| EvidenceError::Encode(e.to_string()))
     }
+
+    fn measure_release(&mut self, pcr: u32, event: &[u8]) -> Result<(), EvidenceError> {
+        use sha2::{Digest, Sha256};
+        let mut tpm = Tpm::open(&self.config.tcti)?;
+        tpm.extend_sha256(pcr, Sha256::digest(event).into())?;
+        Ok(())
+    }
 }

@@ -11,14 +11,14 @@ use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::{BigUint, RsaPublicKey};
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::CapabilityType;
-use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::structures::{
-    AttestInfo, CapabilityData, Data, HashScheme, PcrSelectionListBuilder, PcrSlot, Public,
-    PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
-    SignatureScheme, SymmetricDefinitionObject,
+    AttestInfo, CapabilityData, Data, Digest, DigestValues, HashScheme, PcrSelectionListBuilder,
+    PcrSlot, Public, PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent,
+    RsaScheme, SignatureScheme, SymmetricDefinitionObject,
 };
 use tss_esapi::traits::Marshall;
 use tss_esapi::{Context, TctiNameConf};
@@ -315,6 +315,26 @@ impl Tpm {
         Err(TpmError::Unexpected(format!(
             "PCRs kept changing during {QUOTE_TRIES} quotes"
         )))
+    }
+
+    /// Extend SHA-256 PCR `pcr` with `digest` (the other banks get nothing: a verifier of
+    /// this event reads the SHA-256 bank, which is the one we quote).
+    pub fn extend_sha256(&mut self, pcr: u32, digest: [u8; 32]) -> Result<(), TpmError> {
+        let handle = PcrHandle::try_from(pcr)
+            .map_err(|_| TpmError::Unexpected(format!("has no PCR {pcr}")))?;
+        let mut values = DigestValues::new();
+        values.set(
+            HashingAlgorithm::Sha256,
+            Digest::try_from(digest.to_vec()).map_err(cmd("digest"))?,
+        );
+        self.ctx
+            .execute_with_nullauth_session(|ctx| ctx.pcr_extend(handle, values))
+            .map_err(cmd("PCR_Extend"))
+    }
+
+    /// The current SHA-256 PCR values.
+    pub fn pcrs(&mut self) -> Result<PcrValues, TpmError> {
+        self.read_pcrs()
     }
 
     fn read_pcrs(&mut self) -> Result<PcrValues, TpmError> {

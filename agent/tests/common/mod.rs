@@ -118,6 +118,9 @@ pub fn ak_public(tpm: &Swtpm) -> String {
         .to_owned()
 }
 
+/// The post-release event and the PCR it extends by default.
+pub const RELEASE_EVENT: &[u8] = b"attest-unlock:secrets-released:v1";
+
 /// SHA-256 PCR values of the TPM, read with tpm2-tools (independent of our code).
 pub fn pcrs_by_tpm2_tools(tpm: &Swtpm) -> Vec<String> {
     let out = run_ok(
@@ -277,7 +280,12 @@ impl Run {
 /// Run `attest-unlock unlock --verify-only` with this config.
 pub fn unlock(config: &AgentConfig, dir: &Path) -> Run {
     let cfg = dir.join("config.toml");
-    std::fs::write(&cfg, config.toml()).unwrap();
+    let text = format!(
+        "{}[measure]\nlog = {:?}\n",
+        config.toml(),
+        dir.join("measurements.log").display().to_string()
+    );
+    std::fs::write(&cfg, text).unwrap();
     let out = Command::new(agent_bin())
         .args([
             "unlock",
