@@ -286,3 +286,81 @@ fn missing_luks_device_fails_without_writing() {
     let v = w.expect_failure(&c, "luks");
     assert!(v.contains("does not exist"), "{v}");
 }
+
+#[test]
+fn failover_first_broker_dead_second_serves() {
+    let w = World::new();
+    let good = Broker::start(w.broker_config()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut c = w.agent_config(&good);
+    c.brokers
+        .insert(0, (format!("https://127.0.0.1:{port}"), good.ca_pem()));
+    let run = unlock(&c, w.work.path());
+    assert!(run.status.success(), "{}", run.stderr);
+    let v = run.verdict();
+    assert!(
+        v.contains(&format!("broker={} ", good.url())) && v.contains("attempts=2 "),
+        "{v}"
+    );
+    assert!(
+        run.stderr.contains("refused"),
+        "the first broker's failure is logged: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn failover_first_broker_denies_second_serves() {
+    let w = World::new();
+    let good = Broker::start(w.broker_config()).unwrap();
+    let mut deny = w.broker_config();
+    deny.trusted_aks = vec![];
+    let denying = Broker::start(deny).unwrap();
+    let mut c = w.agent_config(&good);
+    c.brokers.insert(0, (denying.url(), denying.ca_pem()));
+    let run = unlock(&c, w.work.path());
+    assert!(run.status.success(), "{}", run.stderr);
+    let v = run.verdict();
+    assert!(
+        v.contains(&format!("broker={} ", good.url())) && v.contains("attempts=2 "),
+        "{v}"
+    );
+    assert!(denying.released().is_empty());
+    assert_eq!(good.released(), vec![DISK.to_owned(), KUBELET.to_owned()]);
+}
+
+#[test]
+fn failure_report_explains_the_failure() {
+    let w = World::new();
+    let mut bc = w.broker_config();
+    bc.trusted_aks = vec![];
+    let broker = Broker::start(bc).unwrap();
+    let report = w.work.path().join("failure");
+    let mut c = w.agent_config(&broker);
+    c.extra = format!("failure_report = {:?}\n", report.display().to_string());
+    w.expect_failure(&c, "broker-denied");
+    let text = std::fs::read_to_string(&report).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("attest-unlock: boot stopped"),
+        "{text}"
+    );
+    for (label, want) in [
+        ("device:", w.image.path.display().to_string()),
+        ("broker:", broker.url()),
+        ("step:", "fetch".to_owned()),
+        ("class:", "broker-denied".to_owned()),
+        ("check:", "trusted_aks".to_owned()),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("{label} missing: {text}"));
+        assert!(line.contains(&want), "{label} should name {want}: {line}");
+    }
+    assert!(lines.len() <= 10, "one short block: {text}");
+}
