@@ -182,14 +182,14 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             };
             let detected = evidence::detect(&config, &cli.root)?;
             let mut source = evidence::source_for(&detected, &config, &cli.root);
-            let rd = binding::report_data(nonce, &tee_pubkey, "")
+            let (ev, additional) = flow::collect(source.as_mut(), nonce, &tee_pubkey)?;
+            let rd = binding::report_data(nonce, &tee_pubkey, &additional)
                 .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;
-            let ev = source.collect(&rd)?;
             let doc = serde_json::json!({
                 "tee": source.tee(),
                 "runtime-data": { "nonce": nonce, "tee-pubkey": tee_pubkey },
                 "report-data": hex::encode(rd.0),
-                "tee-evidence": { "primary_evidence": ev, "additional_evidence": "" },
+                "tee-evidence": { "primary_evidence": ev, "additional_evidence": additional },
             });
             let text = serde_json::to_string_pretty(&doc)
                 .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;

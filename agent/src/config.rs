@@ -68,6 +68,10 @@ pub enum Platform {
     Auto,
     /// A TPM 2.0 (discrete, firmware or virtual) without a TEE report.
     Tpm,
+    /// AMD SEV-SNP (configfs-tsm or /dev/sev-guest).
+    Snp,
+    /// Intel TDX (configfs-tsm).
+    Tdx,
 }
 
 impl Platform {
@@ -76,6 +80,8 @@ impl Platform {
         match self {
             Platform::Auto => "auto",
             Platform::Tpm => "tpm",
+            Platform::Snp => "snp",
+            Platform::Tdx => "tdx",
         }
     }
 }
@@ -211,6 +217,35 @@ impl Default for Tpm {
     }
 }
 
+/// TEE interfaces.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tee {
+    /// The configfs-tsm report directory.
+    pub tsm_root: PathBuf,
+    /// The SEV guest device (kernels without configfs-tsm).
+    pub sev_guest: PathBuf,
+    /// The SNP VMPL to request (0 unless the guest runs under an SVSM at a higher level).
+    pub vmpl: u32,
+    /// The TDX CCEL event log.
+    pub ccel: PathBuf,
+    /// With a TEE and a TPM both present, add the TPM quote as additional evidence, bound to
+    /// the TEE report.
+    pub composite: bool,
+}
+
+impl Default for Tee {
+    fn default() -> Self {
+        Tee {
+            tsm_root: PathBuf::from("/sys/kernel/config/tsm/report"),
+            sev_guest: PathBuf::from("/dev/sev-guest"),
+            vmpl: 0,
+            ccel: PathBuf::from("/sys/firmware/acpi/tables/data/CCEL"),
+            composite: true,
+        }
+    }
+}
+
 /// Network timeouts.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -320,6 +355,9 @@ pub struct Config {
     /// TPM access.
     #[serde(default)]
     pub tpm: Tpm,
+    /// TEE interfaces.
+    #[serde(default)]
+    pub tee: Tee,
     /// Network timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -603,6 +641,12 @@ impl Config {
                     "init_data needs exactly one of body and path".to_owned(),
                 ));
             }
+        }
+        if self.tee.vmpl > 3 {
+            return Err(ConfigError::Invalid(format!(
+                "tee.vmpl {} is not a VMPL (0-3)",
+                self.tee.vmpl
+            )));
         }
         if self.measure.pcr > 23 {
             return Err(ConfigError::Invalid(format!(

@@ -434,6 +434,31 @@ fn measure_release(config: &Config, source: &mut dyn EvidenceSource) -> Result<(
 /// What one successful session yields: the decrypted resources and the attestation token.
 type SessionOutput = (Vec<Zeroizing<Vec<u8>>>, Zeroizing<String>);
 
+/// Collect the evidence of one session: the additional device's first (bound with the digest
+/// computed without the `additional-evidence` key), then the primary's, bound with the digest
+/// over the exact `additional_evidence` string sent.
+pub fn collect(
+    source: &mut dyn EvidenceSource,
+    nonce: &str,
+    tee_pubkey: &kbs_types::TeePubKey,
+) -> Result<(serde_json::Value, String), crate::evidence::EvidenceError> {
+    use crate::evidence::EvidenceError;
+    let encode = |e: serde_json::Error| EvidenceError::Encode(e.to_string());
+    let additional = match source.additional() {
+        Some(device) => {
+            let rd = binding::device_report_data(nonce, tee_pubkey).map_err(encode)?;
+            let tee = serde_json::to_value(device.tee()).map_err(encode)?;
+            let key = tee.as_str().unwrap_or("tpm").to_owned();
+            let mut map = serde_json::Map::new();
+            map.insert(key, device.collect(&rd)?);
+            serde_json::to_string(&map).map_err(encode)?
+        }
+        None => String::new(),
+    };
+    let rd = binding::report_data(nonce, tee_pubkey, &additional).map_err(encode)?;
+    Ok((source.collect(&rd)?, additional))
+}
+
 /// One session with one broker: everything up to decrypted resources in memory.
 fn session(
     client: &KbsClient,
@@ -448,11 +473,9 @@ fn session(
         .time(Step::Auth, || client.auth(source.tee()))
         .map_err(|e| (Step::Auth, e.into()))?;
 
-    let evidence = t
+    let (evidence, additional_evidence) = t
         .time(Step::Evidence, || {
-            let rd = binding::report_data(&session.nonce, &tee_pubkey, "")
-                .map_err(|e| crate::evidence::EvidenceError::Encode(e.to_string()))?;
-            source.collect(&rd)
+            collect(source, &session.nonce, &tee_pubkey)
         })
         .map_err(|e| (Step::Evidence, e.into()))?;
 
@@ -467,7 +490,7 @@ fn session(
         },
         tee_evidence: CompositeEvidence {
             primary_evidence: evidence,
-            additional_evidence: String::new(),
+            additional_evidence,
         },
     };
     let token = t

@@ -44,6 +44,20 @@ pub fn report_data(
     Ok(ReportData(Sha384::digest(&canonical).into()))
 }
 
+/// The binding digest of an additional device's evidence: the same hash computed without the
+/// `additional-evidence` key (that evidence is itself part of the primary binding).
+pub fn device_report_data(
+    nonce: &str,
+    tee_pubkey: &TeePubKey,
+) -> Result<ReportData, serde_json::Error> {
+    let value = serde_json::json!({
+        "nonce": nonce,
+        "tee-pubkey": tee_pubkey,
+    });
+    let canonical = serde_json_canonicalizer::to_vec(&value)?;
+    Ok(ReportData(Sha384::digest(&canonical).into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,237 @@
+//! Intel TDX evidence in the shape Trustee's `tdx` verifier reads:
+//! `{"cc_eventlog": <std base64 of the trimmed CCEL> | null, "quote": <std base64>}`.
+//!
+//! The quote comes from configfs-tsm (the host's quote generation service signs it); its
+//! REPORTDATA is the 48-byte binding digest zero-padded to 64 bytes. The CCEL is trimmed the
+//! way Trustee's guest side does it, so the broker replays exactly the same bytes.
+
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use kbs_types::Tee;
+
+use super::{EvidenceError, EvidenceSource, ReportData};
+use crate::config::Platform;
+use crate::hw::tsm;
+
+/// Appended after the trimmed log, as Trustee's guest side does.
+const END_FLAG: [u8; 8] = [0xFF; 8];
+
+/// Largest CCEL we read (the ACPI area is typically 64 KiB to 1 MiB, mostly padding).
+const MAX_CCEL: u64 = 16 << 20;
+
+/// Cut a CCEL area after its last event: walk the TCG_PCR_EVENT2 records (after the first,
+/// SHA-1-format event) and stop at an 8-byte all-0xFF or all-zero marker. Every length is
+/// checked; a log that runs off the end without a marker is malformed.
+pub fn trim_ccel(ccel: &[u8]) -> Result<&[u8], EvidenceError> {
+    let bad = |why: &str| EvidenceError::Tee(format!("malformed CCEL: {why}"));
+    let u32_at = |i: usize| -> Result<u32, EvidenceError> {
+        ccel.get(i..i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(|| bad("truncated"))
+    };
+    let u16_at = |i: usize| -> Result<u16, EvidenceError> {
+        ccel.get(i..i + 2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_le_bytes)
+            .ok_or_else(|| bad("truncated"))
+    };
+    let advance = |i: usize, n: usize| i.checked_add(n).ok_or_else(|| bad("length overflow"));
+    // First event: TCG_PCR_EVENT (pcr index, type, 20-byte SHA-1 digest, size, data).
+    let event_type = u32_at(4)?;
+    let mut i = 4 + 4 + 20;
+    if event_type == 0x3 {
+        let size = u32_at(i)? as usize;
+        i = advance(i + 4, size)?;
+    }
+    loop {
+        // An area cut exactly after its last event (no padding) ends here.
+        if i == ccel.len() {
+            return Ok(ccel);
+        }
+        let flag = ccel.get(i..i + 8).ok_or_else(|| bad("no end marker"))?;
+        if flag.iter().all(|b| *b == 0xFF) || flag.iter().all(|b| *b == 0) {
+            return ccel.get(..i).ok_or_else(|| bad("truncated"));
+        }
+        i += 8; // MR index, event type
+        let count = u32_at(i)?;
+        if count > 8 {
+            return Err(bad("more than 8 digests in one event"));
+        }
+        i += 4;
+        for _ in 0..count {
+            let len = match u16_at(i)? {
+                0x0b | 0x12 => 32,
+                0x0c => 48,
+                0x0d => 64,
+                alg => return Err(bad(&format!("unknown digest algorithm {alg:#x}"))),
+            };
+            i = advance(i + 2, len)?;
+        }
+        let size = u32_at(i)? as usize;
+        i = advance(i + 4, size)?;
+    }
+}
+
+/// Offset of REPORTDATA in a v4 quote (48-byte header + 520 into the TD report body) and the
+/// extra 6-byte body descriptor of v5.
+fn quote_report_data(quote: &[u8]) -> Option<&[u8]> {
+    let version = u16::from_le_bytes(quote.get(0..2)?.try_into().ok()?);
+    let at = match version {
+        4 => 48 + 520,
+        5 => 48 + 6 + 520,
+        _ => return None,
+    };
+    quote.get(at..at + 64)
+}
+
+/// Encode a quote and a raw CCEL as Trustee's `tdx` evidence, after checking the quote
+/// carries `data`.
+pub fn encode(
+    quote: &[u8],
+    ccel: Option<&[u8]>,
+    data: &[u8; 64],
+) -> Result<serde_json::Value, EvidenceError> {
+    match quote_report_data(quote) {
+        Some(rd) if rd == data.as_slice() => {}
+        Some(_) => {
+            return Err(EvidenceError::Tee(
+                "TDX quote carries other REPORTDATA than requested".into(),
+            ))
+        }
+        None => return Err(EvidenceError::Tee("TDX quote is not a v4/v5 quote".into())),
+    }
+    let eventlog = match ccel {
+        Some(raw) => {
+            let mut log = trim_ccel(raw)?.to_vec();
+            log.extend_from_slice(&END_FLAG);
+            Some(STANDARD.encode(log))
+        }
+        None => None,
+    };
+    Ok(serde_json::json!({
+        "cc_eventlog": eventlog,
+        "quote": STANDARD.encode(quote),
+    }))
+}
+
+/// Evidence from a TDX guest.
+pub struct TdxSource {
+    tsm_root: PathBuf,
+    ccel: PathBuf,
+}
+
+impl TdxSource {
+    /// A source using the configfs-tsm tree at `tsm_root` and the CCEL at `ccel`.
+    pub fn new(tsm_root: PathBuf, ccel: PathBuf) -> TdxSource {
+        TdxSource { tsm_root, ccel }
+    }
+}
+
+impl EvidenceSource for TdxSource {
+    fn platform(&self) -> Platform {
+        Platform::Tdx
+    }
+
+    fn tee(&self) -> Tee {
+        Tee::Tdx
+    }
+
+    fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
+        let data = report_data.padded64();
+        let r = tsm::report(&self.tsm_root, "tdx_guest", &data, None)?;
+        let ccel = if self.ccel.exists() {
+            use std::io::Read;
+            let mut raw = Vec::new();
+            std::fs::File::open(&self.ccel)
+                .and_then(|f| f.take(MAX_CCEL).read_to_end(&mut raw))
+                .map_err(|e| {
+                    EvidenceError::Tee(format!("cannot read {}: {e}", self.ccel.display()))
+                })?;
+            Some(raw)
+        } else {
+            None
+        };
+        encode(&r.outblob, ccel.as_deref(), &data)
+    }
+
+    fn measure_release(&mut self, _pcr: u32, _event: &[u8]) -> Result<(), EvidenceError> {
+        // RTMR extension needs the kernel's RTMR interface (not in configfs-tsm reports);
+        // with a vTPM the composite source extends its PCR instead.
+        log::warn!("TDX without a TPM: the post-release measurement is not recorded");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn testdata(path: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../../shared/testdata/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn real_ccels_trim_to_their_events() {
+        let dir = format!(
+            "{}/../../shared/testdata/tdx/ccel",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut n = 0;
+        for entry in walk(std::path::Path::new(&dir)) {
+            let raw = std::fs::read(&entry).unwrap();
+            let trimmed = trim_ccel(&raw).unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
+            assert!(
+                trimmed.len() > 28 && trimmed.len() <= raw.len(),
+                "{}",
+                entry.display()
+            );
+            n += 1;
+        }
+        assert!(n > 0);
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else if p.extension().is_none() || p.extension().is_some_and(|x| x == "bin") {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn malformed_ccel_is_typed() {
+        assert!(trim_ccel(&[]).is_err());
+        assert!(trim_ccel(&[0u8; 20]).is_err());
+        let mut no_marker = vec![0u8; 32];
+        no_marker[4] = 1; // not EV_NO_ACTION; then 4 bytes that are neither marker...
+        no_marker.extend_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert!(trim_ccel(&no_marker).is_err());
+    }
+
+    #[test]
+    fn quote_report_data_is_checked() {
+        for path in [
+            "tdx/trustee/tdx_quote_4.dat",
+            "tdx/trustee/tdx_quote_5.dat",
+            "tdx/dcap-qvl/tdx_quote",
+            "tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat",
+        ] {
+            let quote = testdata(path);
+            let rd: [u8; 64] = quote_report_data(&quote).unwrap().try_into().unwrap();
+            assert!(encode(&quote, None, &rd).is_ok(), "{path}");
+            assert!(encode(&quote, None, &[0u8; 64]).is_err(), "{path}");
+        }
+    }
+}
