@@ -287,6 +287,9 @@ pub struct Retry {
     pub initial_backoff_ms: u64,
     /// Backoff cap, in milliseconds.
     pub max_backoff_ms: u64,
+    /// Give up once this much time has passed since the first attempt, in milliseconds
+    /// (checked before each backoff). Absent: no deadline, as with `max_rounds`.
+    pub deadline_ms: Option<u64>,
 }
 
 impl Default for Retry {
@@ -295,6 +298,7 @@ impl Default for Retry {
             max_rounds: None,
             initial_backoff_ms: 250,
             max_backoff_ms: 30_000,
+            deadline_ms: None,
         }
     }
 }

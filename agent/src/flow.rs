@@ -215,6 +215,7 @@ pub fn release(
 
     let mut attempts = 0u32;
     let mut round = 0u32;
+    let started = Instant::now();
     loop {
         let mut last = None;
         for client in &clients {
@@ -264,10 +265,23 @@ pub fn release(
             return Err(fail(step, Some(url), attempts, error));
         }
         let delay = backoff(config, round, error.class());
-        log::info!(
-            "round {round} failed; retrying all brokers in {:.1}s",
-            delay.as_secs_f64()
-        );
+        if let Some(deadline) = config.retry.deadline_ms.map(Duration::from_millis) {
+            if started.elapsed() + delay > deadline {
+                log::warn!("retry deadline of {:.1}s reached", deadline.as_secs_f64());
+                return Err(fail(step, Some(url), attempts, error));
+            }
+        }
+        if error.class() == ErrorClass::BrokerDenied {
+            log::warn!(
+                "round {round}: denied by the broker's policy; retrying in {:.1}s (the operator may be updating the policy or registering this node's AK)",
+                delay.as_secs_f64()
+            );
+        } else {
+            log::info!(
+                "round {round} failed; retrying all brokers in {:.1}s",
+                delay.as_secs_f64()
+            );
+        }
         std::thread::sleep(delay);
     }
 }

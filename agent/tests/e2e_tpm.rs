@@ -364,3 +364,51 @@ fn failure_report_explains_the_failure() {
     }
     assert!(lines.len() <= 10, "one short block: {text}");
 }
+
+#[test]
+fn retry_deadline_bounds_an_otherwise_endless_retry() {
+    let w = World::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let other = Broker::start(BrokerConfig::default()).unwrap();
+    let mut c = w.agent_config(&other);
+    c.brokers = vec![(format!("https://127.0.0.1:{port}"), other.ca_pem())];
+    let cfg = w.work.path().join("deadline.toml");
+    std::fs::write(&cfg, c.toml()).unwrap();
+    // Practically no round limit, a 400 ms deadline: the agent keeps retrying the dead
+    // broker with backoff, then stops at the deadline instead of running forever.
+    let out = std::process::Command::new(agent_bin())
+        .args([
+            "unlock",
+            "--verify-only",
+            "--kernel-cmdline",
+            "/dev/null",
+            "--config",
+        ])
+        .arg(&cfg)
+        .args([
+            "--set",
+            "retry={max_rounds=100000,initial_backoff_ms=20,max_backoff_ms=100,deadline_ms=400}",
+            "--set",
+            &format!(
+                "measure.log={:?}",
+                w.work.path().join("m.log").display().to_string()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("retry deadline"), "{err}");
+    let attempts: u32 = err
+        .split("attempts=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(attempts >= 2, "retried before the deadline: {err}");
+}
