@@ -23,6 +23,10 @@ pub enum DeliverError {
     /// The destination's filesystem is persistent.
     #[error("refusing to write a secret to {0}: not on tmpfs/ramfs (set insecure_allow_persistent_secrets to override)")]
     Persistent(PathBuf),
+    /// The destination exists and is a directory: the rename into place would fail after the
+    /// unlock.
+    #[error("cannot write secret {0}: the destination is a directory")]
+    IsDirectory(PathBuf),
     /// An I/O step failed.
     #[error("cannot write secret {path}: {op}: {source}")]
     Io {
@@ -50,6 +54,9 @@ pub struct Item<'a> {
 #[derive(Debug, Default)]
 pub struct Staged {
     files: Vec<(PathBuf, PathBuf)>,
+    /// Directories created for destinations, outermost first; removed again (when empty) if
+    /// the run fails, so a failed run leaves nothing at all.
+    dirs: Vec<PathBuf>,
 }
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DeliverError {
@@ -61,7 +68,7 @@ fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DeliverEr
 pub fn stage(items: &[Item<'_>], allow_persistent: bool) -> Result<Staged, DeliverError> {
     let mut staged = Staged::default();
     for item in items {
-        match stage_one(item, allow_persistent) {
+        match stage_one(item, allow_persistent, &mut staged.dirs) {
             Ok(tmp) => staged.files.push((tmp, item.path.to_owned())),
             Err(e) => {
                 staged.abort();
@@ -72,15 +79,30 @@ pub fn stage(items: &[Item<'_>], allow_persistent: bool) -> Result<Staged, Deliv
     Ok(staged)
 }
 
-fn stage_one(item: &Item<'_>, allow_persistent: bool) -> Result<PathBuf, DeliverError> {
+fn stage_one(
+    item: &Item<'_>,
+    allow_persistent: bool,
+    created: &mut Vec<PathBuf>,
+) -> Result<PathBuf, DeliverError> {
     let path = item.path;
     let dir = path.parent().unwrap_or(Path::new("/"));
     if !dir.exists() {
+        // Remember every directory this creates (outermost first) so a failure removes them.
+        let mut missing: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        missing.reverse();
+        created.extend(missing);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(io(path, "create parent directory"))?;
+    }
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(DeliverError::IsDirectory(path.to_owned()));
     }
     let fs = statfs(dir).map_err(|e| DeliverError::Io {
         path: path.to_owned(),
@@ -121,14 +143,19 @@ fn stage_one(item: &Item<'_>, allow_persistent: bool) -> Result<PathBuf, Deliver
 }
 
 impl Staged {
-    /// Move every staged file into place and sync the directories.
+    /// Move every staged file into place and sync the directories. If one cannot be moved,
+    /// the ones already moved are removed again: a failed delivery leaves no secret.
     pub fn commit(mut self) -> Result<(), DeliverError> {
         let files = std::mem::take(&mut self.files);
         for (i, (tmp, dest)) in files.iter().enumerate() {
             if let Err(source) = std::fs::rename(tmp, dest) {
+                for (_, d) in &files[..i] {
+                    let _ = std::fs::remove_file(d);
+                }
                 for (t, _) in &files[i..] {
                     let _ = std::fs::remove_file(t);
                 }
+                // Dropping `self` removes the directories made for the destinations.
                 return Err(DeliverError::Io {
                     path: dest.clone(),
                     op: "rename into place",
@@ -140,13 +167,18 @@ impl Staged {
                 let _ = File::open(dir).and_then(|d| d.sync_all());
             }
         }
+        self.dirs.clear();
         Ok(())
     }
 
-    /// Remove every staged file.
+    /// Remove every staged file, then every directory made for them (innermost first; only
+    /// while empty).
     pub fn abort(&mut self) {
         for (tmp, _) in self.files.drain(..) {
             let _ = std::fs::remove_file(tmp);
+        }
+        for dir in self.dirs.drain(..).rev() {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -212,6 +244,81 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("file")]);
+    }
+
+    #[test]
+    fn failure_removes_the_directories_it_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b/s");
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"").unwrap();
+        let bad = blocker.join("c");
+        let items = [
+            Item {
+                path: &nested,
+                mode: 0o600,
+                bytes: b"1",
+            },
+            Item {
+                path: &bad,
+                mode: 0o600,
+                bytes: b"2",
+            },
+        ];
+        assert!(stage(&items, true).is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("file")]);
+
+        // A successful delivery keeps them.
+        let staged = stage(&items[..1], true).unwrap();
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(&nested).unwrap(), b"1");
+    }
+
+    #[test]
+    fn directory_destination_fails_at_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("d");
+        std::fs::create_dir(&dest).unwrap();
+        let items = [Item {
+            path: &dest,
+            mode: 0o600,
+            bytes: b"x",
+        }];
+        assert!(matches!(
+            stage(&items, true),
+            Err(DeliverError::IsDirectory(_))
+        ));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn commit_failure_removes_what_it_already_moved() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let items = [
+            Item {
+                path: &a,
+                mode: 0o600,
+                bytes: b"1",
+            },
+            Item {
+                path: &b,
+                mode: 0o600,
+                bytes: b"2",
+            },
+        ];
+        let staged = stage(&items, true).unwrap();
+        std::fs::create_dir(&b).unwrap(); // appears between stage and commit
+        assert!(staged.commit().is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("b")]);
     }
 
     #[test]

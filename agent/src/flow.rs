@@ -375,9 +375,19 @@ pub fn run(
         };
     }
 
-    timings
-        .time(Step::Deliver, || staged.commit())
-        .map_err(|e| fail_at(Step::Deliver, e.into()))?;
+    if let Err(e) = timings.time(Step::Deliver, || staged.commit()) {
+        // The verdict promises nothing unlocked: undo the activation.
+        if let (Some(luks), false) = (&config.luks, opts.verify_only) {
+            if volume == "opened" {
+                if let Err(close) = cryptsetup.close(&luks.name) {
+                    log::error!(
+                        "delivery failed and the volume could not be closed again: {close}"
+                    );
+                }
+            }
+        }
+        return Err(fail_at(Step::Deliver, e.into()));
+    }
 
     Ok(Report {
         broker,

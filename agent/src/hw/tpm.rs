@@ -53,6 +53,15 @@ pub enum TpmError {
         #[source]
         source: tss_esapi::Error,
     },
+    /// The configured persistent AK handle holds no key.
+    #[error("TPM has no AK at persistent handle {handle:#010x} (tpm.ak_handle): {source}")]
+    PersistentAk {
+        /// The handle.
+        handle: u32,
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
     /// The TPM returned something we cannot use.
     #[error("TPM {0}")]
     Unexpected(String),
@@ -207,7 +216,7 @@ impl Tpm {
                 let obj = self
                     .ctx
                     .tr_from_tpm_public(tpm_handle)
-                    .map_err(cmd("load persistent AK"))?;
+                    .map_err(|source| TpmError::PersistentAk { handle: h, source })?;
                 let handle = KeyHandle::from(obj);
                 let (public, _, _) = self.ctx.read_public(handle).map_err(cmd("ReadPublic"))?;
                 Ok(Ak {

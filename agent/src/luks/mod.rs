@@ -36,7 +36,7 @@ pub enum LuksError {
     /// cryptsetup failed otherwise.
     #[error("cryptsetup {op} {device} failed (exit {code}): {message}")]
     Failed {
-        /// `open`, `test-passphrase` or `luksDump`.
+        /// `open`, `test-passphrase`, `close` or `luksDump`.
         op: &'static str,
         /// The device.
         device: PathBuf,
@@ -159,6 +159,28 @@ impl Cryptsetup {
 }
 
 impl Cryptsetup {
+    /// Deactivate `/dev/mapper/<name>` (undo an `open` when a later step failed).
+    pub fn close(&self, name: &str) -> Result<(), LuksError> {
+        let out = Command::new(&self.binary)
+            .args(["close", name])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| LuksError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(LuksError::Failed {
+                op: "close",
+                device: PathBuf::from(format!("/dev/mapper/{name}")),
+                code: out.status.code().unwrap_or(-1),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+
     /// The LUKS2 header metadata as JSON (`cryptsetup luksDump --dump-json-metadata`), where
     /// the tokens live.
     pub fn metadata(&self, device: &Path) -> Result<Vec<u8>, LuksError> {
