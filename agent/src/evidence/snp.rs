@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use kbs_types::Tee;
 use sev::firmware::guest::AttestationReport;
-use sev::firmware::host::CertTableEntry;
+use sev::firmware::host::{CertTableEntry, CertType};
 use sev::parser::ByteParser;
 
 use super::{EvidenceError, EvidenceSource, ReportData};
@@ -48,11 +48,7 @@ impl SnpSource {
                 let level = (self.vmpl != 0).then_some(self.vmpl);
                 let r = tsm::report(root, "sev_guest", data, level)?;
                 let certs = match r.auxblob {
-                    Some(mut aux) => Some(
-                        CertTableEntry::vec_bytes_to_cert_table(&mut aux).map_err(|e| {
-                            EvidenceError::Tee(format!("SNP certificate table (auxblob): {e}"))
-                        })?,
-                    ),
+                    Some(aux) => Some(parse_cert_table(&aux)?),
                     None => None,
                 };
                 Ok((r.outblob, certs))
@@ -60,11 +56,53 @@ impl SnpSource {
             SnpBackend::SevGuest => {
                 let mut fw = sev::firmware::guest::Firmware::open()
                     .map_err(|e| EvidenceError::Tee(format!("cannot open /dev/sev-guest: {e}")))?;
-                fw.get_ext_report(None, Some(*data), Some(self.vmpl))
-                    .map_err(|e| EvidenceError::Tee(format!("SNP extended report: {e}")))
+                // The plain report, not the extended one: the sev crate parses the host's
+                // certificate table of an extended report without bounds checks, and the host
+                // is untrusted. Without a cert_chain the broker uses its configured VCEK or
+                // fetches it from AMD's KDS by chip id and TCB.
+                let report = fw
+                    .get_report(None, Some(*data), Some(self.vmpl))
+                    .map_err(|e| EvidenceError::Tee(format!("SNP report: {e}")))?;
+                Ok((report, None))
             }
         }
     }
+}
+
+/// Parse the host's certificate table (configfs-tsm `auxblob`): 24-byte entries
+/// `{GUID, offset u32 LE, length u32 LE}` ended by an all-zero entry, offsets from the start of
+/// the table. The host is untrusted: every entry is bounds-checked (the sev crate's own parser
+/// follows the offsets unchecked).
+pub fn parse_cert_table(table: &[u8]) -> Result<Vec<CertTableEntry>, EvidenceError> {
+    let bad = |why: String| EvidenceError::Tee(format!("SNP certificate table (auxblob): {why}"));
+    let mut entries = Vec::new();
+    for raw in table.chunks_exact(24) {
+        if raw.iter().all(|b| *b == 0) {
+            return Ok(entries);
+        }
+        let field = |at: usize| -> usize {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(raw.get(at..at + 4).unwrap_or(&[0; 4]));
+            u32::from_le_bytes(b) as usize
+        };
+        let cert_type = CertType::from_bytes(raw.get(..16).unwrap_or_default())
+            .map_err(|e| bad(e.to_string()))?;
+        let (offset, length) = (field(16), field(20));
+        let data = offset
+            .checked_add(length)
+            .and_then(|end| table.get(offset..end))
+            .ok_or_else(|| {
+                bad(format!(
+                    "{cert_type:?} at {offset}+{length} is outside the {} bytes",
+                    table.len()
+                ))
+            })?;
+        entries.push(CertTableEntry::new(cert_type, data.to_vec()));
+        if entries.len() > 64 {
+            return Err(bad("more than 64 entries".into()));
+        }
+    }
+    Err(bad("no terminating all-zero entry".into()))
 }
 
 /// Encode a raw report and certificate table as Trustee's `snp` evidence, after checking that
@@ -143,6 +181,26 @@ mod tests {
                 "{path}: other report data"
             );
         }
+    }
+
+    #[test]
+    fn cert_table_is_bounds_checked() {
+        let vcek = testdata("snp/milan-virtee-sev/vcek_milan.der");
+        let table = CertTableEntry::cert_table_to_vec_bytes(&[CertTableEntry::new(
+            CertType::VCEK,
+            vcek.clone(),
+        )])
+        .unwrap();
+        let parsed = parse_cert_table(&table).unwrap();
+        assert_eq!(parsed, vec![CertTableEntry::new(CertType::VCEK, vcek)]);
+        // An offset past the end, a missing terminator, garbage: typed errors, no reads out of
+        // bounds.
+        let mut past = table.clone();
+        past[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_cert_table(&past).is_err());
+        assert!(parse_cert_table(&table[..24]).is_err());
+        assert!(parse_cert_table(&[0xAB; 100]).is_err());
+        assert_eq!(parse_cert_table(&[0u8; 24]).unwrap(), vec![]);
     }
 
     #[test]

@@ -279,6 +279,11 @@ impl Run {
 
 /// Run `attest-unlock unlock --verify-only` with this config.
 pub fn unlock(config: &AgentConfig, dir: &Path) -> Run {
+    unlock_with(config, dir, &[])
+}
+
+/// Write the config file `unlock` runs with (the measurement log under `dir`); returns its path.
+pub fn write_config(config: &AgentConfig, dir: &Path) -> PathBuf {
     let cfg = dir.join("config.toml");
     let text = format!(
         "{}[measure]\nlog = {:?}\n",
@@ -286,20 +291,42 @@ pub fn unlock(config: &AgentConfig, dir: &Path) -> Run {
         dir.join("measurements.log").display().to_string()
     );
     std::fs::write(&cfg, text).unwrap();
-    let out = Command::new(agent_bin())
-        .args([
-            "unlock",
-            "--verify-only",
-            "--kernel-cmdline",
-            "/dev/null",
-            "--config",
-        ])
-        .arg(&cfg)
+    cfg
+}
+
+/// The arguments of `attest-unlock unlock --verify-only` with the config file `cfg` and
+/// `extra` arguments after them (e.g. `--set retry.max_rounds=2`).
+pub fn unlock_args(cfg: &Path, extra: &[String]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "unlock",
+        "--verify-only",
+        "--kernel-cmdline",
+        "/dev/null",
+        "--config",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    args.push(cfg.into());
+    args.extend(extra.iter().map(Into::into));
+    args
+}
+
+/// Run a command to completion and collect what it printed.
+pub fn collect(cmd: &mut Command) -> Run {
+    let out = cmd
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     Run {
         status: out.status,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     }
+}
+
+/// Like [`unlock`], with `extra` arguments after the config (e.g. `--set KEY=VALUE`, which
+/// beats the config file).
+pub fn unlock_with(config: &AgentConfig, dir: &Path, extra: &[String]) -> Run {
+    let cfg = write_config(config, dir);
+    collect(Command::new(agent_bin()).args(unlock_args(&cfg, extra)))
 }

@@ -11,7 +11,7 @@ use kbs_types::{Attestation, Challenge, ErrorInformation, Tee};
 use rand_core::{OsRng, RngCore};
 use serde_json::{json, Value};
 
-use crate::evidence::{binding_digest, verify_tpm, PCR_COUNT};
+use crate::evidence::PCR_COUNT;
 use crate::http::{Request, Response};
 use crate::token::{Appraisal, TokenIssuer, STATUS_POINTER, TEE_PUBKEY_POINTER};
 use crate::BrokerConfig;
@@ -27,24 +27,19 @@ const ATTEST_FAILED: &str = "Attestation error: RCAR handshake Attest failed";
 
 /// The configuration after validation, in the form the handlers compare against.
 struct Policy {
-    trusted_aks: Vec<Vec<u8>>,
+    /// Behind a lock so [`Kbs::set_trusted_aks`] can change it while the broker runs.
+    trusted_aks: Mutex<Vec<Vec<u8>>>,
     expected_pcrs: BTreeMap<u8, [u8; 32]>,
     resources: BTreeMap<String, Vec<u8>>,
     expected_version: String,
     require_affirming: bool,
+    snp: crate::snp::SnpPolicy,
+    tdx: crate::tdx::TdxPolicy,
 }
 
 impl Policy {
     fn new(config: BrokerConfig) -> anyhow::Result<Policy> {
-        let trusted_aks = config
-            .trusted_aks
-            .iter()
-            .map(|ak| {
-                STANDARD
-                    .decode(ak.trim())
-                    .with_context(|| format!("trusted AK {ak:?} is not standard base64"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        let trusted_aks = decode_aks(&config.trusted_aks)?;
         let mut expected_pcrs = BTreeMap::new();
         for (index, value) in config.expected_pcrs {
             ensure!(
@@ -63,14 +58,29 @@ impl Policy {
                 "resource path {path:?} is not repo/type/tag"
             );
         }
+        crate::snp::validate(&config.snp)?;
+        crate::tdx::validate(&config.tdx)?;
         Ok(Policy {
-            trusted_aks,
+            trusted_aks: Mutex::new(trusted_aks),
             expected_pcrs,
             resources: config.resources,
             expected_version: config.expected_version,
             require_affirming: config.require_affirming,
+            snp: config.snp,
+            tdx: config.tdx,
         })
     }
+}
+
+/// Decodes trusted AKs given as standard base64 of their DER SubjectPublicKeyInfo.
+fn decode_aks(aks: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
+    aks.iter()
+        .map(|ak| {
+            STANDARD
+                .decode(ak.trim())
+                .with_context(|| format!("trusted AK {ak:?} is not standard base64"))
+        })
+        .collect()
 }
 
 /// One RCAR session, keyed by its cookie.
@@ -205,8 +215,17 @@ impl Kbs {
         lock(&self.released).clone()
     }
 
+    /// Replaces the trusted AKs for every later attestation; sessions that already attested
+    /// keep their token. On an invalid AK nothing changes.
+    pub fn set_trusted_aks(&self, aks: &[String]) -> anyhow::Result<()> {
+        let decoded = decode_aks(aks)?;
+        *lock(&self.policy.trusted_aks) = decoded;
+        self.record(format!("policy: trusted_aks replaced ({} keys)", aks.len()));
+        Ok(())
+    }
+
     /// Records one decision, both in the in-memory log and through `log`.
-    fn record(&self, line: String) {
+    pub(crate) fn record(&self, line: String) {
         log::info!("{line}");
         lock(&self.log).push(line);
     }
@@ -382,55 +401,33 @@ impl Kbs {
             "the nonce in the handshake session is different from the client side in KBS \
              protocol's Attestation message"
         );
-        ensure!(
-            tee == Tee::Tpm,
-            "test-kbs verifies only tpm evidence, the session is for {}",
-            tee.as_ref()
-        );
-        let additional = &attestation.tee_evidence.additional_evidence;
-        if !additional.is_empty() {
-            let devices: HashMap<Tee, Value> = serde_json::from_str(additional)
-                .context("additional_evidence is not a JSON map of TEE to evidence")?;
-            if !devices.is_empty() {
-                let names: Vec<&str> = devices.keys().map(|t| t.as_ref()).collect();
-                bail!(
-                    "test-kbs cannot verify additional evidence ({})",
-                    names.join(", ")
-                );
-            }
-        }
-
-        let digest = binding_digest(additional, &nonce, &tee_pubkey)?;
-        let quote = verify_tpm(&attestation.tee_evidence.primary_evidence, &digest[..32])
-            .context("verify TEE evidence failed")?;
-
-        let ak_trusted = self.policy.trusted_aks.contains(&quote.ak_spki);
-        let mut reasons = Vec::new();
-        if !ak_trusted {
-            reasons.push("AK not in trusted_aks".to_string());
-        }
-        for (index, expected) in &self.policy.expected_pcrs {
-            let actual = &quote.pcrs[usize::from(*index)];
-            if actual != expected {
-                reasons.push(format!(
-                    "PCR{index} is {} but {} is expected",
-                    hex::encode(actual),
-                    hex::encode(expected)
-                ));
-            }
-        }
+        // TPM, SNP or TDX primary evidence, and a TPM quote beside a TEE report (src/tee.rs).
+        let trusted_aks = lock(&self.policy.trusted_aks).clone();
+        let outcome = crate::tee::verify(&crate::tee::Input {
+            tee,
+            primary: &attestation.tee_evidence.primary_evidence,
+            additional: &attestation.tee_evidence.additional_evidence,
+            nonce: &nonce,
+            tee_pubkey: &tee_pubkey,
+            trusted_aks: &trusted_aks,
+            expected_pcrs: &self.policy.expected_pcrs,
+            snp: &self.policy.snp,
+            tdx: &self.policy.tdx,
+        })?;
+        let reasons = outcome.reasons;
+        let ak_trusted = outcome.ak_trusted;
         let status = if reasons.is_empty() {
             "affirming"
         } else {
             "warning"
         };
-        let pcrs: Vec<String> = quote.pcrs.iter().map(hex::encode).collect();
         let token = self.issuer.issue(&Appraisal {
             status,
             tee_pubkey: &tee_pubkey,
             nonce: &nonce,
-            pcrs: &pcrs,
+            pcrs: &outcome.pcrs,
             ak_trusted,
+            tee_claims: outcome.tee_claims.as_ref().map(|(k, v)| (*k, v)),
         })?;
 
         {
@@ -447,13 +444,15 @@ impl Kbs {
         };
         if reasons.is_empty() {
             self.record(format!(
-                "attest: session {}: evidence verified, ear.status affirming{init_data_note}",
-                short(session_id)
+                "attest: session {}: evidence verified ({}), ear.status affirming{init_data_note}",
+                short(session_id),
+                outcome.summary
             ));
         } else {
             self.record(format!(
-                "attest: session {}: evidence verified, ear.status warning: {}{init_data_note}",
+                "attest: session {}: evidence verified ({}), ear.status warning: {}{init_data_note}",
                 short(session_id),
+                outcome.summary,
                 reasons.join("; ")
             ));
         }

@@ -68,36 +68,138 @@ enum ReadOutcome {
     Reject(u16, &'static str),
 }
 
+/// What to do with one request. [`Action::Reply`] is the protocol; the others exist for the
+/// fault knobs ([`crate::Faults`]).
+pub(crate) enum Action {
+    /// Send this response.
+    Reply(Response),
+    /// Send the head and only the first `n` bytes of the body, then drop the connection.
+    Truncated(Response, usize),
+    /// Drop the connection without a reply.
+    Drop,
+    /// Send the response one byte at a time with this pause between bytes (for at most
+    /// [`crate::MAX_DELAY`] in all), then drop the connection.
+    Drip(Response, std::time::Duration),
+    /// Answer 200 with a body of `len` filler bytes, written in chunks (never held in memory)
+    /// until done or the client goes away; `sent` counts the bytes written.
+    Stream {
+        /// The advertised and intended body length.
+        len: u64,
+        /// Bytes of the body written so far.
+        sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    },
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The client closed it, asked to, or a reply could not be framed: close it politely.
+    Clean,
+    /// A fault asked to drop it: close the socket without any goodbye (no TLS close_notify).
+    Abort,
+}
+
 /// Serves requests on one connection until the client closes it, asks for `Connection: close`,
-/// or sends something that cannot be framed.
+/// or sends something that cannot be framed. (The broker itself uses
+/// [`serve_connection_with`], which lets the fault knobs misbehave.)
+#[cfg(test)]
 pub(crate) fn serve_connection<S, H>(stream: S, mut handler: H)
 where
     S: Read + Write,
     H: FnMut(&Request) -> Response,
 {
+    serve_connection_with(stream, |request| Action::Reply(handler(request)));
+}
+
+/// Serves requests on one connection until the client closes it, asks for `Connection: close`,
+/// sends something that cannot be framed, or the handler asks to break the connection (see
+/// [`Action`]).
+pub(crate) fn serve_connection_with<S, H>(stream: S, mut handler: H) -> Ending
+where
+    S: Read + Write,
+    H: FnMut(&Request) -> Action,
+{
     let mut reader = BufReader::new(stream);
     loop {
-        let (response, keep_alive) = match read_request(&mut reader) {
+        let (action, keep_alive) = match read_request(&mut reader) {
             ReadOutcome::Request(request, keep_alive) => (handler(&request), keep_alive),
-            ReadOutcome::Closed => return,
+            ReadOutcome::Closed => return Ending::Clean,
             ReadOutcome::Reject(status, detail) => (
-                Response::json(
+                Action::Reply(Response::json(
                     status,
                     &serde_json::json!({ "type": "about:blank", "detail": detail }),
-                ),
+                )),
                 false,
             ),
         };
-        let head = response_head(&response, keep_alive);
         let stream = reader.get_mut();
-        let written = stream
-            .write_all(head.as_bytes())
-            .and_then(|()| stream.write_all(&response.body))
-            .and_then(|()| stream.flush());
-        if written.is_err() || !keep_alive {
-            return;
+        match action {
+            Action::Reply(response) => {
+                let head = response_head(&response, keep_alive);
+                let written = stream
+                    .write_all(head.as_bytes())
+                    .and_then(|()| stream.write_all(&response.body))
+                    .and_then(|()| stream.flush());
+                if written.is_err() || !keep_alive {
+                    return Ending::Clean;
+                }
+            }
+            Action::Truncated(response, n) => {
+                let head = response_head(&response, keep_alive);
+                let cut = &response.body[..n.min(response.body.len())];
+                let _ = stream
+                    .write_all(head.as_bytes())
+                    .and_then(|()| stream.write_all(cut))
+                    .and_then(|()| stream.flush());
+                return Ending::Abort;
+            }
+            Action::Drop => return Ending::Abort,
+            Action::Drip(response, pause) => {
+                let head = response_head(&response, false);
+                let deadline = std::time::Instant::now() + crate::MAX_DELAY;
+                for byte in head.as_bytes().iter().chain(&response.body) {
+                    let sent = stream
+                        .write_all(std::slice::from_ref(byte))
+                        .and_then(|()| stream.flush());
+                    if sent.is_err() || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(pause);
+                }
+                return Ending::Abort;
+            }
+            Action::Stream { len, sent } => {
+                stream_filler(stream, len, &sent);
+                return Ending::Abort;
+            }
         }
     }
+}
+
+/// Writes a 200 head announcing `len` bytes, then the start of a JSON reply followed by filler,
+/// 64 KiB at a time, until `len` bytes are written or a write fails.
+fn stream_filler<S: Write>(stream: &mut S, len: u64, sent: &std::sync::atomic::AtomicU64) {
+    use std::sync::atomic::Ordering;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut chunk = vec![b'A'; 64 * 1024];
+    let prefix = b"{\"token\":\"";
+    chunk[..prefix.len()].copy_from_slice(prefix);
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        if stream.write_all(&chunk[..n]).is_err() {
+            return;
+        }
+        sent.fetch_add(n as u64, Ordering::SeqCst);
+        left -= n as u64;
+        chunk[..prefix.len()].fill(b'A');
+    }
+    let _ = stream.flush();
 }
 
 /// Formats the status line and headers of a response.
@@ -127,11 +229,15 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        403 => "Forbidden",
         413 => "Payload Too Large",
         417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         _ => "Unknown",
     }
 }

@@ -4,9 +4,11 @@
 //! wire-compatible with a real Trustee KBS without containers or network access. It verifies TPM
 //! evidence for real (quote signature, PCR digest, nonce binding) with code that shares nothing
 //! with the agent, appraises it the way Trustee's default TPM policy does (`affirming` only when
-//! the AK is trusted and the expected PCRs match, `warning` otherwise), issues an ES256 EAR-style
-//! token and releases resources as flattened JWE (`ECDH-ES+A256KW` + `A256GCM`) to the TEE key
-//! bound into the evidence.
+//! the AK is trusted and the expected PCRs match, `warning` otherwise), verifies SEV-SNP reports
+//! (VCEK -> ASK -> ARK) and TDX quotes (QE report, PCK chain, CCEL replay), alone or with a TPM
+//! quote as additional evidence (see [`SnpPolicy`], [`TdxPolicy`]; [`sim`] makes simulated
+//! hardware for tests), issues an ES256 EAR-style token and releases resources as flattened JWE
+//! (`ECDH-ES+A256KW` + `A256GCM`) to the TEE key bound into the evidence.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -24,15 +26,24 @@
 
 mod api;
 mod evidence;
+mod faults;
 mod http;
 mod jwe;
 mod server;
+pub mod sim;
+mod snp;
+mod tdx;
+mod tee;
 mod tls;
 mod token;
+mod x509;
 
 use std::collections::BTreeMap;
 
+pub use faults::{Endpoint, Faults, JweFault, Reset, TlsFault, MAX_DELAY};
 pub use server::Broker;
+pub use snp::{SnpPolicy, SnpTcb};
+pub use tdx::TdxPolicy;
 
 /// The KBS protocol version a real Trustee accepts, and this broker's default.
 pub const KBS_PROTOCOL_VERSION: &str = "0.4.0";
@@ -58,6 +69,13 @@ pub struct BrokerConfig {
     /// what operators must configure on a real Trustee). When false, `warning` is enough, which is
     /// what Trustee's default resource policy does.
     pub require_affirming: bool,
+    /// Fault injection for the agent's fault tests; the default injects nothing. Can be changed
+    /// while the broker runs with [`Broker::set_faults`].
+    pub faults: Faults,
+    /// What SNP evidence must chain to and is appraised against; trusts nothing by default.
+    pub snp: SnpPolicy,
+    /// What TDX evidence must chain to and is appraised against; trusts nothing by default.
+    pub tdx: TdxPolicy,
 }
 
 /// Shows resource paths and sizes but never their bytes, so a logged configuration cannot leak
@@ -75,6 +93,9 @@ impl std::fmt::Debug for BrokerConfig {
             .field("resources", &resources)
             .field("expected_version", &self.expected_version)
             .field("require_affirming", &self.require_affirming)
+            .field("faults", &self.faults)
+            .field("snp", &self.snp)
+            .field("tdx", &self.tdx)
             .finish()
     }
 }
@@ -87,6 +108,9 @@ impl Default for BrokerConfig {
             resources: BTreeMap::new(),
             expected_version: KBS_PROTOCOL_VERSION.to_string(),
             require_affirming: true,
+            faults: Faults::default(),
+            snp: SnpPolicy::default(),
+            tdx: TdxPolicy::default(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The listening broker: a TLS accept loop on loopback with one thread per connection.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,9 +12,10 @@ use anyhow::Context;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use crate::api::Kbs;
-use crate::http::serve_connection;
+use crate::faults::FaultState;
+use crate::http::{serve_connection_with, Ending};
 use crate::tls::make_tls_material;
-use crate::BrokerConfig;
+use crate::{BrokerConfig, Faults, TlsFault};
 
 /// How long a connection may sit idle (between or inside requests) before it is closed, so a
 /// client that vanishes does not pin a thread for the life of the broker.
@@ -24,6 +25,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 struct Shared {
     kbs: Kbs,
     tls: Arc<ServerConfig>,
+    /// The faulty TLS configurations ([`TlsFault`]), same CA.
+    tls_expired: Arc<ServerConfig>,
+    tls_wrong_name: Arc<ServerConfig>,
+    faults: FaultState,
     /// Set (under the `connections` lock) when the broker is dropped.
     stopping: AtomicBool,
     /// Open connections, so that dropping the broker can shut them down and unblock their
@@ -51,6 +56,7 @@ impl Broker {
 
     /// Like [`Broker::start`], on a chosen port (`0` for an ephemeral one); the demo uses it.
     pub fn start_on_port(config: BrokerConfig, port: u16) -> anyhow::Result<Broker> {
+        let faults = FaultState::new(config.faults.clone(), config.resources.clone());
         let kbs = Kbs::new(config).context("invalid broker configuration")?;
         let tls = make_tls_material()?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
@@ -59,6 +65,9 @@ impl Broker {
         let shared = Arc::new(Shared {
             kbs,
             tls: tls.server_config,
+            tls_expired: tls.expired,
+            tls_wrong_name: tls.wrong_name,
+            faults,
             stopping: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
@@ -101,6 +110,31 @@ impl Broker {
     /// The resource paths released so far, in order, one entry per release.
     pub fn released(&self) -> Vec<String> {
         self.shared.kbs.released()
+    }
+
+    /// Replaces [`BrokerConfig::trusted_aks`] while the broker runs (same port, same CA):
+    /// every attestation from now on is appraised against `aks`; a session that already
+    /// attested keeps its token. An AK that is not standard base64 is an error and changes
+    /// nothing.
+    pub fn set_trusted_aks(&self, aks: Vec<String>) -> anyhow::Result<()> {
+        self.shared.kbs.set_trusted_aks(&aks)
+    }
+}
+
+impl Broker {
+    /// Replaces [`BrokerConfig::faults`] while the broker runs: every request from now on (and,
+    /// for [`Faults::tls`], every connection accepted from now on) sees the new knobs.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared
+            .kbs
+            .record(format!("fault: knobs replaced: {faults:?}"));
+        self.shared.faults.set(faults);
+    }
+
+    /// Bytes written so far by [`Faults::oversize_for`] replies: how much of an oversized
+    /// reply the client took (plus what the socket buffers held).
+    pub fn bytes_streamed(&self) -> u64 {
+        self.shared.faults.streamed()
     }
 }
 
@@ -194,12 +228,77 @@ fn serve_tls(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_nodelay(true);
-    let Ok(connection) = ServerConnection::new(Arc::clone(&shared.tls)) else {
+    let tls_config = match shared.faults.current().tls {
+        None => &shared.tls,
+        Some(TlsFault::Expired) => &shared.tls_expired,
+        Some(TlsFault::WrongName) => &shared.tls_wrong_name,
+        Some(TlsFault::PlainHttp) => return serve_plain(stream, shared),
+        Some(TlsFault::Silent) => return hold_silently(stream, shared),
+    };
+    let Ok(connection) = ServerConnection::new(Arc::clone(tls_config)) else {
         return;
     };
     let mut tls = StreamOwned::new(connection, stream);
-    serve_connection(&mut tls, |request| shared.kbs.handle(request));
-    // A clean TLS close tells the client the connection ended on purpose, not by truncation.
-    tls.conn.send_close_notify();
-    let _ = tls.flush();
+    let ending = serve_connection_with(&mut tls, |request| {
+        shared.faults.handle(&shared.kbs, request, &shared.stopping)
+    });
+    match ending {
+        Ending::Clean => {
+            // A clean TLS close tells the client the connection ended on purpose, not by
+            // truncation.
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        }
+        Ending::Abort => {
+            let _ = tls.sock.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// [`TlsFault::Silent`]: read and discard whatever the client sends, answer nothing, until it
+/// closes the connection, the broker is dropped, or [`crate::MAX_DELAY`] passed.
+fn hold_silently(mut stream: TcpStream, shared: &Shared) {
+    shared
+        .kbs
+        .record("fault: silent TLS: holding a connection without a handshake".to_string());
+    let deadline = std::time::Instant::now() + crate::MAX_DELAY;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0_u8; 4096];
+    while std::time::Instant::now() < deadline && !shared.stopping.load(Ordering::SeqCst) {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// [`TlsFault::PlainHttp`]: HTTP without TLS. A client that starts a TLS handshake gets a
+/// clear-text `400` and the connection is closed, as an HTTP server answers bytes that are not
+/// a request line.
+fn serve_plain(mut stream: TcpStream, shared: &Shared) {
+    let mut first = [0_u8; 1];
+    let starts_like_http =
+        matches!(stream.peek(&mut first), Ok(1) if first[0].is_ascii_uppercase());
+    if !starts_like_http {
+        shared
+            .kbs
+            .record("fault: plain HTTP: a non-HTTP request (TLS?) got 400".to_string());
+        let _ = stream.write_all(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
+    }
+    let ending = serve_connection_with(&mut stream, |request| {
+        shared.faults.handle(&shared.kbs, request, &shared.stopping)
+    });
+    if ending == Ending::Abort {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -17,9 +17,13 @@ pub(crate) struct TlsMaterial {
     pub ca_pem: String,
     /// The rustls configuration serving the leaf certificate.
     pub server_config: Arc<ServerConfig>,
+    /// The same, with a certificate from the same CA that expired in 2001 (fault knob).
+    pub expired: Arc<ServerConfig>,
+    /// The same, with a certificate from the same CA for `wrong.example` only (fault knob).
+    pub wrong_name: Arc<ServerConfig>,
 }
 
-/// Makes a fresh CA and a server certificate it signed.
+/// Makes a fresh CA and a server certificate it signed (plus the faulty variants).
 ///
 /// The server certificate names `127.0.0.1` and `localhost` for tests on the host and
 /// `10.0.2.2`, which is the host as a QEMU guest on user-mode networking sees it, so one broker
@@ -38,21 +42,48 @@ pub(crate) fn make_tls_material() -> anyhow::Result<TlsMaterial> {
     ];
     let ca_cert = ca_params.self_signed(&ca_key).context("self-sign CA")?;
 
+    let good = vec![
+        SanType::DnsName("localhost".try_into().context("SAN localhost")?),
+        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        SanType::IpAddress(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2))),
+    ];
+    let server_config = leaf_config(&ca_cert, &ca_key, good.clone(), false)?;
+    let expired = leaf_config(&ca_cert, &ca_key, good, true)?;
+    let wrong = vec![SanType::DnsName(
+        "wrong.example".try_into().context("SAN wrong.example")?,
+    )];
+    let wrong_name = leaf_config(&ca_cert, &ca_key, wrong, false)?;
+
+    Ok(TlsMaterial {
+        ca_pem: ca_cert.pem(),
+        server_config,
+        expired,
+        wrong_name,
+    })
+}
+
+/// A rustls server configuration with a fresh leaf certificate for `names` signed by the CA;
+/// `expired` makes it valid only in 2000.
+fn leaf_config(
+    ca_cert: &Certificate,
+    ca_key: &KeyPair,
+    names: Vec<SanType>,
+    expired: bool,
+) -> anyhow::Result<Arc<ServerConfig>> {
     let leaf_key = KeyPair::generate().context("generate server key")?;
-    let mut leaf_params =
-        CertificateParams::new(vec!["localhost".to_string()]).context("server parameters")?;
+    let mut leaf_params = CertificateParams::default();
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "test-kbs");
-    for ip in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 2, 2)] {
-        leaf_params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(ip)));
-    }
+    leaf_params.subject_alt_names = names;
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if expired {
+        leaf_params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        leaf_params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    }
     let leaf_cert = leaf_params
-        .signed_by(&leaf_key, &ca_cert, &ca_key)
+        .signed_by(&leaf_key, ca_cert, ca_key)
         .context("sign server certificate")?;
 
     let chain: Vec<CertificateDer<'static>> = vec![leaf_cert.der().clone()];
@@ -60,16 +91,12 @@ pub(crate) fn make_tls_material() -> anyhow::Result<TlsMaterial> {
 
     // The ring provider is chosen explicitly: the process-wide default provider is ambiguous
     // when another crate in the test binary enables aws-lc-rs, and ring is what the agent uses.
-    let server_config =
+    let config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .context("TLS server certificate")?;
-
-    Ok(TlsMaterial {
-        ca_pem: ca_cert.pem(),
-        server_config: Arc::new(server_config),
-    })
+    Ok(Arc::new(config))
 }

@@ -28,6 +28,8 @@ pub(crate) struct Appraisal<'a> {
     /// PCR0 to PCR23 as lowercase hex, reported as `tpm.pcrNN` claims like Trustee does.
     pub pcrs: &'a [String],
     pub ak_trusted: bool,
+    /// The TEE's own claims (`snp` or `tdx`), put beside the `tpm` claims.
+    pub tee_claims: Option<(&'a str, &'a Value)>,
 }
 
 /// Issues and verifies tokens with one ES256 key.
@@ -62,6 +64,19 @@ impl TokenIssuer {
         for (index, pcr) in appraisal.pcrs.iter().enumerate() {
             tpm_claims.insert(format!("pcr{index:02}"), Value::String(pcr.clone()));
         }
+        let mut annotated = json!({
+            "tpm": tpm_claims,
+            "ak_trusted": appraisal.ak_trusted,
+            "runtime_data_claims": {
+                "nonce": appraisal.nonce,
+                "tee-pubkey": appraisal.tee_pubkey,
+            },
+        });
+        if let (Some((tee, tee_claims)), Some(map)) =
+            (appraisal.tee_claims, annotated.as_object_mut())
+        {
+            map.insert(tee.to_string(), tee_claims.clone());
+        }
         let claims = json!({
             "eat_profile": "tag:github.com,2023:veraison/ear",
             "iat": iat,
@@ -74,14 +89,7 @@ impl TokenIssuer {
                 "cpu0": {
                     "ear.status": appraisal.status,
                     "ear.appraisal-policy-id": "default_cpu",
-                    "ear.veraison.annotated-evidence": {
-                        "tpm": tpm_claims,
-                        "ak_trusted": appraisal.ak_trusted,
-                        "runtime_data_claims": {
-                            "nonce": appraisal.nonce,
-                            "tee-pubkey": appraisal.tee_pubkey,
-                        },
-                    },
+                    "ear.veraison.annotated-evidence": annotated,
                 },
             },
         });
@@ -148,6 +156,7 @@ mod tests {
                 nonce: "n",
                 pcrs: &["00".repeat(32)],
                 ak_trusted: true,
+                tee_claims: None,
             })
             .unwrap()
     }

@@ -626,3 +626,31 @@ fn drop_closes_idle_connections_and_stops_listening() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn set_trusted_aks_changes_later_appraisals_on_the_same_broker() {
+    let key = ak();
+    let broker = Broker::start(config_trusting(&key)).unwrap();
+    let (url, ca) = (broker.url(), broker.ca_pem());
+    let resource = format!("/kbs/v0/resource/{SECRET_PATH}");
+
+    broker.set_trusted_aks(Vec::new()).unwrap();
+    let mut client = Client::new(&broker);
+    let tee = TeeKey::new();
+    assert_eq!(attest(&mut client, &key, &tee, &Spoil::default()).0, 200);
+    assert_error(&client.get(&resource, None), 401, "PolicyDeny");
+    assert!(broker.released().is_empty());
+
+    assert!(broker.set_trusted_aks(vec!["not base64!".into()]).is_err());
+    broker.set_trusted_aks(vec![ak_public(&key)]).unwrap();
+    let mut client = Client::new(&broker);
+    attest(&mut client, &key, &tee, &Spoil::default());
+    let (status, jwe) = client.get(&resource, None);
+    assert_eq!(status, 200);
+    assert_eq!(tee.decrypt(&jwe), SECRET);
+    assert_eq!((broker.url(), broker.ca_pem()), (url, ca));
+    assert!(broker
+        .log()
+        .join("\n")
+        .contains("policy: trusted_aks replaced"));
+}

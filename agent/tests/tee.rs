@@ -1,0 +1,418 @@
+//! End to end on confidential-VM evidence: a fake configfs-tsm tree backed by simulated SNP
+//! and TDX hardware (test-kbs `sim`), a real swtpm beside it (composite evidence), the test
+//! broker verifying both for real, the agent binary with `--root` pointing at the fake system,
+//! and real cryptsetup on a LUKS2 image. Failures are checked for the fail-closed guarantees.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+#[path = "common/fake_tsm.rs"]
+mod fake_tsm;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use fake_tsm::FakeTsm;
+use test_kbs::sim::{
+    SnpReportParams, SnpSigner, TdxQuoteParams, TdxSigner, SIM_SNP_MEASUREMENT, SIM_TDX_MR_TD,
+};
+use test_kbs::{Broker, BrokerConfig, SnpPolicy, TdxPolicy};
+
+const DISK: &str = "default/node1/root";
+const KUBELET: &str = "default/node1/kubelet";
+
+/// Where the agent looks under `--root`.
+const TSM_DIR: &str = "sys/kernel/config/tsm/report";
+const CCEL_PATH: &str = "sys/firmware/acpi/tables/data/CCEL";
+
+/// A real OVMF CCEL (trustee's test data) and the RTMRs trustee's own test states for it.
+const OVMF_CCEL: &str = "tdx/ccel/trustee-ovmf/CCEL_data_ovmf";
+const OVMF_RTMRS: [&str; 3] = [
+    "8566f998798db09443b244c62de9a3041fb02e2e6936c4396d784bba2e90177329ec5aba3bb484404f2ab9cc90abe193",
+    "775b9f6bfe99f8a31396f0d0218e67ffa796d3b96ccf961cbb0deba48c79c00f082cda1a5567c1c16305f1fc210c13c6",
+    "94eaf7a7bf398ed8d888c91057ae0261802e4f3df084213a76ca7f0b5055ac9d2241de43cd58d9e8b49c503bbf25f34a",
+];
+
+fn testdata(path: &str) -> Vec<u8> {
+    let full = format!(
+        "{}/../../shared/testdata/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// The simulated platform behind the fake tree.
+enum Hw {
+    Snp(Arc<SnpSigner>),
+    Tdx(Arc<TdxSigner>),
+}
+
+struct World {
+    tpm: Swtpm,
+    image: LuksImage,
+    disk_resource: Vec<u8>,
+    ak: String,
+    hw: Hw,
+    // Dropped before `root`, so the fake stops before its tree goes away.
+    fake: Option<FakeTsm>,
+    root: tempfile::TempDir,
+    work: tempfile::TempDir,
+    secrets: tempfile::TempDir,
+}
+
+impl World {
+    fn new(hw: Hw) -> World {
+        let tpm = Swtpm::start();
+        let (disk_resource, passphrase) = operator_disk_key();
+        let image = LuksImage::new(&passphrase);
+        let ak = ak_public(&tpm);
+        World {
+            tpm,
+            image,
+            disk_resource,
+            ak,
+            hw,
+            fake: None,
+            root: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+            secrets: secret_dir(),
+        }
+    }
+
+    fn snp() -> World {
+        World::new(Hw::Snp(Arc::new(SnpSigner::new().unwrap())))
+    }
+
+    fn tdx() -> World {
+        let w = World::new(Hw::Tdx(Arc::new(TdxSigner::new().unwrap())));
+        let ccel = w.root.path().join(CCEL_PATH);
+        std::fs::create_dir_all(ccel.parent().unwrap()).unwrap();
+        std::fs::write(&ccel, testdata(OVMF_CCEL)).unwrap();
+        w
+    }
+
+    /// Start the fake configfs-tsm tree for this world's hardware.
+    fn start_tsm(&mut self, generation_race: bool) {
+        let dir = self.root.path().join(TSM_DIR);
+        let fake = match &self.hw {
+            Hw::Snp(signer) => {
+                let signer = signer.clone();
+                let aux = signer.auxblob().unwrap();
+                FakeTsm::start(
+                    &dir,
+                    "sev_guest",
+                    Box::new(move |data| {
+                        let report = signer.report(&SnpReportParams::default(), data);
+                        (report, Some(aux.clone()))
+                    }),
+                    generation_race,
+                )
+            }
+            Hw::Tdx(signer) => {
+                let signer = signer.clone();
+                let mut params = TdxQuoteParams::default();
+                for (i, rtmr) in OVMF_RTMRS.iter().enumerate() {
+                    params.rtmrs[i].copy_from_slice(&hex::decode(rtmr).unwrap());
+                }
+                FakeTsm::start(
+                    &dir,
+                    "tdx_guest",
+                    Box::new(move |data| (signer.quote(&params, data), None)),
+                    generation_race,
+                )
+            }
+        };
+        self.fake = Some(fake);
+    }
+
+    fn fake(&self) -> &FakeTsm {
+        self.fake.as_ref().unwrap()
+    }
+
+    /// Trusts this world's TPM and simulated hardware, and expects its measurements.
+    fn broker_config(&self) -> BrokerConfig {
+        let mut resources = BTreeMap::new();
+        resources.insert(DISK.to_owned(), self.disk_resource.clone());
+        resources.insert(KUBELET.to_owned(), b"kubelet bootstrap token 1234".to_vec());
+        let mut config = BrokerConfig {
+            trusted_aks: vec![self.ak.clone()],
+            resources,
+            ..BrokerConfig::default()
+        };
+        match &self.hw {
+            Hw::Snp(signer) => {
+                config.snp = SnpPolicy {
+                    trusted_arks: vec![signer.ark_der().to_vec()],
+                    expected_measurement: Some(hex::encode(SIM_SNP_MEASUREMENT)),
+                    ..SnpPolicy::default()
+                }
+            }
+            Hw::Tdx(signer) => {
+                config.tdx = TdxPolicy {
+                    trusted_roots: vec![signer.root_der().to_vec()],
+                    expected_mr_td: Some(hex::encode(SIM_TDX_MR_TD)),
+                    ..TdxPolicy::default()
+                }
+            }
+        }
+        config
+    }
+
+    fn agent_config(&self, broker: &Broker) -> AgentConfig {
+        AgentConfig {
+            brokers: vec![(broker.url(), broker.ca_pem())],
+            tcti: self.tpm.tcti(),
+            disk_key: Some(DISK.to_owned()),
+            image: Some(self.image.path.clone()),
+            secrets: vec![(KUBELET.to_owned(), self.secret_path())],
+            token_path: Some(self.secrets.path().join("token.jwt")),
+            extra: String::new(),
+        }
+    }
+
+    fn secret_path(&self) -> PathBuf {
+        self.secrets.path().join("kubelet/bootstrap-token")
+    }
+
+    fn root_args(&self) -> Vec<String> {
+        vec!["--root".to_owned(), self.root.path().display().to_string()]
+    }
+
+    fn unlock(&self, config: &AgentConfig) -> Run {
+        unlock_with(config, self.work.path(), &self.root_args())
+    }
+
+    /// `attest-unlock detect` against the fake system.
+    fn detect(&self, config: &AgentConfig) -> Run {
+        let cfg = write_config(config, self.work.path());
+        collect(
+            Command::new(agent_bin())
+                .args(["detect", "--kernel-cmdline", "/dev/null", "--config"])
+                .arg(&cfg)
+                .args(self.root_args()),
+        )
+    }
+
+    /// Run and assert the fail-closed guarantees: non-zero exit, image untouched, nothing
+    /// written; returns the verdict line.
+    fn expect_failure(&self, config: &AgentConfig, class: &str) -> String {
+        let before = self.image.digest();
+        let run = self.unlock(config);
+        assert!(!run.status.success(), "must fail:\n{}", run.stderr);
+        assert_eq!(self.image.digest(), before, "the image must be untouched");
+        let left = walk(self.secrets.path());
+        assert!(left.is_empty(), "nothing may be written, found {left:?}");
+        let verdict = run.verdict().to_owned();
+        assert!(verdict.contains("verdict=failed"), "{verdict}");
+        assert!(
+            verdict.contains(&format!("class={class} ")),
+            "want class {class}: {verdict}"
+        );
+        verdict
+    }
+
+    /// Run, expect success with every secret delivered, and return the verdict line.
+    fn expect_success(&self, config: &AgentConfig, broker: &Broker) -> String {
+        let before = self.image.digest();
+        let run = self.unlock(config);
+        assert!(run.status.success(), "{}", run.stderr);
+        assert_eq!(
+            self.image.digest(),
+            before,
+            "--verify-only leaves the image"
+        );
+        assert_eq!(
+            std::fs::read(self.secret_path()).unwrap(),
+            b"kubelet bootstrap token 1234"
+        );
+        assert_eq!(broker.released(), vec![DISK.to_owned(), KUBELET.to_owned()]);
+        // One report was made, for 64 bytes of report data that end in 16 zero bytes (the
+        // 48-byte binding digest, padded), and its entry was removed.
+        let stats = self.fake().stats();
+        assert_eq!(stats.served, 1, "{stats:?}");
+        assert_eq!(&stats.report_data[0][48..], &[0u8; 16]);
+        assert!(stats.served_left.is_empty(), "entry left: {stats:?}");
+        run.verdict().to_owned()
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The broker's line for the one attestation.
+fn attest_line(broker: &Broker) -> String {
+    let attests: Vec<String> = broker
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("attest:"))
+        .collect();
+    assert_eq!(attests.len(), 1, "{attests:?}");
+    attests[0].clone()
+}
+
+#[test]
+fn snp_with_vtpm_unlocks_after_the_broker_verified_both() {
+    let mut w = World::snp();
+    w.start_tsm(false);
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let config = w.agent_config(&broker);
+
+    let detect = w.detect(&config);
+    assert!(detect.status.success(), "{}", detect.stderr);
+    assert!(
+        detect.stdout.starts_with("snp (configfs-tsm "),
+        "{}",
+        detect.stdout
+    );
+
+    let verdict = w.expect_success(&config, &broker);
+    assert!(verdict.contains("verdict=ok platform=snp "), "{verdict}");
+    assert!(verdict.contains("volume=verified"), "{verdict}");
+    let line = attest_line(&broker);
+    assert!(
+        line.contains("snp report v3 signed by") && line.contains("+ tpm quote"),
+        "{line}"
+    );
+    assert!(line.contains("ear.status affirming"), "{line}");
+}
+
+#[test]
+fn snp_wrong_measurement_is_denied_and_nothing_is_unlocked() {
+    let mut w = World::snp();
+    w.start_tsm(false);
+    let mut bc = w.broker_config();
+    bc.snp.expected_measurement = Some("ab".repeat(48));
+    let broker = Broker::start(bc).unwrap();
+    let v = w.expect_failure(&w.agent_config(&broker), "broker-denied");
+    assert!(v.contains("PolicyDeny"), "{v}");
+    assert!(broker.released().is_empty());
+    let line = attest_line(&broker);
+    assert!(
+        line.contains("ear.status warning") && line.contains("SNP measurement"),
+        "{line}"
+    );
+}
+
+#[test]
+fn snp_report_from_an_untrusted_chip_is_rejected() {
+    let mut w = World::snp();
+    w.start_tsm(false);
+    let mut bc = w.broker_config();
+    bc.snp.trusted_arks = vec![SnpSigner::new().unwrap().ark_der().to_vec()];
+    let broker = Broker::start(bc).unwrap();
+    let v = w.expect_failure(&w.agent_config(&broker), "broker-denied");
+    assert!(v.contains("step=attest"), "{v}");
+    assert!(broker.released().is_empty());
+    let line = attest_line(&broker);
+    assert!(
+        line.contains("rejected") && line.contains("chain"),
+        "{line}"
+    );
+}
+
+#[test]
+fn tdx_with_vtpm_unlocks_after_the_broker_verified_both() {
+    let mut w = World::tdx();
+    w.start_tsm(false);
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let config = w.agent_config(&broker);
+
+    let detect = w.detect(&config);
+    assert!(detect.status.success(), "{}", detect.stderr);
+    assert!(
+        detect.stdout.starts_with("tdx (configfs-tsm "),
+        "{}",
+        detect.stdout
+    );
+
+    let verdict = w.expect_success(&config, &broker);
+    assert!(verdict.contains("verdict=ok platform=tdx "), "{verdict}");
+    let line = attest_line(&broker);
+    assert!(
+        line.contains("tdx quote v4")
+            && line.contains("CCEL replayed")
+            && line.contains("+ tpm quote"),
+        "{line}"
+    );
+    assert!(line.contains("ear.status affirming"), "{line}");
+}
+
+#[test]
+fn tdx_wrong_mrtd_is_denied_and_nothing_is_unlocked() {
+    let mut w = World::tdx();
+    w.start_tsm(false);
+    let mut bc = w.broker_config();
+    bc.tdx.expected_mr_td = Some("ab".repeat(48));
+    let broker = Broker::start(bc).unwrap();
+    let v = w.expect_failure(&w.agent_config(&broker), "broker-denied");
+    assert!(v.contains("PolicyDeny"), "{v}");
+    assert!(broker.released().is_empty());
+    let line = attest_line(&broker);
+    assert!(line.contains("TDX MRTD"), "{line}");
+}
+
+#[test]
+fn tdx_event_log_that_does_not_match_the_quote_is_rejected() {
+    let mut w = World::tdx();
+    // Another real CCEL: it replays to other RTMRs than the quote carries.
+    std::fs::write(
+        w.root.path().join(CCEL_PATH),
+        testdata("tdx/ccel/trustee-grub/CCEL_data_grub"),
+    )
+    .unwrap();
+    w.start_tsm(false);
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let v = w.expect_failure(&w.agent_config(&broker), "broker-denied");
+    assert!(v.contains("step=attest"), "{v}");
+    assert!(broker.released().is_empty());
+    let line = attest_line(&broker);
+    assert!(line.contains("the CCEL replays RTMR0"), "{line}");
+}
+
+#[test]
+fn configfs_generation_race_fails_before_attesting() {
+    for mut w in [World::snp(), World::tdx()] {
+        w.start_tsm(true);
+        let broker = Broker::start(w.broker_config()).unwrap();
+        let v = w.expect_failure(&w.agent_config(&broker), "evidence");
+        assert!(v.contains("step=evidence"), "{v}");
+        assert!(v.contains("raced"), "{v}");
+        assert!(broker.released().is_empty());
+        assert!(
+            !broker.log().iter().any(|l| l.starts_with("attest:")),
+            "{:?}",
+            broker.log()
+        );
+    }
+}
+
+#[test]
+fn configured_tee_that_is_absent_fails_without_falling_back_to_the_tpm() {
+    for platform in ["snp", "tdx"] {
+        // A TPM is there (swtpm), no configfs-tsm and no /dev/sev-guest under the root.
+        let w = World::snp();
+        let broker = Broker::start(w.broker_config()).unwrap();
+        let mut c = w.agent_config(&broker);
+        c.extra = format!("platform = {platform:?}");
+        let v = w.expect_failure(&c, "evidence");
+        assert!(v.contains(&format!("no {platform} platform found")), "{v}");
+        assert!(v.contains("step=detect"), "{v}");
+        assert!(
+            broker.log().is_empty(),
+            "broker was contacted: {:?}",
+            broker.log()
+        );
+    }
+}

@@ -1,0 +1,233 @@
+//! The X.509 checks the SNP and TDX verifiers share: is one certificate signed by another, and
+//! is it valid at a given time.
+//!
+//! Only the algorithms the vendors' chains use are accepted: ECDSA P-256/SHA-256 (Intel PCK
+//! chains), ECDSA P-384/SHA-384 (the test broker's simulated AMD chain), and RSASSA-PSS with
+//! SHA-384 (AMD's real ARK -> ASK -> VCEK chains). Anything else is refused, never skipped.
+
+use std::time::SystemTime;
+
+use anyhow::{anyhow, bail, ensure, Context};
+use p256::ecdsa::signature::Verifier;
+use x509_cert::der::asn1::ObjectIdentifier;
+use x509_cert::der::{Decode, Encode};
+use x509_cert::Certificate;
+
+const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+const RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+
+/// Parses one DER certificate.
+pub(crate) fn from_der(der: &[u8]) -> anyhow::Result<Certificate> {
+    Certificate::from_der(der).map_err(|e| anyhow!("not a DER X.509 certificate: {e}"))
+}
+
+/// Parses a PEM chain (leaf first, as Intel's quote certification data and AMD's KDS send it).
+pub(crate) fn pem_chain(pem: &[u8]) -> anyhow::Result<Vec<Certificate>> {
+    let chain = Certificate::load_pem_chain(pem)
+        .map_err(|e| anyhow!("not a PEM certificate chain: {e}"))?;
+    ensure!(!chain.is_empty(), "empty PEM certificate chain");
+    Ok(chain)
+}
+
+/// The common name of a certificate's subject, for messages.
+pub(crate) fn subject(cert: &Certificate) -> String {
+    cert.tbs_certificate.subject.to_string()
+}
+
+/// The raw subjectPublicKey bits (an uncompressed SEC1 point for EC keys).
+pub(crate) fn public_key_bits(cert: &Certificate) -> &[u8] {
+    cert.tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes()
+}
+
+/// The named curve of an EC public key, if the certificate holds one.
+fn ec_curve(cert: &Certificate) -> Option<ObjectIdentifier> {
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    if spki.algorithm.oid != EC_PUBLIC_KEY {
+        return None;
+    }
+    spki.algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+}
+
+/// The P-384 public key of a certificate (an SNP VCEK/VLEK).
+pub(crate) fn p384_key(cert: &Certificate) -> anyhow::Result<p384::ecdsa::VerifyingKey> {
+    ensure!(
+        ec_curve(cert) == Some(SECP384R1),
+        "{} does not hold an ECDSA P-384 key",
+        subject(cert)
+    );
+    p384::ecdsa::VerifyingKey::from_sec1_bytes(public_key_bits(cert))
+        .map_err(|e| anyhow!("{}: invalid P-384 public key: {e}", subject(cert)))
+}
+
+/// The P-256 public key of a certificate (an Intel PCK certificate).
+pub(crate) fn p256_key(cert: &Certificate) -> anyhow::Result<p256::ecdsa::VerifyingKey> {
+    ensure!(
+        ec_curve(cert) == Some(SECP256R1),
+        "{} does not hold an ECDSA P-256 key",
+        subject(cert)
+    );
+    p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key_bits(cert))
+        .map_err(|e| anyhow!("{}: invalid P-256 public key: {e}", subject(cert)))
+}
+
+/// Checks that `issuer` signed `cert` (names chain and the signature verifies).
+pub(crate) fn verify_signed_by(cert: &Certificate, issuer: &Certificate) -> anyhow::Result<()> {
+    ensure!(
+        cert.tbs_certificate.issuer == issuer.tbs_certificate.subject,
+        "{} is issued by {}, not by {}",
+        subject(cert),
+        cert.tbs_certificate.issuer,
+        subject(issuer)
+    );
+    let tbs = cert
+        .tbs_certificate
+        .to_der()
+        .context("re-encode tbsCertificate")?;
+    let signature = cert
+        .signature
+        .as_bytes()
+        .ok_or_else(|| anyhow!("{}: signature is not whole bytes", subject(cert)))?;
+    let algorithm = &cert.signature_algorithm;
+    let who = || format!("{} is not signed by {}", subject(cert), subject(issuer));
+    if algorithm.oid == ECDSA_WITH_SHA256 {
+        let key = p256_key(issuer).with_context(who)?;
+        let sig = p256::ecdsa::Signature::from_der(signature).with_context(who)?;
+        key.verify(&tbs, &sig).map_err(|_| anyhow!(who()))
+    } else if algorithm.oid == ECDSA_WITH_SHA384 {
+        let key = p384_key(issuer).with_context(who)?;
+        let sig = p384::ecdsa::Signature::from_der(signature).with_context(who)?;
+        key.verify(&tbs, &sig).map_err(|_| anyhow!(who()))
+    } else if algorithm.oid == RSASSA_PSS {
+        let params = algorithm
+            .parameters
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: RSASSA-PSS without parameters", subject(cert)))?
+            .decode_as::<rsa::pkcs1::RsaPssParams<'_>>()
+            .map_err(|e| anyhow!("{}: RSASSA-PSS parameters: {e}", subject(cert)))?;
+        ensure!(
+            params.hash.oid == SHA384,
+            "{}: RSASSA-PSS with hash {}, only SHA-384 is accepted",
+            subject(cert),
+            params.hash.oid
+        );
+        ensure!(
+            params.salt_len == 48,
+            "{}: RSASSA-PSS salt length {}, expected 48",
+            subject(cert),
+            params.salt_len
+        );
+        let spki = issuer
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .context("re-encode issuer key")?;
+        let key = {
+            use rsa::pkcs8::DecodePublicKey;
+            rsa::RsaPublicKey::from_public_key_der(&spki)
+                .map_err(|e| anyhow!("{}: not an RSA key: {e}", subject(issuer)))?
+        };
+        let sig = rsa::pss::Signature::try_from(signature).with_context(who)?;
+        rsa::pss::VerifyingKey::<sha2::Sha384>::new(key)
+            .verify(&tbs, &sig)
+            .map_err(|_| anyhow!(who()))
+    } else {
+        bail!(
+            "{}: signature algorithm {} is not accepted",
+            subject(cert),
+            algorithm.oid
+        )
+    }
+}
+
+/// Checks that `cert` is valid at `at`.
+pub(crate) fn check_validity(cert: &Certificate, at: SystemTime) -> anyhow::Result<()> {
+    let validity = &cert.tbs_certificate.validity;
+    let not_before = validity.not_before.to_system_time();
+    let not_after = validity.not_after.to_system_time();
+    ensure!(
+        at >= not_before,
+        "{} is not valid before {}",
+        subject(cert),
+        validity.not_before
+    );
+    ensure!(
+        at <= not_after,
+        "{} expired at {}",
+        subject(cert),
+        validity.not_after
+    );
+    Ok(())
+}
+
+/// The content of the extension `oid`, if present.
+pub(crate) fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
+    let oid = ObjectIdentifier::new(oid).ok()?;
+    cert.tbs_certificate
+        .extensions
+        .as_ref()?
+        .iter()
+        .find(|e| e.extn_id == oid)
+        .map(|e| e.extn_value.as_bytes())
+}
+
+/// Checks a chain `leaf <- intermediate <- root` where `root` is one of `trusted_roots` and
+/// self-signed; every certificate must be valid at `at`.
+pub(crate) fn verify_path(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    trusted_roots: &[Certificate],
+    at: SystemTime,
+) -> anyhow::Result<()> {
+    ensure!(!trusted_roots.is_empty(), "no trusted root is configured");
+    check_validity(leaf, at)?;
+    let mut last_error = anyhow!(
+        "no intermediate certificate issued {} (issuer {})",
+        subject(leaf),
+        leaf.tbs_certificate.issuer
+    );
+    for intermediate in intermediates {
+        if intermediate.tbs_certificate.subject != leaf.tbs_certificate.issuer {
+            continue;
+        }
+        let attempt = || -> anyhow::Result<()> {
+            verify_signed_by(leaf, intermediate)?;
+            check_validity(intermediate, at)?;
+            let mut root_error = anyhow!(
+                "{} is not issued by a trusted root (issuer {})",
+                subject(intermediate),
+                intermediate.tbs_certificate.issuer
+            );
+            for root in trusted_roots {
+                let ok = verify_signed_by(intermediate, root)
+                    .and_then(|()| verify_signed_by(root, root))
+                    .and_then(|()| check_validity(root, at));
+                match ok {
+                    Ok(()) => return Ok(()),
+                    Err(e)
+                        if intermediate.tbs_certificate.issuer == root.tbs_certificate.subject =>
+                    {
+                        root_error = e;
+                    }
+                    Err(_) => {}
+                }
+            }
+            Err(root_error)
+        };
+        match attempt() {
+            Ok(()) => return Ok(()),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
