@@ -82,6 +82,18 @@ pub enum Command {
     },
     /// Print the platform this node would attest as.
     Detect,
+    /// Parse an attestation artefact offline (SNP report, TDX quote, TCG or CCEL event log,
+    /// Azure HCL report, TPMS_ATTEST) and print its fields and replayed registers.
+    Inspect {
+        /// The file.
+        file: PathBuf,
+        /// Its kind, when detection guesses wrong.
+        #[arg(long, value_name = "KIND")]
+        kind: Option<crate::inspect::Kind>,
+        /// A readable table instead of JSON.
+        #[arg(long)]
+        text: bool,
+    },
     /// Print the attestation key's public key (for the broker's trusted AK list).
     Ak,
 }
@@ -149,6 +161,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             verify_only,
             failure_report,
         } => Ok(unlock(cli, config, *verify_only, failure_report.as_deref())),
+        Command::Inspect { file, kind, text } => {
+            inspect_file(file, *kind, *text, out)?;
+            Ok(Outcome::Success)
+        }
         Command::Detect => {
             let d = evidence::detect(&config, &cli.root)?;
             write_out(out, &format!("{} ({})", d.platform.as_str(), d.detail));
@@ -197,6 +213,37 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             Ok(Outcome::Success)
         }
     }
+}
+
+/// Largest file `inspect` reads (event logs are the largest artefacts, well under this).
+const MAX_INSPECT: u64 = 64 << 20;
+
+fn inspect_file(
+    file: &Path,
+    kind: Option<crate::inspect::Kind>,
+    text: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_INSPECT).read_to_end(&mut bytes))
+        .map_err(|source| ConfigError::Read {
+            path: file.to_owned(),
+            source,
+        })?;
+    let value = crate::inspect::inspect(&bytes, kind).map_err(|source| Error::Format {
+        file: file.display().to_string(),
+        source,
+    })?;
+    if text {
+        write_out(out, crate::inspect::render_text(&value).trim_end());
+    } else {
+        let json = serde_json::to_string_pretty(&value)
+            .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;
+        write_out(out, &json);
+    }
+    Ok(())
 }
 
 fn write_out(out: &mut dyn Write, text: &str) {

@@ -111,6 +111,15 @@ pub enum Error {
     /// The LUKS2 step failed.
     #[error(transparent)]
     Luks(#[from] LuksError),
+    /// An attestation artefact (for `inspect`) does not parse.
+    #[error("{file}: {source}")]
+    Format {
+        /// The file.
+        file: String,
+        /// Why.
+        #[source]
+        source: crate::formats::FormatError,
+    },
     /// Writing a secret failed.
     #[error(transparent)]
     Deliver(#[from] DeliverError),
@@ -130,6 +139,7 @@ impl Error {
             Error::Clevis(ClevisError::Decrypt) => ErrorClass::Jwe,
             Error::Clevis(ClevisError::Jwe(_) | ClevisError::Token(_)) => ErrorClass::Luks,
             Error::Luks(_) => ErrorClass::Luks,
+            Error::Format { .. } => ErrorClass::Evidence,
             Error::Deliver(_) => ErrorClass::Deliver,
         }
     }

@@ -77,10 +77,15 @@ fn init_logging(verbose: u8) {
 }
 
 fn report(e: &attest_unlock::Error) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "attest-unlock: error: {e}");
+    let message = e.to_string();
+    let _ = writeln!(std::io::stderr(), "attest-unlock: error: {message}");
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        let _ = writeln!(std::io::stderr(), "  caused by: {s}");
+        // Most of our errors already embed their cause; print only what is new.
+        let text = s.to_string();
+        if !message.contains(&text) {
+            let _ = writeln!(std::io::stderr(), "  caused by: {text}");
+        }
         source = s.source();
     }
     let _ = writeln!(

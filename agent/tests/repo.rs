@@ -151,3 +151,43 @@ fn readme_gives_exactly_the_two_commands() {
         ".ci/run must run the README test command"
     );
 }
+
+/// docs/configuration.md and docs/attest-unlock.1 are generated from the code; regenerate with
+/// `ATTEST_UNLOCK_BLESS=1 cargo test -p attest-unlock --test repo generated_docs`.
+#[test]
+fn generated_docs_are_up_to_date() {
+    for (path, text) in [
+        (
+            "docs/configuration.md",
+            attest_unlock::docs::configuration_reference(),
+        ),
+        ("docs/attest-unlock.1", attest_unlock::docs::man_page()),
+    ] {
+        let file = repo().join(path);
+        if std::env::var_os("ATTEST_UNLOCK_BLESS").is_some() {
+            std::fs::write(&file, &text).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "{path} is out of date: run ATTEST_UNLOCK_BLESS=1 cargo test -p attest-unlock --test repo generated_docs"
+        );
+    }
+}
+
+#[test]
+fn help_of_every_subcommand_is_in_the_reference() {
+    let reference = std::fs::read_to_string(repo().join("docs/configuration.md")).unwrap();
+    for sub in ["unlock", "evidence", "detect", "ak"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_attest-unlock"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            reference.contains(help.trim_end()),
+            "`attest-unlock {sub} --help` differs from docs/configuration.md"
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The configuration reference and the man page, generated from the code so they cannot drift:
+//! the config keys come from one table checked against the config structs (a test asks serde
+//! for each struct's field list), the command-line flags from clap.
+
+use std::fmt::Write;
+
+use clap::CommandFactory;
+
+/// One config key: dotted name, default, what it does.
+pub struct Key {
+    /// Dotted key, as in TOML, `--set` and `rd.attest_unlock.`.
+    pub key: &'static str,
+    /// The default, as TOML.
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+const fn k(key: &'static str, default: &'static str, doc: &'static str) -> Key {
+    Key { key, default, doc }
+}
+
+/// Every config key. The tests check this against the config structs both ways.
+pub const KEYS: &[Key] = &[
+    k("platform", "\"auto\"", "Evidence source: `auto` (a TEE when present, else the TPM), `tpm`, `snp`, `tdx`. A named platform that is absent is an error, never a fallback."),
+    k("brokers", "[]", "Brokers (Trustee KBS), tried in order each round: a list of tables."),
+    k("brokers[].url", "(required)", "Base URL, `https://host:port`; the `/kbs/v0/...` paths are appended."),
+    k("brokers[].ca_cert", "(required for https)", "The CA certificate(s) of the broker's TLS certificate: inline PEM or a path. The only trusted roots."),
+    k("disk_key", "(none)", "Resource path (`repo/type/tag`) of the LUKS passphrase. Without it, `unlock` reads the trustee clevis token of the LUKS2 header."),
+    k("disk_key_format", "\"auto\"", "`auto`, `operator-json` (`{\"key_type\":\"oct\",\"key\":...}`: the bytes of `key`), `raw`."),
+    k("luks", "(none)", "The volume to open; without it, `rd.luks.uuid=` / `rd.luks.name=` on the kernel command line name it."),
+    k("luks.device", "(required)", "Block device or image holding the LUKS2 header."),
+    k("luks.name", "\"root\"", "Device-mapper name to activate as (`luks-UUID` when taken from `rd.luks.uuid`)."),
+    k("luks.keyslot", "(token's)", "The keyslot the key opens; a trustee token names it. Naming it skips other (argon2) slots."),
+    k("luks.device_timeout_ms", "90000", "How long to wait for the device node to appear."),
+    k("secrets", "[]", "Secrets to deliver: a list of tables."),
+    k("secrets[].resource", "(required)", "Resource path at the broker."),
+    k("secrets[].path", "(required)", "Absolute destination on tmpfs/ramfs (e.g. under /run)."),
+    k("secrets[].mode", "\"0600\"", "File mode; group and other bits are refused."),
+    k("tpm.tcti", "\"device:/dev/tpmrm0\"", "TCTI string (`device:`, `swtpm:host=..,port=..`)."),
+    k("tpm.ak_handle", "(none)", "A persistent AK handle (e.g. 0x81010002); default: the AK derived from the endorsement seed (same key every boot)."),
+    k("tpm.event_log", "\"/sys/kernel/security/tpm0/binary_bios_measurements\"", "TCG event log sent with the quote when present."),
+    k("tee.tsm_root", "\"/sys/kernel/config/tsm/report\"", "configfs-tsm report directory."),
+    k("tee.sev_guest", "\"/dev/sev-guest\"", "SEV guest device for kernels without configfs-tsm."),
+    k("tee.vmpl", "0", "SNP VMPL to request (higher under an SVSM)."),
+    k("tee.ccel", "\"/sys/firmware/acpi/tables/data/CCEL\"", "TDX CCEL event log."),
+    k("tee.composite", "true", "With a TEE and a TPM, send the TPM quote as additional evidence bound to the TEE report."),
+    k("timeouts.connect_ms", "5000", "Per TCP+TLS connect."),
+    k("timeouts.request_ms", "30000", "Per request (send and whole reply)."),
+    k("retry.max_rounds", "(none: forever)", "Rounds over all brokers before giving up (the pin's `num_retries`)."),
+    k("retry.initial_backoff_ms", "250", "First backoff; doubles each round, full jitter."),
+    k("retry.max_backoff_ms", "30000", "Backoff cap; a denial waits between half the cap and the cap."),
+    k("retry.deadline_ms", "(none)", "Give up once this much time has passed."),
+    k("measure.enabled", "true", "Extend a PCR once secrets are released."),
+    k("measure.pcr", "15", "The SHA-256 PCR extended with SHA-256(\"attest-unlock:secrets-released:v1\")."),
+    k("measure.log", "\"/run/attest-unlock/measurements.log\"", "A line per measurement, for verifiers."),
+    k("init_data", "(none)", "Init-data sent with the attestation (`format = \"toml\"`)."),
+    k("init_data.body", "(none)", "Inline TOML body."),
+    k("init_data.path", "(none)", "Or a file holding it."),
+    k("token_path", "(none)", "Write the broker's attestation token (EAR JWT) here, mode 0600 (tmpfs)."),
+    k("insecure_allow_persistent_secrets", "false", "Allow secret destinations on a persistent filesystem (logged at warn)."),
+    k("insecure_allow_http", "false", "Allow `http://` brokers (logged at warn)."),
+    k("servers_url_override", "(none)", "Replace every broker URL (kernel switch `rd.attest_unlock.servers_url_override=URL`)."),
+    k("failure_report", "(none)", "Write the failure explanation here (the initramfs unit passes `--failure-report`)."),
+    k("disable", "false", "Do nothing (kernel switch `rd.attest_unlock.disable`)."),
+    k("verbose", "false", "Debug logging (kernel switch `rd.attest_unlock.verbose`)."),
+];
+
+/// The clevis pin config keys (drop-in for clevis-pin-trustee).
+pub const PIN_KEYS: &[Key] = &[
+    k("servers", "(required)", "`[{\"url\": ..., \"cert\": PEM or \"\"}]`; an empty cert trusts the system CA bundle, as the upstream pin does."),
+    k("path", "(required)", "Resource holding `{\"key_type\":\"oct\",\"key\":<32 characters>}`; its key encrypts the JWE (`dir` + `A256GCM`)."),
+    k("initdata", "null", "At encrypt time a JSON object string of key/values, stored in the header as the TOML init-data document."),
+    k("num_retries", "infinity", "Rounds over the servers, or `\"infinity\"`."),
+    k("attestation_key", "null", "`{\"registration\": {\"url\", \"cert\", \"uuid\"}}`: at encrypt time (first boot) PUT `{\"attestation_key\": <AK PEM>, \"uuid\"}` there."),
+    k("attest-unlock", "null", "Our extension: any part of the TOML config above, as JSON (e.g. `secrets`). It is the LUKS-token layer of the config."),
+];
+
+/// The whole configuration reference (docs/configuration.md).
+pub fn configuration_reference() -> String {
+    let mut out = String::new();
+    out.push_str("# Configuration reference\n\n");
+    out.push_str("<!-- Generated by `cargo xtask docs` from agent/src/docs.rs and the clap definitions; a test fails when it drifts. -->\n\n");
+    out.push_str(
+        "Precedence, lowest first: built-in defaults < the config file \
+         (`/etc/attest-unlock/config.toml`, `--config`, or `$ATTEST_UNLOCK_CONFIG` for the pin) < \
+         the LUKS2 token (the trustee pin config, with our `attest-unlock` extension) < the kernel \
+         command line (`rd.attest_unlock.KEY=VALUE`) < `--set KEY=VALUE`. Tables merge key by \
+         key; any other value is replaced whole. Unknown keys are errors in every layer.\n\n",
+    );
+    out.push_str("## Config keys\n\n| key | default | meaning |\n|---|---|---|\n");
+    for key in KEYS {
+        let _ = writeln!(out, "| `{}` | `{}` | {} |", key.key, key.default, key.doc);
+    }
+    out.push_str("\n## Kernel command line\n\nEvery key above as `rd.attest_unlock.KEY=VALUE` (dotted, VALUE as TOML or a plain string), plus the standard `rd.luks.uuid=UUID` / `rd.luks.name=UUID=NAME` for the volume. The switches an operator needs at boot:\n\n");
+    out.push_str("| argument | effect |\n|---|---|\n");
+    for (arg, doc) in [
+        (
+            "rd.attest_unlock.disable",
+            "skip attest-unlock (recover with a passphrase or key file)",
+        ),
+        ("rd.attest_unlock.verbose", "debug logging"),
+        (
+            "rd.attest_unlock.servers_url_override=URL",
+            "use this broker URL instead of the token's",
+        ),
+        (
+            "rd.attest_unlock.retry.max_rounds=N",
+            "give up after N rounds",
+        ),
+    ] {
+        let _ = writeln!(out, "| `{arg}` | {doc} |");
+    }
+    out.push_str("\n## clevis pin config (`clevis encrypt trustee CONFIG`)\n\n| key | default | meaning |\n|---|---|---|\n");
+    for key in PIN_KEYS {
+        let _ = writeln!(out, "| `{}` | `{}` | {} |", key.key, key.default, key.doc);
+    }
+    out.push_str("\nEnvironment: `ATTEST_UNLOCK_CONFIG` names the config file for the pin (clevis passes no options).\n");
+    out.push_str("\n## Command line\n\n");
+    let mut cmd = crate::cli::Cli::command();
+    cmd.build();
+    out.push_str("```text\n");
+    out.push_str(&cmd.render_long_help().to_string());
+    out.push_str("```\n");
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .filter(|n| n != "help")
+        .collect();
+    for name in subs {
+        let _ = write!(out, "\n### `attest-unlock {name}`\n\n```text\n");
+        // Exactly what `attest-unlock NAME --help` prints (global flags included).
+        let help = match crate::cli::Cli::command().try_get_matches_from([
+            "attest-unlock",
+            name.as_str(),
+            "--help",
+        ]) {
+            Err(e) => e.render().to_string(),
+            Ok(_) => String::new(),
+        };
+        out.push_str(&help);
+        if !help.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str("```\n");
+    }
+    out
+}
+
+fn roff_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('-', "\\-")
+        .replace('\'', "\\'")
+}
+
+/// The man page, attest-unlock(1), in roff.
+pub fn man_page() -> String {
+    let cmd = crate::cli::Cli::command();
+    let mut out = String::new();
+    out.push_str(".TH ATTEST-UNLOCK 1 \"\" \"attest-unlock ");
+    out.push_str(env!("CARGO_PKG_VERSION"));
+    out.push_str("\" \"User Commands\"\n.SH NAME\nattest\\-unlock \\- attest this node to a key broker and unlock its LUKS2 root\n");
+    out.push_str(".SH SYNOPSIS\n.B attest\\-unlock\n[\\fIOPTIONS\\fR] \\fICOMMAND\\fR\n.br\n.B clevis\\-encrypt\\-trustee\n\\fICONFIG\\fR\n.br\n.B clevis\\-decrypt\\-trustee\n");
+    out.push_str(".SH DESCRIPTION\n");
+    out.push_str(&roff_escape(
+        "In the initramfs, attest-unlock detects the platform (SEV-SNP, TDX, TPM), collects evidence bound to the broker's nonce and a fresh ephemeral key, speaks Trustee's KBS protocol 0.4.0 over TLS, receives the disk key and other secrets as JWE, opens the LUKS2 volume and delivers the secrets. On any failure it unlocks nothing, writes nothing, and prints one verdict line with the error class.",
+    ));
+    out.push_str("\n.SH OPTIONS\n");
+    for arg in cmd.get_arguments() {
+        if arg.is_hide_set() {
+            continue;
+        }
+        let mut names = Vec::new();
+        if let Some(s) = arg.get_short() {
+            names.push(format!("\\-{s}"));
+        }
+        if let Some(l) = arg.get_long() {
+            names.push(format!("\\-\\-{}", roff_escape(l)));
+        }
+        let _ = writeln!(out, ".TP\n\\fB{}\\fR", names.join(", "));
+        if let Some(h) = arg.get_help() {
+            let _ = writeln!(out, "{}", roff_escape(&h.to_string()));
+        }
+    }
+    out.push_str(".SH COMMANDS\n");
+    for sub in cmd.get_subcommands() {
+        let _ = writeln!(out, ".TP\n\\fB{}\\fR", roff_escape(sub.get_name()));
+        if let Some(a) = sub.get_about() {
+            let _ = writeln!(out, "{}", roff_escape(&a.to_string()));
+        }
+    }
+    out.push_str(".SH EXIT STATUS\n0 success, 1 failure (the verdict line says why), 2 configuration or usage error.\n");
+    out.push_str(".SH FILES\n/etc/attest\\-unlock/config.toml, /run/attest\\-unlock/failure, /run/attest\\-unlock/measurements.log\n");
+    out.push_str(
+        ".SH SEE ALSO\nclevis(1), cryptsetup(8), docs/configuration.md, docs/troubleshooting.md\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::collections::BTreeSet;
+
+    /// The fields serde expects for `T`, from its `deny_unknown_fields` error message.
+    fn fields<T: serde::de::DeserializeOwned>() -> BTreeSet<String> {
+        let err = serde_json::from_value::<T>(serde_json::json!({"\u{1}": 0}))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        // serde says "expected `a`", "expected `a` or `b`" or "expected one of `a`, `b`, ...".
+        let list = err.split("expected").nth(1).unwrap_or_default();
+        list.split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, f)| f.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn reference_lists_exactly_the_config_fields() {
+        let mut from_code = BTreeSet::new();
+        let mut add = |prefix: &str, names: BTreeSet<String>| {
+            assert!(!names.is_empty(), "no fields for {prefix}");
+            for n in names {
+                from_code.insert(format!("{prefix}{n}"));
+            }
+        };
+        add("", fields::<config::Config>());
+        add("brokers[].", fields::<config::Broker>());
+        add("luks.", fields::<config::Luks>());
+        add("secrets[].", fields::<config::Secret>());
+        add("tpm.", fields::<config::Tpm>());
+        add("tee.", fields::<config::Tee>());
+        add("timeouts.", fields::<config::Timeouts>());
+        add("retry.", fields::<config::Retry>());
+        add("measure.", fields::<config::Measure>());
+        add("init_data.", fields::<config::InitData>());
+        let documented: BTreeSet<String> = KEYS.iter().map(|k| k.key.to_owned()).collect();
+        // A table-valued key (`tpm`) is documented through its members (`tpm.tcti`).
+        let missing: Vec<_> = from_code
+            .difference(&documented)
+            .filter(|c| !documented.iter().any(|d| d.starts_with(&format!("{c}."))))
+            .collect();
+        let extra: Vec<_> = documented
+            .difference(&from_code)
+            .filter(|d| {
+                !from_code.iter().any(|c| c.starts_with(&format!("{d}.")))
+                    && !from_code.iter().any(|c| c.starts_with(&format!("{d}[].")))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "config keys missing from docs::KEYS: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "docs::KEYS names keys the config does not have: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn man_page_names_every_subcommand() {
+        let man = man_page();
+        for sub in ["unlock", "evidence", "detect", "ak"] {
+            assert!(man.contains(&format!("\\fB{sub}\\fR")), "{sub}");
+        }
+        assert!(man.starts_with(".TH ATTEST-UNLOCK 1"));
+    }
+}
