@@ -191,3 +191,116 @@ fn help_of_every_subcommand_is_in_the_reference() {
         );
     }
 }
+
+fn doc_files() -> Vec<PathBuf> {
+    let mut docs = files("docs", "md");
+    docs.push(repo().join("README.md"));
+    docs
+}
+
+/// Lines of shell code blocks (``` or ```sh, and four-space indented blocks) in a Markdown file.
+fn shell_lines(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fence: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("```") {
+            fence = match fence {
+                Some(_) => None,
+                None => Some(rest.trim().to_owned()),
+            };
+            continue;
+        }
+        match &fence {
+            Some(lang) if lang.is_empty() || lang == "sh" => out.push(line.trim().to_owned()),
+            None if line.starts_with("    ") && !line.trim().is_empty() => {
+                out.push(line.trim().to_owned())
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Commands in the docs that can run here do run: every `ignition-validate` (expecting only
+/// the whitelisted-pin error of Debian's old Ignition), and every `attest-unlock` command line
+/// parses with the real argument parser (so a renamed flag breaks the docs build).
+#[test]
+fn commands_in_the_docs_run() {
+    let mut validated = 0;
+    let mut parsed = 0;
+    for doc in doc_files() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for line in shell_lines(&text) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.first() {
+                Some(&"ignition-validate") => {
+                    let out = Command::new("ignition-validate")
+                        .args(&words[1..])
+                        .current_dir(repo())
+                        .output()
+                        .unwrap();
+                    let text = String::from_utf8_lossy(&out.stdout).to_string()
+                        + &String::from_utf8_lossy(&out.stderr);
+                    assert!(
+                        text.lines()
+                            .all(|l| l.trim().is_empty() || l.contains("unsupported clevis pin")),
+                        "{}: `{line}`: {text}",
+                        doc.display()
+                    );
+                    validated += 1;
+                }
+                // Synopsis lines with [optional] parts are notation, not commands.
+                Some(&"attest-unlock")
+                    if !['$', '|', '>', '['].iter().any(|c| line.contains(*c)) =>
+                {
+                    use clap::CommandFactory;
+                    let args: Vec<&str> = words
+                        .iter()
+                        .take_while(|w| !w.starts_with('#'))
+                        .copied()
+                        .collect();
+                    let result = attest_unlock::cli::Cli::command().try_get_matches_from(&args);
+                    if let Err(e) = result {
+                        assert!(
+                            matches!(
+                                e.kind(),
+                                clap::error::ErrorKind::DisplayHelp
+                                    | clap::error::ErrorKind::DisplayVersion
+                            ),
+                            "{}: `{line}` does not parse: {e}",
+                            doc.display()
+                        );
+                    }
+                    parsed += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        validated >= 1 && parsed >= 3,
+        "validated {validated}, parsed {parsed}"
+    );
+}
+
+#[test]
+fn relative_links_in_the_docs_resolve() {
+    for doc in doc_files() {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for part in text.split("](").skip(1) {
+            let target = part.split(')').next().unwrap_or_default();
+            if target.starts_with("http") || target.starts_with('#') || target.is_empty() {
+                continue;
+            }
+            let path = doc
+                .parent()
+                .unwrap()
+                .join(target.split('#').next().unwrap());
+            assert!(
+                path.exists(),
+                "{}: link to {target} is broken",
+                doc.display()
+            );
+        }
+    }
+}
