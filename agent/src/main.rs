@@ -47,7 +47,8 @@ impl log::Log for Logger {
                 _ => 7,
             };
             if let Ok(mut f) = kmsg.lock() {
-                let _ = writeln!(f, "<{prio}>{line}");
+                // One write per record: /dev/kmsg turns every write() into its own record.
+                let _ = f.write_all(format!("<{prio}>{line}\n").as_bytes());
             }
         }
     }
@@ -61,9 +62,10 @@ fn init_logging(verbose: u8) {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    // Only in the initramfs: on a running system the journal already captures stderr.
-    let kmsg = std::path::Path::new("/etc/initrd-release")
-        .exists()
+    // Only in the initramfs, and only when not run by systemd (which already sends stderr to
+    // the journal and the console: writing both would print every line twice).
+    let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
+    let kmsg = (std::path::Path::new("/etc/initrd-release").exists() && !under_systemd)
         .then(|| {
             std::fs::OpenOptions::new()
                 .write(true)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# shellcheck disable=SC2154 # moddir, initdir, systemdsystemunitdir and SYSTEMCTL are dracut's.
+# shellcheck disable=SC2154 # moddir, initdir, systemdsystemunitdir, systemdutildir and SYSTEMCTL are dracut's.
 # dracut module for attest-unlock: attest this node to a key broker and unlock the LUKS2
 # root in the initramfs. Shaped like afterburn's and ignition's dracut modules.
 
@@ -23,6 +23,10 @@ install() {
     ln_r /usr/bin/attest-unlock /usr/bin/clevis-decrypt-trustee
 
     inst_multiple cryptsetup cat
+
+    # Wait for network-online.target when the command line asks for the network: nothing
+    # else pulls it in, so After= alone would order nothing and the agent would race DHCP.
+    inst_script "$moddir/attest-unlock-generator" "$systemdutildir/system-generators/attest-unlock-generator"
 
     # tss-esapi's TCTI loader dlopens the device TCTI at run time, which dracut's ELF
     # dependency walk cannot see.
