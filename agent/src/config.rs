@@ -72,6 +72,12 @@ pub enum Platform {
     Snp,
     /// Intel TDX (configfs-tsm).
     Tdx,
+    /// Azure SEV-SNP confidential VM: vTPM quote + HCL report (SNP report) + VCEK from IMDS.
+    AzSnpVtpm,
+    /// Azure TDX confidential VM: vTPM quote + HCL report + TD quote from IMDS.
+    AzTdxVtpm,
+    /// Google Cloud SEV-ES / Shielded VM: vTPM quote by the GCE AK, with its certificate.
+    GcpVtpm,
 }
 
 impl Platform {
@@ -82,6 +88,9 @@ impl Platform {
             Platform::Tpm => "tpm",
             Platform::Snp => "snp",
             Platform::Tdx => "tdx",
+            Platform::AzSnpVtpm => "az-snp-vtpm",
+            Platform::AzTdxVtpm => "az-tdx-vtpm",
+            Platform::GcpVtpm => "gcp-vtpm",
         }
     }
 }
@@ -246,6 +255,41 @@ impl Default for Tee {
     }
 }
 
+/// Azure confidential VMs (`az-snp-vtpm`, `az-tdx-vtpm`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Azure {
+    /// The Instance Metadata Service base URL (VCEK for SNP, TD quote for TDX). Azure's
+    /// link-local address in production; tests point it at a fake on loopback.
+    pub imds_url: String,
+    /// How long to wait for the HCL report to carry the user data just written, in
+    /// milliseconds. The report is re-read with short, growing pauses until it does (the
+    /// public tools sleep a fixed 3 s instead).
+    pub poll_timeout_ms: u64,
+    /// Use the HCL report made at boot instead of writing the binding digest as its user data
+    /// and waiting for a fresh one: the hardware report is then not bound to this session,
+    /// only the vTPM quote is (evidence `version: 1`). Only for brokers whose policy accepts
+    /// that; logged at warn.
+    pub insecure_boot_report: bool,
+}
+
+impl Default for Azure {
+    fn default() -> Self {
+        Azure {
+            imds_url: "http://169.254.169.254".to_owned(),
+            poll_timeout_ms: 10_000,
+            insecure_boot_report: false,
+        }
+    }
+}
+
+impl Azure {
+    /// The user-data poll timeout.
+    pub fn poll_timeout(&self) -> Duration {
+        Duration::from_millis(self.poll_timeout_ms)
+    }
+}
+
 /// Network timeouts.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -362,6 +406,9 @@ pub struct Config {
     /// TEE interfaces.
     #[serde(default)]
     pub tee: Tee,
+    /// Azure confidential VMs.
+    #[serde(default)]
+    pub azure: Azure,
     /// Network timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -651,6 +698,17 @@ impl Config {
                 "tee.vmpl {} is not a VMPL (0-3)",
                 self.tee.vmpl
             )));
+        }
+        let imds = &self.azure.imds_url;
+        if !(imds.starts_with("http://") || imds.starts_with("https://")) {
+            return Err(ConfigError::Invalid(format!(
+                "azure.imds_url {imds:?} must start with http:// (or https://)"
+            )));
+        }
+        if self.azure.poll_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "azure.poll_timeout_ms must be at least 1 ms".to_owned(),
+            ));
         }
         if self.measure.pcr > 23 {
             return Err(ConfigError::Invalid(format!(

@@ -22,7 +22,7 @@ const fn k(key: &'static str, default: &'static str, doc: &'static str) -> Key {
 
 /// Every config key. The tests check this against the config structs both ways.
 pub const KEYS: &[Key] = &[
-    k("platform", "\"auto\"", "Evidence source: `auto` (a TEE when present, else the TPM), `tpm`, `snp`, `tdx`. A named platform that is absent is an error, never a fallback."),
+    k("platform", "\"auto\"", "Evidence source: `auto`, `tpm`, `snp`, `tdx`, `az-snp-vtpm`, `az-tdx-vtpm`, `gcp-vtpm`. `auto` tries configfs-tsm (SNP/TDX), the Azure HCL report in vTPM NV 0x01400001, `/dev/sev-guest`, the GCE AK template in vTPM NV 0x01c10001/0x01c10003, then the plain TPM. A named platform that is absent is an error, never a fallback."),
     k("brokers", "[]", "Brokers (Trustee KBS), tried in order each round: a list of tables."),
     k("brokers[].url", "(required)", "Base URL, `https://host:port`; the `/kbs/v0/...` paths are appended."),
     k("brokers[].ca_cert", "(required for https)", "The CA certificate(s) of the broker's TLS certificate: inline PEM or a path. The only trusted roots."),
@@ -45,6 +45,9 @@ pub const KEYS: &[Key] = &[
     k("tee.vmpl", "0", "SNP VMPL to request (higher under an SVSM)."),
     k("tee.ccel", "\"/sys/firmware/acpi/tables/data/CCEL\"", "TDX CCEL event log."),
     k("tee.composite", "true", "With a TEE and a TPM, send the TPM quote as additional evidence bound to the TEE report."),
+    k("azure.imds_url", "\"http://169.254.169.254\"", "Azure Instance Metadata Service: VCEK and chain (`/metadata/THIM/amd/certification`) on SNP, TD quote (`/acc/tdquote`) on TDX."),
+    k("azure.poll_timeout_ms", "10000", "How long to wait for the HCL report to carry the user data just written to NV 0x01400002 (polled with short backoff, no fixed sleep)."),
+    k("azure.insecure_boot_report", "false", "Send the boot-time HCL report (evidence `version: 1`): the hardware report is then not bound to the session, only the vTPM quote is. Only for brokers whose policy accepts it (logged at warn)."),
     k("timeouts.connect_ms", "5000", "Per TCP+TLS connect."),
     k("timeouts.request_ms", "30000", "Per request (send and whole reply)."),
     k("retry.max_rounds", "(none: forever)", "Rounds over all brokers before giving up (the pin's `num_retries`)."),
@@ -233,6 +236,7 @@ mod tests {
         add("secrets[].", fields::<config::Secret>());
         add("tpm.", fields::<config::Tpm>());
         add("tee.", fields::<config::Tee>());
+        add("azure.", fields::<config::Azure>());
         add("timeouts.", fields::<config::Timeouts>());
         add("retry.", fields::<config::Retry>());
         add("measure.", fields::<config::Measure>());

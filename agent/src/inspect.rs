@@ -645,7 +645,9 @@ fn scalar_text(v: &Value) -> String {
 fn render_object(out: &mut String, map: &Map<String, Value>, indent: usize) {
     let pad = " ".repeat(indent);
     let mut keys: Vec<&String> = map.keys().collect();
-    // Show what the blob is before what it says.
+    // Sorted, whatever order the map keeps (serde_json's preserve_order may be on when another
+    // crate in the build enables it), then what the blob is before what it says.
+    keys.sort();
     keys.sort_by_key(|k| k.as_str() != "kind");
     let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
     for key in keys {
@@ -729,6 +731,9 @@ fn render_array(out: &mut String, items: &[Value], indent: usize) {
             }
         }
     }
+    // Alphabetical, as without preserve_order.
+    columns.sort();
+    omitted.sort();
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {

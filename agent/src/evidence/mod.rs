@@ -1,7 +1,9 @@
 //! What evidence is: the source trait the flow depends on, platform detection, and the
 //! binding of evidence to a broker session.
 
+pub mod azure;
 pub mod binding;
+pub mod gcp;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;
@@ -11,7 +13,9 @@ use std::path::{Path, PathBuf};
 use kbs_types::Tee;
 
 use crate::config::{Config, Platform};
-use crate::hw::tpm::TpmError;
+use crate::hw::imds::ImdsError;
+use crate::hw::nv::{AZURE_HCL_REPORT, GCE_AK_TEMPLATE_ECC, GCE_AK_TEMPLATE_RSA};
+use crate::hw::tpm::{Tpm, TpmError};
 use crate::hw::tsm::TsmError;
 pub use binding::ReportData;
 
@@ -39,6 +43,25 @@ pub enum EvidenceError {
     /// The evidence could not be encoded.
     #[error("cannot encode evidence: {0}")]
     Encode(String),
+    /// Azure IMDS failed (VCEK or TD quote).
+    #[error(transparent)]
+    Imds(#[from] ImdsError),
+    /// The hardware report did not pick up the data just written within the time allowed
+    /// (Azure: the paravisor did not refresh the HCL report).
+    #[error(
+        "the report in vTPM NV {index:#010x} did not carry our user data after {waited_ms} ms \
+         ({reads} reads; last seen: {last}); is the paravisor refreshing it? (azure.poll_timeout_ms)"
+    )]
+    NotFresh {
+        /// The NV index read.
+        index: u32,
+        /// How long we waited.
+        waited_ms: u64,
+        /// How many times it was read.
+        reads: u32,
+        /// What the last read showed.
+        last: String,
+    },
 }
 
 /// One source of evidence for one TEE type.
@@ -84,14 +107,102 @@ pub enum SnpBackendKind {
     SevGuest,
 }
 
+/// What detection asks the TPM: which NV indices exist and what they hold. The production
+/// implementation opens the configured TPM lazily; tests substitute their own.
+pub trait NvProbe {
+    /// Whether `index` is defined. `Ok(None)`: the TPM cannot be asked at all (not opened).
+    fn defined(&mut self, index: u32) -> Result<Option<bool>, EvidenceError>;
+    /// The content of `index`.
+    fn read(&mut self, index: u32) -> Result<Vec<u8>, EvidenceError>;
+    /// Why the TPM could not be asked, when it could not.
+    fn unavailable(&self) -> Option<String>;
+}
+
+/// An [`NvProbe`] on the TPM named by a TCTI string, opened on first use and closed when the
+/// probe is dropped (a swtpm serves one connection at a time).
+pub struct TctiProbe {
+    tcti: String,
+    tpm: Option<Tpm>,
+    failed: Option<String>,
+}
+
+impl TctiProbe {
+    /// A probe of the TPM at `tcti`.
+    pub fn new(tcti: &str) -> TctiProbe {
+        TctiProbe {
+            tcti: tcti.to_owned(),
+            tpm: None,
+            failed: None,
+        }
+    }
+
+    fn tpm(&mut self) -> Option<&mut Tpm> {
+        if self.tpm.is_none() && self.failed.is_none() {
+            match Tpm::open(&self.tcti) {
+                Ok(t) => self.tpm = Some(t),
+                Err(e) => {
+                    log::debug!("detect: cannot open the TPM to look at its NV indices: {e}");
+                    self.failed = Some(e.to_string());
+                }
+            }
+        }
+        self.tpm.as_mut()
+    }
+}
+
+impl NvProbe for TctiProbe {
+    fn defined(&mut self, index: u32) -> Result<Option<bool>, EvidenceError> {
+        match self.tpm() {
+            Some(t) => Ok(Some(t.nv_defined(index)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read(&mut self, index: u32) -> Result<Vec<u8>, EvidenceError> {
+        match self.tpm() {
+            Some(t) => Ok(t.nv_read(index)?),
+            None => Err(EvidenceError::Tee(format!(
+                "cannot read TPM NV {index:#010x}: {}",
+                self.failed.as_deref().unwrap_or("TPM not open")
+            ))),
+        }
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.failed.clone()
+    }
+}
+
 /// Find the platform to use. `root` prefixes every path looked at (`/` in production, a
 /// temporary directory in tests).
 ///
-/// Order: configfs-tsm (its provider says SNP or TDX), then `/dev/sev-guest` (SNP on kernels
-/// before 6.7), then the TPM. `auto` takes the first found, so a TEE always wins over a bare
-/// TPM. A configured platform that is absent is an error: there is no fallback to a weaker
-/// source unless the config names that weaker platform.
+/// Order, strongest evidence first, each step only when the configured platform allows it:
+///
+/// 1. configfs-tsm whose provider is SNP or TDX (bare-metal or cloud SNP/TDX guests, Linux
+///    >= 6.7): a hardware report over our own report data;
+/// 2. the Azure HCL report in vTPM NV 0x01400001 (its header says SNP or TDX): the hardware
+///    report is reached through the paravisor. Before `/dev/sev-guest`, because on an Azure
+///    CVM a guest-visible SNP device would report at the guest's VMPL, not the paravisor's
+///    VMPL-0 report that binds the vTPM;
+/// 3. `/dev/sev-guest` (SNP on kernels before 6.7);
+/// 4. the GCE AK template in vTPM NV 0x01c10001 (RSA) or 0x01c10003 (ECC): SEV-ES and
+///    Shielded VMs, a vTPM quote by a Google-certified AK. After the SNP device, because GCE
+///    SNP VMs have the same NV indices and their hardware report is stronger evidence;
+/// 5. the TPM.
+///
+/// `auto` takes the first found, so a hardware report always wins over a vTPM quote alone. A
+/// configured platform that is absent is an error: there is no fallback to a weaker source
+/// unless the config names that weaker platform.
 pub fn detect(config: &Config, root: &Path) -> Result<Detected, EvidenceError> {
+    detect_with(config, root, &mut TctiProbe::new(&config.tpm.tcti))
+}
+
+/// [`detect`] with the vTPM's NV indices read through `probe`.
+pub fn detect_with(
+    config: &Config,
+    root: &Path,
+    probe: &mut dyn NvProbe,
+) -> Result<Detected, EvidenceError> {
     let tcti = &config.tpm.tcti;
     let tpm_present = match tcti.strip_prefix("device:") {
         Some(dev) => rooted(root, dev).exists(),
@@ -101,68 +212,150 @@ pub fn detect(config: &Config, root: &Path) -> Result<Detected, EvidenceError> {
     };
     let tsm_root = rooted_path(root, &config.tee.tsm_root);
     let sev_guest = rooted_path(root, &config.tee.sev_guest);
-    let wants_tee = matches!(
-        config.platform,
-        Platform::Auto | Platform::Snp | Platform::Tdx
-    );
-    let provider = if wants_tee && tsm_root.is_dir() {
-        match crate::hw::tsm::provider(&tsm_root) {
-            Ok(p) => Some(p),
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        None
-    };
-    let tee = |platform, detail: String, snp_backend| Detected {
+    let wanted = config.platform;
+    let wants = |platforms: &[Platform]| wanted == Platform::Auto || platforms.contains(&wanted);
+    let mut checked = Vec::new();
+    let found = |platform, detail: String, snp_backend| Detected {
         platform,
         detail,
         snp_backend,
         tpm_present,
     };
-    let checked = format!(
-        "configfs-tsm at {}{}, {}, TPM at {tcti}",
-        tsm_root.display(),
-        provider
-            .as_deref()
-            .map(|p| format!(" (provider {p})"))
-            .unwrap_or_default(),
-        sev_guest.display()
-    );
-    let found = match (config.platform, provider.as_deref()) {
-        (Platform::Auto | Platform::Snp, Some("sev_guest")) => Some(tee(
-            Platform::Snp,
-            format!("configfs-tsm {}", tsm_root.display()),
-            Some(SnpBackendKind::Tsm),
-        )),
-        (Platform::Auto | Platform::Tdx, Some("tdx_guest")) => Some(tee(
-            Platform::Tdx,
-            format!("configfs-tsm {}", tsm_root.display()),
-            None,
-        )),
-        (Platform::Auto | Platform::Snp, _) if sev_guest.exists() => Some(tee(
-            Platform::Snp,
-            sev_guest.display().to_string(),
-            Some(SnpBackendKind::SevGuest),
-        )),
-        (Platform::Auto, Some(other)) => {
-            return Err(EvidenceError::NoPlatform {
-                wanted: format!("supported (configfs-tsm provider {other:?} is not)"),
-                checked,
-            })
+
+    // 1. configfs-tsm.
+    if wants(&[Platform::Snp, Platform::Tdx]) && tsm_root.is_dir() {
+        let provider = match crate::hw::tsm::provider(&tsm_root) {
+            Ok(p) => Some(p),
+            // The directory exists but no TSM driver is registered (seen on Azure CVMs): no
+            // provider, not a failure.
+            Err(TsmError::Io { op, source, .. })
+                if op == "create entry"
+                    && matches!(source.raw_os_error(), Some(ENODEV | ENXIO)) =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        checked.push(format!(
+            "configfs-tsm at {} ({})",
+            tsm_root.display(),
+            provider
+                .as_deref()
+                .map(|p| format!("provider {p}"))
+                .unwrap_or_else(|| "no provider".to_owned())
+        ));
+        match (wanted, provider.as_deref()) {
+            (Platform::Auto | Platform::Snp, Some("sev_guest")) => {
+                return Ok(found(
+                    Platform::Snp,
+                    format!("configfs-tsm {}", tsm_root.display()),
+                    Some(SnpBackendKind::Tsm),
+                ))
+            }
+            (Platform::Auto | Platform::Tdx, Some("tdx_guest")) => {
+                return Ok(found(
+                    Platform::Tdx,
+                    format!("configfs-tsm {}", tsm_root.display()),
+                    None,
+                ))
+            }
+            (Platform::Auto, Some(other)) => {
+                return Err(EvidenceError::NoPlatform {
+                    wanted: format!("supported (configfs-tsm provider {other:?} is not)"),
+                    checked: checked.join(", "),
+                })
+            }
+            _ => {}
         }
-        (Platform::Auto | Platform::Tpm, _) if tpm_present => Some(Detected {
-            platform: Platform::Tpm,
-            detail: tcti.clone(),
-            snp_backend: None,
-            tpm_present,
-        }),
-        _ => None,
-    };
-    found.ok_or_else(|| EvidenceError::NoPlatform {
-        wanted: config.platform.as_str().to_owned(),
-        checked,
+    } else if wants(&[Platform::Snp, Platform::Tdx]) {
+        checked.push(format!("configfs-tsm at {}", tsm_root.display()));
+    }
+
+    // 2. The Azure HCL report.
+    if wants(&[Platform::AzSnpVtpm, Platform::AzTdxVtpm]) && tpm_present {
+        match probe.defined(AZURE_HCL_REPORT)? {
+            Some(true) => {
+                let bytes = probe.read(AZURE_HCL_REPORT)?;
+                let report = crate::formats::hcl::parse_hcl_report(&bytes).map_err(|e| {
+                    EvidenceError::Tee(format!(
+                        "vTPM NV {AZURE_HCL_REPORT:#010x} holds no usable HCL report: {e}"
+                    ))
+                })?;
+                let platform = azure::AzureKind::of(&report).platform();
+                checked.push(format!(
+                    "vTPM NV {AZURE_HCL_REPORT:#010x} (HCL report, {})",
+                    platform.as_str()
+                ));
+                if wanted == Platform::Auto || wanted == platform {
+                    return Ok(found(
+                        platform,
+                        format!("vTPM {tcti}, HCL report in NV {AZURE_HCL_REPORT:#010x}"),
+                        None,
+                    ));
+                }
+            }
+            Some(false) => checked.push(format!("vTPM NV {AZURE_HCL_REPORT:#010x} (absent)")),
+            None => checked.push(format!(
+                "vTPM NV {AZURE_HCL_REPORT:#010x} (TPM not readable: {})",
+                probe.unavailable().unwrap_or_default()
+            )),
+        }
+    }
+
+    // 3. /dev/sev-guest.
+    if wants(&[Platform::Snp]) {
+        if sev_guest.exists() {
+            return Ok(found(
+                Platform::Snp,
+                sev_guest.display().to_string(),
+                Some(SnpBackendKind::SevGuest),
+            ));
+        }
+        checked.push(sev_guest.display().to_string());
+    }
+
+    // 4. The GCE AK template.
+    if wants(&[Platform::GcpVtpm]) && tpm_present {
+        let mut any = false;
+        let mut unreadable = false;
+        for index in [GCE_AK_TEMPLATE_RSA, GCE_AK_TEMPLATE_ECC] {
+            match probe.defined(index)? {
+                Some(true) => any = true,
+                Some(false) => {}
+                None => unreadable = true,
+            }
+        }
+        if any {
+            return Ok(found(
+                Platform::GcpVtpm,
+                format!("vTPM {tcti}, GCE AK template in NV"),
+                None,
+            ));
+        }
+        checked.push(if unreadable {
+            format!(
+                "GCE AK template in vTPM NV (TPM not readable: {})",
+                probe.unavailable().unwrap_or_default()
+            )
+        } else {
+            format!("GCE AK template in vTPM NV {GCE_AK_TEMPLATE_RSA:#010x}/{GCE_AK_TEMPLATE_ECC:#010x} (absent)")
+        });
+    }
+
+    // 5. The TPM.
+    if wants(&[Platform::Tpm]) && tpm_present {
+        return Ok(found(Platform::Tpm, tcti.clone(), None));
+    }
+    checked.push(format!("TPM at {tcti}"));
+    Err(EvidenceError::NoPlatform {
+        wanted: wanted.as_str().to_owned(),
+        checked: checked.join(", "),
     })
 }
+
+/// `ENODEV` and `ENXIO` (Linux): what `mkdir` in configfs-tsm returns without a provider.
+const ENODEV: i32 = 19;
+const ENXIO: i32 = 6;
 
 /// Join an absolute path under `root`.
 pub fn rooted(root: &Path, path: &str) -> PathBuf {
@@ -211,6 +404,27 @@ pub fn source_for(detected: &Detected, config: &Config, root: &Path) -> Box<dyn 
     };
     let primary: Box<dyn EvidenceSource> = match detected.platform {
         Platform::Auto | Platform::Tpm => return Box::new(tpm()),
+        // The vTPM quote is part of these platforms' own evidence, bound to the hardware
+        // report through the HCL runtime claims: no composite.
+        Platform::AzSnpVtpm | Platform::AzTdxVtpm => {
+            let kind = if detected.platform == Platform::AzSnpVtpm {
+                azure::AzureKind::Snp
+            } else {
+                azure::AzureKind::Tdx
+            };
+            return Box::new(azure::AzureSource::new(
+                kind,
+                config.azure.clone(),
+                config.tpm.tcti.clone(),
+                &config.timeouts,
+            ));
+        }
+        Platform::GcpVtpm => {
+            return Box::new(gcp::GcpSource::new(
+                config.tpm.clone(),
+                rooted(root, &config.tpm.event_log.to_string_lossy()),
+            ))
+        }
         Platform::Snp => {
             let backend = match detected.snp_backend {
                 Some(SnpBackendKind::SevGuest) => snp::SnpBackend::SevGuest,
@@ -246,5 +460,126 @@ mod tests {
         std::fs::create_dir(dir.path().join("dev")).unwrap();
         std::fs::write(dir.path().join("dev/tpmrm0"), b"").unwrap();
         assert_eq!(detect(&config, dir.path()).unwrap().platform, Platform::Tpm);
+    }
+
+    /// A vTPM whose NV indices the test chooses.
+    struct FakeNv {
+        indices: std::collections::BTreeMap<u32, Vec<u8>>,
+        open: bool,
+    }
+
+    impl NvProbe for FakeNv {
+        fn defined(&mut self, index: u32) -> Result<Option<bool>, EvidenceError> {
+            Ok(self.open.then(|| self.indices.contains_key(&index)))
+        }
+        fn read(&mut self, index: u32) -> Result<Vec<u8>, EvidenceError> {
+            self.indices
+                .get(&index)
+                .cloned()
+                .ok_or_else(|| EvidenceError::Tee("absent".into()))
+        }
+        fn unavailable(&self) -> Option<String> {
+            (!self.open).then(|| "no TPM".to_owned())
+        }
+    }
+
+    fn hcl(path: &str) -> Vec<u8> {
+        std::fs::read(format!(
+            "{}/../../shared/testdata/azure/{path}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    fn world(sev_guest: bool) -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        std::fs::write(dir.path().join("dev/tpmrm0"), b"").unwrap();
+        if sev_guest {
+            std::fs::write(dir.path().join("dev/sev-guest"), b"").unwrap();
+        }
+        (dir, Config::default())
+    }
+
+    fn nv(entries: &[(u32, Vec<u8>)]) -> FakeNv {
+        FakeNv {
+            indices: entries.iter().cloned().collect(),
+            open: true,
+        }
+    }
+
+    #[test]
+    fn detection_order_azure_then_sev_guest_then_gce_then_tpm() {
+        let snp_hcl = hcl("trustee-az-snp/hcl-report.bin");
+        let tdx_hcl = hcl("trustee-az-tdx/hcl-report.bin");
+        let gce = (GCE_AK_TEMPLATE_RSA, vec![0u8; 8]);
+
+        // The Azure HCL report wins over a guest-visible /dev/sev-guest.
+        let (dir, c) = world(true);
+        let d = detect_with(
+            &c,
+            dir.path(),
+            &mut nv(&[(AZURE_HCL_REPORT, snp_hcl.clone())]),
+        )
+        .unwrap();
+        assert_eq!(d.platform, Platform::AzSnpVtpm);
+        let d = detect_with(
+            &c,
+            dir.path(),
+            &mut nv(&[(AZURE_HCL_REPORT, tdx_hcl.clone())]),
+        )
+        .unwrap();
+        assert_eq!(d.platform, Platform::AzTdxVtpm);
+
+        // /dev/sev-guest wins over the GCE AK (GCE SNP VMs have both).
+        let d = detect_with(&c, dir.path(), &mut nv(std::slice::from_ref(&gce))).unwrap();
+        assert_eq!(d.platform, Platform::Snp);
+        let (dir, c) = world(false);
+        let d = detect_with(&c, dir.path(), &mut nv(std::slice::from_ref(&gce))).unwrap();
+        assert_eq!(d.platform, Platform::GcpVtpm);
+        let d = detect_with(&c, dir.path(), &mut nv(&[(GCE_AK_TEMPLATE_ECC, vec![1])])).unwrap();
+        assert_eq!(d.platform, Platform::GcpVtpm);
+
+        // Nothing cloud-specific: the TPM; a TPM that cannot be asked is still the TPM (it
+        // will say why when the evidence is collected).
+        let d = detect_with(&c, dir.path(), &mut nv(&[])).unwrap();
+        assert_eq!(d.platform, Platform::Tpm);
+        let mut closed = nv(&[]);
+        closed.open = false;
+        assert_eq!(
+            detect_with(&c, dir.path(), &mut closed).unwrap().platform,
+            Platform::Tpm
+        );
+    }
+
+    #[test]
+    fn named_cloud_platforms_never_fall_back() {
+        let (dir, mut c) = world(false);
+        let snp_hcl = hcl("trustee-az-snp/hcl-report.bin");
+        c.platform = Platform::AzTdxVtpm;
+        let e = detect_with(
+            &c,
+            dir.path(),
+            &mut nv(&[(AZURE_HCL_REPORT, snp_hcl.clone())]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("no az-tdx-vtpm platform found"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("az-snp-vtpm"), "{e}");
+        c.platform = Platform::GcpVtpm;
+        let e = detect_with(&c, dir.path(), &mut nv(&[(AZURE_HCL_REPORT, snp_hcl)])).unwrap_err();
+        assert!(e.to_string().contains("no gcp-vtpm platform found"), "{e}");
+        c.platform = Platform::AzSnpVtpm;
+        let mut closed = nv(&[]);
+        closed.open = false;
+        let e = detect_with(&c, dir.path(), &mut closed).unwrap_err();
+        assert!(e.to_string().contains("TPM not readable"), "{e}");
+        // A broken HCL report is an error, not a reason to try something weaker.
+        c.platform = Platform::Auto;
+        let e =
+            detect_with(&c, dir.path(), &mut nv(&[(AZURE_HCL_REPORT, vec![0; 64])])).unwrap_err();
+        assert!(e.to_string().contains("no usable HCL report"), "{e}");
     }
 }

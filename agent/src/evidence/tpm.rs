@@ -3,7 +3,9 @@
 //! `{"tpm_quote":{"signature":<b64 TPMT_SIGNATURE>,"message":<b64 TPMS_ATTEST>,
 //! "pcrs":[24 lowercase hex SHA-256]},"ak_public":<b64 DER SPKI>}` plus, when the firmware
 //! exposes it, `"event_log":<b64>` (ignored by Trustee's verifier, used by reference-value
-//! tooling). The quote's qualifying data is the first 32 bytes of the binding digest.
+//! tooling), and on GCE `"ak_cert":<b64 DER>`, the AK's certificate from the vTPM (Trustee's
+//! verifier ignores unknown members; a broker can check it chains to Google's EK/AK CA). The
+//! quote's qualifying data is the first 32 bytes of the binding digest.
 
 use std::path::PathBuf;
 
@@ -37,6 +39,9 @@ pub struct TpmEvidence {
     /// Standard base64 of the TCG event log, when present.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub event_log: Option<String>,
+    /// Standard base64 of the AK's X.509 certificate (DER), when the platform has one (GCE).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ak_cert: Option<String>,
 }
 
 impl TpmEvidence {
@@ -50,6 +55,7 @@ impl TpmEvidence {
             },
             ak_public: STANDARD.encode(ak_spki_der),
             event_log: event_log.map(|l| STANDARD.encode(l)),
+            ak_cert: None,
         }
     }
 }

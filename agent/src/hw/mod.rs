@@ -1,4 +1,15 @@
-//! The only code that opens devices. Everything above it sees typed results, never handles.
+//! The only code that opens devices (and talks to the cloud's instance metadata service, the
+//! host-side part of a CVM's hardware interface). Everything above it sees typed results,
+//! never handles.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`tpm`] | TPM context, AKs (derived, persistent, from a template), quote, PCRs |
+//! | [`nv`] | TPM NV indices: Azure's HCL report and user data, GCE's AK template and certificate |
+//! | [`tsm`] | configfs-tsm reports (SNP, TDX) |
+//! | [`imds`] | Azure IMDS: VCEK (THIM) and TD quotes |
 
+pub mod imds;
+pub mod nv;
 pub mod tpm;
 pub mod tsm;

@@ -20,7 +20,7 @@ use tss_esapi::structures::{
     PcrSlot, Public, PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent,
     RsaScheme, SignatureScheme, SymmetricDefinitionObject,
 };
-use tss_esapi::traits::Marshall;
+use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, TctiNameConf};
 
 /// A failure talking to the TPM.
@@ -67,7 +67,7 @@ pub enum TpmError {
     Unexpected(String),
 }
 
-fn cmd(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
+pub(super) fn cmd(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
     move |source| TpmError::Command { op, source }
 }
 
@@ -94,7 +94,28 @@ pub struct AkPublic {
 
 /// An open TPM.
 pub struct Tpm {
-    ctx: Context,
+    pub(super) ctx: Context,
+}
+
+/// Which attestation key to quote with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AkSource {
+    /// The primary key our fixed template derives from the endorsement seed.
+    Derived,
+    /// A key already made persistent at this handle (Azure's `0x81000003`, or one an operator
+    /// provisioned).
+    Persistent(u32),
+    /// A primary key in the endorsement hierarchy made from this marshalled `TPMT_PUBLIC`
+    /// template (GCE stores its AK template in NV): the same template on the same TPM always
+    /// yields the same key, the one the cloud's AK certificate names.
+    Template(Vec<u8>),
+}
+
+impl AkSource {
+    /// The AK named by `tpm.ak_handle`: persistent when set, derived otherwise.
+    pub fn from_handle(handle: Option<u32>) -> AkSource {
+        handle.map_or(AkSource::Derived, AkSource::Persistent)
+    }
 }
 
 const ALL_PCRS: [PcrSlot; 24] = [
@@ -205,9 +226,10 @@ impl Tpm {
         Ok(())
     }
 
-    fn load_ak(&mut self, persistent: Option<u32>) -> Result<Ak, TpmError> {
-        match persistent {
-            Some(h) => {
+    fn load_ak(&mut self, source: &AkSource) -> Result<Ak, TpmError> {
+        let template = match source {
+            AkSource::Persistent(h) => {
+                let h = *h;
                 let tpm_handle = PersistentTpmHandle::new(h)
                     .map(TpmHandle::Persistent)
                     .map_err(|_| {
@@ -219,27 +241,28 @@ impl Tpm {
                     .map_err(|source| TpmError::PersistentAk { handle: h, source })?;
                 let handle = KeyHandle::from(obj);
                 let (public, _, _) = self.ctx.read_public(handle).map_err(cmd("ReadPublic"))?;
-                Ok(Ak {
+                return Ok(Ak {
                     handle,
                     public,
                     transient: false,
-                })
+                });
             }
-            None => {
-                let template = ak_template().map_err(cmd("build AK template"))?;
-                let res = self
-                    .ctx
-                    .execute_with_nullauth_session(|ctx| {
-                        ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
-                    })
-                    .map_err(cmd("CreatePrimary(AK)"))?;
-                Ok(Ak {
-                    handle: res.key_handle,
-                    public: res.out_public,
-                    transient: true,
-                })
-            }
-        }
+            AkSource::Derived => ak_template().map_err(cmd("build AK template"))?,
+            AkSource::Template(bytes) => Public::unmarshall(bytes).map_err(|e| {
+                TpmError::Unexpected(format!("AK template is not a marshalled TPMT_PUBLIC: {e}"))
+            })?,
+        };
+        let res = self
+            .ctx
+            .execute_with_nullauth_session(|ctx| {
+                ctx.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+            })
+            .map_err(cmd("CreatePrimary(AK)"))?;
+        Ok(Ak {
+            handle: res.key_handle,
+            public: res.out_public,
+            transient: true,
+        })
     }
 
     fn release(&mut self, ak: Ak) -> Result<(), TpmError> {
@@ -251,9 +274,14 @@ impl Tpm {
         }
     }
 
-    /// The AK's public key.
+    /// The AK's public key (`tpm.ak_handle`: persistent when set, derived otherwise).
     pub fn ak_public(&mut self, persistent: Option<u32>) -> Result<AkPublic, TpmError> {
-        let ak = self.load_ak(persistent)?;
+        self.ak_public_of(&AkSource::from_handle(persistent))
+    }
+
+    /// The public key of the AK from `source`.
+    pub fn ak_public_of(&mut self, source: &AkSource) -> Result<AkPublic, TpmError> {
+        let ak = self.load_ak(source)?;
         let public = spki(&ak.public);
         self.release(ak)?;
         public
@@ -269,7 +297,16 @@ impl Tpm {
         persistent: Option<u32>,
         qualifying_data: &[u8],
     ) -> Result<(Quote, AkPublic), TpmError> {
-        let ak = self.load_ak(persistent)?;
+        self.quote_by(&AkSource::from_handle(persistent), qualifying_data)
+    }
+
+    /// Like [`Tpm::quote`], with the AK from `source`.
+    pub fn quote_by(
+        &mut self,
+        source: &AkSource,
+        qualifying_data: &[u8],
+    ) -> Result<(Quote, AkPublic), TpmError> {
+        let ak = self.load_ak(source)?;
         let result = self.quote_with(&ak, qualifying_data);
         let released = self.release(ak);
         let out = result?;

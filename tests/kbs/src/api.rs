@@ -35,6 +35,8 @@ struct Policy {
     require_affirming: bool,
     snp: crate::snp::SnpPolicy,
     tdx: crate::tdx::TdxPolicy,
+    azure: crate::azure::AzurePolicy,
+    gce: crate::gce::GcePolicy,
 }
 
 impl Policy {
@@ -60,6 +62,7 @@ impl Policy {
         }
         crate::snp::validate(&config.snp)?;
         crate::tdx::validate(&config.tdx)?;
+        crate::gce::validate(&config.gce)?;
         Ok(Policy {
             trusted_aks: Mutex::new(trusted_aks),
             expected_pcrs,
@@ -68,6 +71,8 @@ impl Policy {
             require_affirming: config.require_affirming,
             snp: config.snp,
             tdx: config.tdx,
+            azure: config.azure,
+            gce: config.gce,
         })
     }
 }
@@ -413,6 +418,8 @@ impl Kbs {
             expected_pcrs: &self.policy.expected_pcrs,
             snp: &self.policy.snp,
             tdx: &self.policy.tdx,
+            azure: &self.policy.azure,
+            gce: &self.policy.gce,
         })?;
         let reasons = outcome.reasons;
         let ak_trusted = outcome.ak_trusted;

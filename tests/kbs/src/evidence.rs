@@ -120,7 +120,25 @@ pub(crate) fn verify_tpm(
 
     // Only now, with the signature known good, is the message worth parsing: everything below
     // is attested by the AK.
-    let attest = Attest::unmarshall(&message)
+    let pcrs = check_quote(
+        &message,
+        &evidence.tpm_quote.pcrs,
+        expected_extra_data,
+        "the first 32 bytes of the binding digest",
+    )?;
+    Ok(VerifiedQuote { ak_spki, pcrs })
+}
+
+/// Checks a signature-verified `TPMS_ATTEST`: a quote that selects exactly sha256:0-23, whose
+/// PCR digest is SHA-256 of `pcr_values` (hex) and whose qualifying data is
+/// `expected_extra_data` (`expected_what`, for the message). Returns the PCR values.
+pub(crate) fn check_quote(
+    message: &[u8],
+    pcr_values: &[String],
+    expected_extra_data: &[u8],
+    expected_what: &str,
+) -> anyhow::Result<Vec<[u8; 32]>> {
+    let attest = Attest::unmarshall(message)
         .map_err(|e| anyhow!("tpm_quote.message is not a TPMS_ATTEST: {e}"))?;
     ensure!(
         attest.attestation_type() == AttestationType::Quote,
@@ -154,12 +172,12 @@ pub(crate) fn verify_tpm(
     );
 
     ensure!(
-        evidence.tpm_quote.pcrs.len() == PCR_COUNT,
+        pcr_values.len() == PCR_COUNT,
         "tpm_quote.pcrs has {} values, expected {PCR_COUNT}",
-        evidence.tpm_quote.pcrs.len()
+        pcr_values.len()
     );
     let mut pcrs = Vec::with_capacity(PCR_COUNT);
-    for (index, value) in evidence.tpm_quote.pcrs.iter().enumerate() {
+    for (index, value) in pcr_values.iter().enumerate() {
         let bytes: [u8; 32] = hex::decode(value)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -180,12 +198,12 @@ pub(crate) fn verify_tpm(
 
     ensure!(
         attest.extra_data().value() == expected_extra_data,
-        "quote qualifying data {} is not the first 32 bytes of the binding digest {}",
+        "quote qualifying data {} is not {expected_what} {}",
         hex::encode(attest.extra_data().value()),
         hex::encode(expected_extra_data)
     );
 
-    Ok(VerifiedQuote { ak_spki, pcrs })
+    Ok(pcrs)
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! the AK is trusted and the expected PCRs match, `warning` otherwise), verifies SEV-SNP reports
 //! (VCEK -> ASK -> ARK) and TDX quotes (QE report, PCK chain, CCEL replay), alone or with a TPM
 //! quote as additional evidence (see [`SnpPolicy`], [`TdxPolicy`]; [`sim`] makes simulated
-//! hardware for tests), issues an ES256 EAR-style token and releases resources as flattened JWE
+//! hardware for tests), Azure vTPM evidence (hardware report -> HCL runtime claims -> vTPM AK
+//! -> quote, [`AzurePolicy`]) and GCE AK certificates ([`GcePolicy`]; [`sim_cloud`] makes both
+//! for tests), issues an ES256 EAR-style token and releases resources as flattened JWE
 //! (`ECDH-ES+A256KW` + `A256GCM`) to the TEE key bound into the evidence.
 //!
 //! ```no_run
@@ -24,13 +26,17 @@
 //! or denied) is recorded as one line in [`Broker::log`], mirroring what an operator would read in
 //! Trustee's log. Secret bytes, nonces and tokens are never logged.
 
+mod admission;
 mod api;
+mod azure;
 mod evidence;
 mod faults;
+mod gce;
 mod http;
 mod jwe;
 mod server;
 pub mod sim;
+pub mod sim_cloud;
 mod snp;
 mod tdx;
 mod tee;
@@ -40,7 +46,10 @@ mod x509;
 
 use std::collections::BTreeMap;
 
+pub use admission::{Admission, AdmissionStats};
+pub use azure::AzurePolicy;
 pub use faults::{Endpoint, Faults, JweFault, Reset, TlsFault, MAX_DELAY};
+pub use gce::GcePolicy;
 pub use server::Broker;
 pub use snp::{SnpPolicy, SnpTcb};
 pub use tdx::TdxPolicy;
@@ -76,6 +85,14 @@ pub struct BrokerConfig {
     pub snp: SnpPolicy,
     /// What TDX evidence must chain to and is appraised against; trusts nothing by default.
     pub tdx: TdxPolicy,
+    /// What Azure vTPM evidence may be beyond the SNP/TDX policies (which its hardware report
+    /// is checked against).
+    pub azure: AzurePolicy,
+    /// Which CAs certify GCE attestation keys (`ak_cert` in `tpm` evidence); none by default.
+    pub gce: GcePolicy,
+    /// Load tests only (`cargo xtask bench`): at most this many attestations at once, the rest
+    /// answered 503 (see [`Admission`]). `None` (the default): no limit.
+    pub admission: Option<Admission>,
 }
 
 /// Shows resource paths and sizes but never their bytes, so a logged configuration cannot leak
@@ -96,6 +113,9 @@ impl std::fmt::Debug for BrokerConfig {
             .field("faults", &self.faults)
             .field("snp", &self.snp)
             .field("tdx", &self.tdx)
+            .field("azure", &self.azure)
+            .field("gce", &self.gce)
+            .field("admission", &self.admission)
             .finish()
     }
 }
@@ -111,6 +131,9 @@ impl Default for BrokerConfig {
             faults: Faults::default(),
             snp: SnpPolicy::default(),
             tdx: TdxPolicy::default(),
+            azure: AzurePolicy::default(),
+            gce: GcePolicy::default(),
+            admission: None,
         }
     }
 }

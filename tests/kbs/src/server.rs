@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
+use crate::admission::AdmissionState;
 use crate::api::Kbs;
 use crate::faults::FaultState;
 use crate::http::{serve_connection_with, Ending};
 use crate::tls::make_tls_material;
-use crate::{BrokerConfig, Faults, TlsFault};
+use crate::{AdmissionStats, BrokerConfig, Faults, TlsFault};
 
 /// How long a connection may sit idle (between or inside requests) before it is closed, so a
 /// client that vanishes does not pin a thread for the life of the broker.
@@ -29,6 +30,8 @@ struct Shared {
     tls_expired: Arc<ServerConfig>,
     tls_wrong_name: Arc<ServerConfig>,
     faults: FaultState,
+    /// The load-test admission limit and the request counters.
+    admission: AdmissionState,
     /// Set (under the `connections` lock) when the broker is dropped.
     stopping: AtomicBool,
     /// Open connections, so that dropping the broker can shut them down and unblock their
@@ -57,6 +60,7 @@ impl Broker {
     /// Like [`Broker::start`], on a chosen port (`0` for an ephemeral one); the demo uses it.
     pub fn start_on_port(config: BrokerConfig, port: u16) -> anyhow::Result<Broker> {
         let faults = FaultState::new(config.faults.clone(), config.resources.clone());
+        let admission = AdmissionState::new(config.admission);
         let kbs = Kbs::new(config).context("invalid broker configuration")?;
         let tls = make_tls_material()?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
@@ -68,6 +72,7 @@ impl Broker {
             tls_expired: tls.expired,
             tls_wrong_name: tls.wrong_name,
             faults,
+            admission,
             stopping: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
             next_connection: AtomicU64::new(0),
@@ -129,6 +134,11 @@ impl Broker {
             .kbs
             .record(format!("fault: knobs replaced: {faults:?}"));
         self.shared.faults.set(faults);
+    }
+
+    /// Requests seen so far by endpoint, and what the [`crate::Admission`] limit did.
+    pub fn admission_stats(&self) -> AdmissionStats {
+        self.shared.admission.stats()
     }
 
     /// Bytes written so far by [`Faults::oversize_for`] replies: how much of an oversized
@@ -223,6 +233,13 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
+/// One request: counted and limited by the admission knob, then the fault knobs and the KBS.
+fn handle(shared: &Shared, request: &crate::http::Request) -> crate::http::Action {
+    shared.admission.handle(request, &shared.stopping, || {
+        shared.faults.handle(&shared.kbs, request, &shared.stopping)
+    })
+}
+
 /// Runs TLS and HTTP on one accepted connection.
 fn serve_tls(stream: TcpStream, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
@@ -239,9 +256,7 @@ fn serve_tls(stream: TcpStream, shared: &Shared) {
         return;
     };
     let mut tls = StreamOwned::new(connection, stream);
-    let ending = serve_connection_with(&mut tls, |request| {
-        shared.faults.handle(&shared.kbs, request, &shared.stopping)
-    });
+    let ending = serve_connection_with(&mut tls, |request| handle(shared, request));
     match ending {
         Ending::Clean => {
             // A clean TLS close tells the client the connection ended on purpose, not by
@@ -295,9 +310,7 @@ fn serve_plain(mut stream: TcpStream, shared: &Shared) {
         let _ = stream.shutdown(Shutdown::Both);
         return;
     }
-    let ending = serve_connection_with(&mut stream, |request| {
-        shared.faults.handle(&shared.kbs, request, &shared.stopping)
-    });
+    let ending = serve_connection_with(&mut stream, |request| handle(shared, request));
     if ending == Ending::Abort {
         let _ = stream.shutdown(Shutdown::Both);
     }

@@ -405,7 +405,12 @@ pub(crate) fn appraise(
         hex::encode(report.report_data),
         hex::encode(expected_report_data)
     );
+    Ok(appraise_verified(&verified, policy))
+}
 
+/// Appraises a verified report against the policy's expectations (measurement, TCB, debug).
+pub(crate) fn appraise_verified(verified: &VerifiedSnp, policy: &SnpPolicy) -> SnpAppraisal {
+    let report = &verified.report;
     let mut reasons = Vec::new();
     if let Some(expected) = &policy.expected_measurement {
         let expected = expected.to_ascii_lowercase();
@@ -446,11 +451,11 @@ pub(crate) fn appraise(
         verified.signer,
         &hex::encode(report.measurement)[..16]
     );
-    Ok(SnpAppraisal {
+    SnpAppraisal {
         reasons,
         claims,
         summary,
-    })
+    }
 }
 
 /// Validates a policy when the broker starts.

@@ -474,6 +474,17 @@ pub(crate) fn appraise(
         None => None,
     };
 
+    Ok(appraise_verified(&verified, replay.as_ref(), policy))
+}
+
+/// Appraises a verified quote (and its CCEL replay, when there was one) against the policy's
+/// expectations (MRTD, RTMRs, debug).
+pub(crate) fn appraise_verified(
+    verified: &VerifiedQuote,
+    replay: Option<&Replay>,
+    policy: &TdxPolicy,
+) -> TdxAppraisal {
+    let body = &verified.body;
     let mut reasons = Vec::new();
     if let Some(expected) = &policy.expected_mr_td {
         let actual = hex::encode(body.mr_td);
@@ -511,16 +522,16 @@ pub(crate) fn appraise(
         verified.version,
         verified.pck,
         &hex::encode(body.mr_td)[..16],
-        match &replay {
+        match replay {
             Some(r) => format!("CCEL replayed, {} extends", r.extends),
             None => "no CCEL".to_string(),
         }
     );
-    Ok(TdxAppraisal {
+    TdxAppraisal {
         reasons,
         claims,
         summary,
-    })
+    }
 }
 
 /// Validates a policy when the broker starts.

@@ -18,7 +18,9 @@ use kbs_types::Tee;
 use serde_json::Value;
 use sha2::{Digest, Sha384};
 
+use crate::azure::AzurePolicy;
 use crate::evidence::{binding_digest, verify_tpm};
+use crate::gce::{AkCert, GcePolicy};
 use crate::snp::SnpPolicy;
 use crate::tdx::TdxPolicy;
 
@@ -45,6 +47,8 @@ pub(crate) struct Input<'a> {
     pub expected_pcrs: &'a BTreeMap<u8, [u8; 32]>,
     pub snp: &'a SnpPolicy,
     pub tdx: &'a TdxPolicy,
+    pub azure: &'a AzurePolicy,
+    pub gce: &'a GcePolicy,
 }
 
 /// A verified attestation and its appraisal.
@@ -70,9 +74,20 @@ fn tpm_part(
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
     let quote = verify_tpm(evidence, extra_data)?;
-    outcome.ak_trusted = input.trusted_aks.contains(&quote.ak_spki);
+    // A GCE AK certificate that chains to a trusted GCE root vouches for the AK too.
+    let cert = crate::gce::check_ak_cert(evidence, &quote.ak_spki, input.gce);
+    outcome.ak_trusted =
+        input.trusted_aks.contains(&quote.ak_spki) || matches!(cert, AkCert::Certified(_));
     if !outcome.ak_trusted {
         outcome.reasons.push("AK not in trusted_aks".to_string());
+        if let AkCert::Rejected(why) = &cert {
+            outcome
+                .reasons
+                .push(format!("AK certificate rejected: {why}"));
+        }
+    }
+    if let AkCert::Certified(issuer) = &cert {
+        outcome.summary = format!(" (AK certified by {issuer})");
     }
     for (index, expected) in input.expected_pcrs {
         let actual = &quote.pcrs[usize::from(*index)];
@@ -113,7 +128,35 @@ pub(crate) fn verify(input: &Input<'_>) -> anyhow::Result<Outcome> {
             }
             tpm_part(input.primary, &digest[..32], input, &mut outcome)
                 .context("verify TEE evidence failed")?;
-            outcome.summary = "tpm quote".to_string();
+            outcome.summary = format!("tpm quote{}", outcome.summary);
+            return Ok(outcome);
+        }
+        Tee::AzSnpVtpm | Tee::AzTdxVtpm => {
+            ensure!(
+                devices.is_empty(),
+                "Azure vTPM evidence carries its own vTPM quote; additional evidence is not expected"
+            );
+            let az = crate::azure::appraise(&crate::azure::AzureInput {
+                tee: input.tee,
+                evidence: input.primary,
+                nonce: &digest,
+                expected_pcrs: input.expected_pcrs,
+                snp: input.snp,
+                tdx: input.tdx,
+                azure: input.azure,
+            })
+            .context("verify Azure vTPM evidence failed")?;
+            outcome.reasons = az.reasons;
+            outcome.pcrs = az.pcrs;
+            // The hardware report vouches for the AK; trusted_aks is for bare TPMs.
+            outcome.ak_trusted = true;
+            let name = if input.tee == Tee::AzSnpVtpm {
+                "az-snp-vtpm"
+            } else {
+                "az-tdx-vtpm"
+            };
+            outcome.tee_claims = Some((name, az.claims));
+            outcome.summary = az.summary;
             return Ok(outcome);
         }
         Tee::Snp => {

@@ -2,8 +2,9 @@
 //! is it valid at a given time.
 //!
 //! Only the algorithms the vendors' chains use are accepted: ECDSA P-256/SHA-256 (Intel PCK
-//! chains), ECDSA P-384/SHA-384 (the test broker's simulated AMD chain), and RSASSA-PSS with
-//! SHA-384 (AMD's real ARK -> ASK -> VCEK chains). Anything else is refused, never skipped.
+//! chains), ECDSA P-384/SHA-384 (the test broker's simulated AMD chain), RSASSA-PSS with
+//! SHA-384 (AMD's real ARK -> ASK -> VCEK chains) and RSASSA-PKCS1-v1_5 with SHA-256 (Google's
+//! GCE EK/AK CA). Anything else is refused, never skipped.
 
 use std::time::SystemTime;
 
@@ -16,6 +17,7 @@ use x509_cert::Certificate;
 const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 const RSASSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
 const SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
@@ -141,6 +143,12 @@ pub(crate) fn verify_signed_by(cert: &Certificate, issuer: &Certificate) -> anyh
         rsa::pss::VerifyingKey::<sha2::Sha384>::new(key)
             .verify(&tbs, &sig)
             .map_err(|_| anyhow!(who()))
+    } else if algorithm.oid == SHA256_WITH_RSA {
+        let key = rsa_key(issuer)?;
+        let sig = rsa::pkcs1v15::Signature::try_from(signature).with_context(who)?;
+        rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key)
+            .verify(&tbs, &sig)
+            .map_err(|_| anyhow!(who()))
     } else {
         bail!(
             "{}: signature algorithm {} is not accepted",
@@ -148,6 +156,26 @@ pub(crate) fn verify_signed_by(cert: &Certificate, issuer: &Certificate) -> anyh
             algorithm.oid
         )
     }
+}
+
+/// The RSA public key of a certificate.
+pub(crate) fn rsa_key(cert: &Certificate) -> anyhow::Result<rsa::RsaPublicKey> {
+    use rsa::pkcs8::DecodePublicKey;
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .context("re-encode the public key")?;
+    rsa::RsaPublicKey::from_public_key_der(&spki)
+        .map_err(|e| anyhow!("{}: not an RSA key: {e}", subject(cert)))
+}
+
+/// The DER SubjectPublicKeyInfo of a certificate.
+pub(crate) fn spki_der(cert: &Certificate) -> anyhow::Result<Vec<u8>> {
+    cert.tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .context("re-encode the public key")
 }
 
 /// Checks that `cert` is valid at `at`.

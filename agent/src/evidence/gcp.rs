@@ -1,0 +1,152 @@
+//! Google Cloud SEV-ES and Shielded VMs (`gcp-vtpm`): no hardware report, but a vTPM whose
+//! attestation key Google certifies.
+//!
+//! GCE stores the AK's creation template (a marshalled `TPMT_PUBLIC`) and the AK's X.509
+//! certificate in vTPM NV: RSA at 0x01c10001 / 0x01c10000, ECC at 0x01c10003 / 0x01c10002.
+//! Creating a primary key in the endorsement hierarchy from that template yields exactly the
+//! key the certificate names (same TPM, same seed, same template), as go-tpm-tools does. The
+//! evidence is Trustee's `tpm` shape with that key as `ak_public`, plus `ak_cert` (standard
+//! base64 DER) so a broker can check it chains to Google's EK/AK CA instead of trusting the
+//! key by pinning; Trustee's `tpm` verifier ignores the extra member. Only the RSA AK is used:
+//! Trustee's verifier accepts RSASSA quotes only.
+
+use std::path::PathBuf;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use kbs_types::Tee;
+
+use super::tpm::TpmEvidence;
+use super::{EvidenceError, EvidenceSource, ReportData};
+use crate::config::{Platform, Tpm as TpmConfig};
+use crate::hw::nv::{GCE_AK_CERT_RSA, GCE_AK_TEMPLATE_ECC, GCE_AK_TEMPLATE_RSA};
+use crate::hw::tpm::{AkSource, Tpm};
+
+/// Evidence from a GCE vTPM.
+pub struct GcpSource {
+    config: TpmConfig,
+    event_log: PathBuf,
+}
+
+impl GcpSource {
+    /// A source using the vTPM of `config`; `event_log` is the (rooted) event log path.
+    pub fn new(config: TpmConfig, event_log: PathBuf) -> GcpSource {
+        GcpSource { config, event_log }
+    }
+}
+
+impl EvidenceSource for GcpSource {
+    fn platform(&self) -> Platform {
+        Platform::GcpVtpm
+    }
+
+    fn tee(&self) -> Tee {
+        Tee::Tpm
+    }
+
+    fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
+        let mut tpm = Tpm::open(&self.config.tcti)?;
+        if !tpm.nv_defined(GCE_AK_TEMPLATE_RSA)? {
+            return Err(EvidenceError::Tee(
+                if tpm.nv_defined(GCE_AK_TEMPLATE_ECC)? {
+                    format!(
+                        "this vTPM has only the GCE ECC AK (NV {GCE_AK_TEMPLATE_ECC:#010x}); Trustee's tpm verifier accepts RSASSA quotes only"
+                    )
+                } else {
+                    format!("no GCE AK template in vTPM NV {GCE_AK_TEMPLATE_RSA:#010x}")
+                },
+            ));
+        }
+        let template = tpm.nv_read(GCE_AK_TEMPLATE_RSA)?;
+        let cert = if tpm.nv_defined(GCE_AK_CERT_RSA)? {
+            let raw = tpm.nv_read(GCE_AK_CERT_RSA)?;
+            Some(der_prefix(&raw)?.to_vec())
+        } else {
+            log::warn!(
+                "no GCE AK certificate in vTPM NV {GCE_AK_CERT_RSA:#010x}: the broker must trust the AK by its key"
+            );
+            None
+        };
+        let (quote, ak) = tpm.quote_by(
+            &AkSource::Template(template),
+            &report_data.tpm_qualifying_data(),
+        )?;
+        drop(tpm);
+        if let Some(cert) = &cert {
+            // The certificate's SubjectPublicKeyInfo is the DER we encode (RSA, NULL
+            // parameters); if it is not in there, the template did not make the certified key.
+            if !cert.windows(ak.spki_der.len()).any(|w| w == ak.spki_der) {
+                log::warn!("the GCE AK certificate does not name the AK made from the NV template");
+            }
+        }
+        // The event log is optional evidence, as for the plain TPM.
+        let log = std::fs::read(&self.event_log).ok();
+        let mut evidence = TpmEvidence::new(&quote, &ak.spki_der, log.as_deref());
+        evidence.ak_cert = cert.map(|c| STANDARD.encode(c));
+        serde_json::to_value(evidence).map_err(|e| EvidenceError::Encode(e.to_string()))
+    }
+
+    fn measure_release(&mut self, pcr: u32, event: &[u8]) -> Result<(), EvidenceError> {
+        use sha2::{Digest, Sha256};
+        let mut tpm = Tpm::open(&self.config.tcti)?;
+        tpm.extend_sha256(pcr, Sha256::digest(event).into())?;
+        Ok(())
+    }
+}
+
+/// The DER element at the start of `bytes` (an NV index is often larger than the certificate
+/// it holds, the rest zero-filled). Pure: reads only the tag and length of the outer element.
+pub fn der_prefix(bytes: &[u8]) -> Result<&[u8], EvidenceError> {
+    let bad = |why: &str| EvidenceError::Tee(format!("GCE AK certificate: {why}"));
+    let (&tag, rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
+    if tag != 0x30 {
+        return Err(bad("not a DER SEQUENCE"));
+    }
+    let (&first, rest) = rest.split_first().ok_or_else(|| bad("truncated length"))?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 3 {
+            return Err(bad("unsupported DER length"));
+        }
+        let len_bytes = rest.get(..n).ok_or_else(|| bad("truncated length"))?;
+        let len = len_bytes
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, 2 + n)
+    };
+    let end = header
+        .checked_add(len)
+        .ok_or_else(|| bad("length overflow"))?;
+    bytes.get(..end).ok_or_else(|| {
+        bad(&format!(
+            "DER length {len} runs past the {} bytes of the NV index",
+            bytes.len()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn der_prefix_cuts_the_padding_of_the_real_gce_certificate() {
+        let cert = std::fs::read(format!(
+            "{}/../../shared/testdata/tpm/quote/gce-cos-85-nonce9009/ak_cert.der",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let mut padded = cert.clone();
+        padded.extend_from_slice(&[0; 700]);
+        assert_eq!(der_prefix(&padded).unwrap(), cert.as_slice());
+        assert_eq!(der_prefix(&cert).unwrap(), cert.as_slice());
+        assert!(der_prefix(&cert[..cert.len() - 1]).is_err());
+        assert!(der_prefix(&[]).is_err());
+        assert!(der_prefix(&[0x30]).is_err());
+        assert!(der_prefix(&[0x30, 0x84, 1, 2, 3, 4]).is_err());
+        assert!(der_prefix(&[0x02, 0x01, 0x00]).is_err());
+        assert_eq!(der_prefix(&[0x30, 0x00, 0xff]).unwrap(), &[0x30, 0x00]);
+    }
+}
