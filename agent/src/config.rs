@@ -241,6 +241,9 @@ pub struct Tee {
     /// With a TEE and a TPM both present, add the TPM quote as additional evidence, bound to
     /// the TEE report.
     pub composite: bool,
+    /// The TDX RTMR the post-release measurement extends when there is no TPM (Linux >= 6.16
+    /// exposes RTMR3 as a writable sysfs attribute taking a SHA-384 digest).
+    pub rtmr: PathBuf,
 }
 
 impl Default for Tee {
@@ -251,6 +254,7 @@ impl Default for Tee {
             vmpl: 0,
             ccel: PathBuf::from("/sys/firmware/acpi/tables/data/CCEL"),
             composite: true,
+            rtmr: PathBuf::from("/sys/class/misc/tdx_guest/measurements/rtmr3:sha384"),
         }
     }
 }

@@ -324,3 +324,67 @@ fn native_unlock_without_token_fails_closed_with_a_clear_reason() {
     );
     let _ = &pin.tpm;
 }
+
+/// A one-request HTTP server on 127.0.0.1 that records what it was sent and answers 201, like
+/// the trusted-execution-clusters registration server.
+fn registration_server() -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/register", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut head = String::new();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).unwrap();
+        let mut stream = stream;
+        stream
+            .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        format!("{head}{}", String::from_utf8(body).unwrap())
+    });
+    (url, handle)
+}
+
+#[test]
+fn encrypt_registers_the_ak_first() {
+    let pin = Pin::new();
+    let (url, server) = registration_server();
+    let mut config: serde_json::Value = serde_json::from_str(&pin.config()).unwrap();
+    config["attestation_key"] =
+        serde_json::json!({"registration": {"url": url, "cert": "", "uuid": "node-uuid-1"}});
+    let mut enc = pin.cmd("clevis");
+    enc.args(["encrypt", "trustee", &config.to_string()]);
+    let out = pin.piped(enc, b"secret");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let request = server.join().unwrap();
+    assert!(request.starts_with("PUT /register "), "{request}");
+    let body: serde_json::Value =
+        serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["uuid"], "node-uuid-1");
+    // The PEM registered is the AK `attest-unlock ak` reports (and the broker trusts).
+    let ak = run_ok(
+        Command::new(agent_bin())
+            .args(["ak", "--kernel-cmdline", "/dev/null", "--set"])
+            .arg(format!("tpm.tcti={}", pin.tpm.tcti())),
+    );
+    let ak = String::from_utf8(ak.stdout).unwrap();
+    let pem: String = ak.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    assert_eq!(body["attestation_key"].as_str().unwrap().trim(), pem.trim());
+}

@@ -82,6 +82,13 @@ fn lay_out(destdir: &Path) -> Result<()> {
     if !any {
         bail!("systemd/ has no .service files");
     }
+    // The man page, generated from the code (docs.rs; a test keeps the file current).
+    let man = destdir.join("usr/share/man/man1");
+    std::fs::create_dir_all(&man)?;
+    copy_file(
+        &repo.join("docs/attest-unlock.1"),
+        &man.join("attest-unlock.1"),
+    )?;
     Ok(())
 }
 

@@ -435,6 +435,7 @@ pub fn source_for(detected: &Detected, config: &Config, root: &Path) -> Box<dyn 
         Platform::Tdx => Box::new(tdx::TdxSource::new(
             rooted_path(root, &config.tee.tsm_root),
             rooted_path(root, &config.tee.ccel),
+            rooted_path(root, &config.tee.rtmr),
         )),
     };
     if config.tee.composite && detected.tpm_present {

@@ -121,12 +121,18 @@ pub fn encode(
 pub struct TdxSource {
     tsm_root: PathBuf,
     ccel: PathBuf,
+    rtmr: PathBuf,
 }
 
 impl TdxSource {
-    /// A source using the configfs-tsm tree at `tsm_root` and the CCEL at `ccel`.
-    pub fn new(tsm_root: PathBuf, ccel: PathBuf) -> TdxSource {
-        TdxSource { tsm_root, ccel }
+    /// A source using the configfs-tsm tree at `tsm_root`, the CCEL at `ccel` and the RTMR
+    /// attribute at `rtmr`.
+    pub fn new(tsm_root: PathBuf, ccel: PathBuf, rtmr: PathBuf) -> TdxSource {
+        TdxSource {
+            tsm_root,
+            ccel,
+            rtmr,
+        }
     }
 }
 
@@ -157,12 +163,30 @@ impl EvidenceSource for TdxSource {
         encode(&r.outblob, ccel.as_deref(), &data)
     }
 
-    fn measure_release(&mut self, _pcr: u32, _event: &[u8]) -> Result<(), EvidenceError> {
-        // RTMR extension needs the kernel's RTMR interface (not in configfs-tsm reports);
-        // with a vTPM the composite source extends its PCR instead.
-        log::warn!("TDX without a TPM: the post-release measurement is not recorded");
-        Ok(())
+    fn measure_release(&mut self, _pcr: u32, event: &[u8]) -> Result<(), EvidenceError> {
+        extend_rtmr(&self.rtmr, event)
     }
+}
+
+/// Extend the RTMR behind `attribute` with SHA-384(`event`): the kernel's attribute takes the
+/// 48-byte digest and extends. Without the attribute (kernels before 6.16) the measurement
+/// cannot be recorded; that is said, not hidden (with a vTPM the PCR is extended instead).
+pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<(), EvidenceError> {
+    use sha2::{Digest, Sha384};
+    if !attribute.exists() {
+        log::warn!(
+            "TDX without a TPM and without {}: the post-release measurement is not recorded",
+            attribute.display()
+        );
+        return Ok(());
+    }
+    let digest: [u8; 48] = Sha384::digest(event).into();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(attribute)
+        .map_err(|e| EvidenceError::Tee(format!("cannot open {}: {e}", attribute.display())))?;
+    std::io::Write::write_all(&mut f, &digest)
+        .map_err(|e| EvidenceError::Tee(format!("RTMR extend via {}: {e}", attribute.display())))
 }
 
 #[cfg(test)]
@@ -208,6 +232,22 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn rtmr_extension_writes_the_sha384_of_the_event() {
+        use sha2::{Digest, Sha384};
+        let dir = tempfile::tempdir().unwrap();
+        let attr = dir.path().join("rtmr3:sha384");
+        // Absent attribute: not an error (older kernels), nothing written.
+        extend_rtmr(&attr, b"e").unwrap();
+        assert!(!attr.exists());
+        std::fs::write(&attr, b"").unwrap();
+        extend_rtmr(&attr, b"attest-unlock:secrets-released:v1").unwrap();
+        assert_eq!(
+            std::fs::read(&attr).unwrap(),
+            Sha384::digest(b"attest-unlock:secrets-released:v1").to_vec()
+        );
     }
 
     #[test]
