@@ -458,3 +458,87 @@ fn verdict_failed(ctx: &FailureContext<'_>, start: Instant, error: &Error) {
         crate::error::chain(error),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kbs::KbsError;
+
+    /// The explainer for several faults: one short block naming device, broker, step, class,
+    /// reason and the next thing to check.
+    #[test]
+    fn failure_report_renders_for_several_faults() {
+        let broker = "https://kbs.example:8080";
+        let cases: Vec<(Error, &str, &str)> = vec![
+            (
+                KbsError::Transport {
+                    broker: broker.into(),
+                    step: "auth",
+                    message: "connection refused (broker not listening?)".into(),
+                }
+                .into(),
+                "transport",
+                "network",
+            ),
+            (
+                KbsError::Denied {
+                    broker: broker.into(),
+                    step: "resource",
+                    kind: "PolicyDeny".into(),
+                    detail: "Access denied by policy".into(),
+                }
+                .into(),
+                "broker-denied",
+                "trusted_aks",
+            ),
+            (
+                crate::luks::LuksError::KeyRejected {
+                    device: "/dev/vda4".into(),
+                    slot: " keyslot 1".into(),
+                }
+                .into(),
+                "luks",
+                "luksDump",
+            ),
+            (
+                crate::evidence::EvidenceError::NoPlatform {
+                    wanted: "snp".into(),
+                    checked: "configfs-tsm at /sys/kernel/config/tsm/report".into(),
+                }
+                .into(),
+                "evidence",
+                "TPM/TEE",
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (i, (error, class, hint_word)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("failure-{i}"));
+            let ctx = FailureContext {
+                platform: "tpm",
+                step: "fetch",
+                broker: Some(broker),
+                device: Some("/dev/disk/by-uuid/abcd".into()),
+                attempts: 3,
+            };
+            write_failure_report(&path, &ctx, error);
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert!(
+                lines[0].starts_with("attest-unlock: boot stopped"),
+                "{text}"
+            );
+            assert!(lines.len() <= 8, "one short block: {text}");
+            assert!(text.contains(&format!("class:    {class}\n")), "{text}");
+            assert!(
+                text.contains("/dev/disk/by-uuid/abcd") && text.contains(broker),
+                "{text}"
+            );
+            assert!(text.contains("(attempts 3)"), "{text}");
+            let check = lines
+                .iter()
+                .find(|l| l.trim_start().starts_with("check:"))
+                .unwrap();
+            assert!(check.contains(hint_word), "{class}: {check}");
+        }
+    }
+}
