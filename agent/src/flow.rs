@@ -45,6 +45,9 @@ pub enum Step {
     Fetch,
     /// Decrypt each JWE.
     Decrypt,
+    /// Turn the disk key resource into the LUKS passphrase (for the pin: decrypt the token's
+    /// JWE with it).
+    Passphrase,
     /// Extend the post-release measurement.
     Measure,
     /// Write secrets to temporary files.
@@ -66,6 +69,7 @@ impl Step {
             Step::Attest => "attest",
             Step::Fetch => "fetch",
             Step::Decrypt => "decrypt",
+            Step::Passphrase => "passphrase",
             Step::Measure => "measure",
             Step::Stage => "stage",
             Step::Unlock => "unlock",
@@ -326,10 +330,10 @@ pub fn run(
         Some(d) => {
             let raw = resources.remove(0);
             let key = timings
-                .time(Step::Decrypt, || {
+                .time(Step::Passphrase, || {
                     passphrase_for(d, raw, config.disk_key_format)
                 })
-                .map_err(|e| fail_at(Step::Decrypt, e))?;
+                .map_err(|e| fail_at(Step::Passphrase, e))?;
             Some(key)
         }
     };
