@@ -104,8 +104,9 @@ impl Cli {
         std::fs::read_to_string(&self.kernel_cmdline).unwrap_or_default()
     }
 
-    /// The configuration layers except the LUKS token's.
-    pub fn layers(&self) -> Result<Layers, ConfigError> {
+    /// The configuration layers except the LUKS token's, with `cmdline` as the kernel command
+    /// line (read once by the caller: `unlock` also takes the volume from it).
+    pub fn layers(&self, cmdline: &str) -> Result<Layers, ConfigError> {
         let file = match &self.config {
             Some(p) => config::read_file_layer(p, true)?,
             None => config::read_file_layer(Path::new(DEFAULT_CONFIG_PATH), false)?,
@@ -113,14 +114,9 @@ impl Cli {
         Ok(Layers {
             file,
             luks_token: None,
-            cmdline: Some(config::parse_cmdline(&self.cmdline())?),
+            cmdline: Some(config::parse_cmdline(cmdline)?),
             cli: config::parse_overrides(self.set.iter().map(String::as_str), "--set")?,
         })
-    }
-
-    /// Build the configuration from every layer but the LUKS token, in precedence order.
-    pub fn load_config(&self) -> Result<Config, ConfigError> {
-        resolve(self.layers()?)
     }
 }
 
@@ -152,7 +148,9 @@ pub enum Outcome {
 
 /// Run a parsed command line. Output for the user goes to `out`; logs go through `log`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
-    let config = cli.load_config()?;
+    let cmdline = cli.cmdline();
+    let layers = cli.layers(&cmdline)?;
+    let config = resolve(layers.clone())?;
     if config.verbose && cli.verbose == 0 {
         log::set_max_level(log::LevelFilter::Debug);
     }
@@ -160,7 +158,14 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         Command::Unlock {
             verify_only,
             failure_report,
-        } => Ok(unlock(cli, config, *verify_only, failure_report.as_deref())),
+        } => Ok(unlock(
+            layers,
+            &cmdline,
+            config,
+            &cli.root,
+            *verify_only,
+            failure_report.as_deref(),
+        )),
         Command::Inspect { file, kind, text } => {
             inspect_file(file, *kind, *text, out)?;
             Ok(Outcome::Success)
@@ -260,7 +265,14 @@ struct FailureContext<'a> {
     attempts: u32,
 }
 
-fn unlock(cli: &Cli, mut config: Config, verify_only: bool, report: Option<&Path>) -> Outcome {
+fn unlock(
+    layers: Layers,
+    cmdline: &str,
+    mut config: Config,
+    root: &Path,
+    verify_only: bool,
+    report: Option<&Path>,
+) -> Outcome {
     let start = Instant::now();
     if config.disable {
         log::warn!("disabled (rd.attest_unlock.disable): nothing attested, nothing unlocked");
@@ -286,10 +298,10 @@ fn unlock(cli: &Cli, mut config: Config, verify_only: bool, report: Option<&Path
 
     // The volume: configured, or named by the standard rd.luks.* kernel arguments.
     if config.luks.is_none() {
-        config.luks = config::luks_from_cmdline(&cli.cmdline());
+        config.luks = config::luks_from_cmdline(cmdline);
     }
     let cryptsetup = Cryptsetup::default();
-    let disk = match prepare_disk_key(cli, &mut config, &cryptsetup) {
+    let disk = match prepare_disk_key(layers, &mut config, &cryptsetup) {
         Ok(d) => d,
         Err(e) => {
             let device = config.luks.as_ref().map(|l| l.device.display().to_string());
@@ -305,7 +317,7 @@ fn unlock(cli: &Cli, mut config: Config, verify_only: bool, report: Option<&Path
     let device = config.luks.as_ref().map(|l| l.device.display().to_string());
 
     let detect_start = Instant::now();
-    let detected = match evidence::detect(&config, &cli.root) {
+    let detected = match evidence::detect(&config, root) {
         Ok(d) => d,
         Err(e) => {
             return fail(
@@ -323,7 +335,7 @@ fn unlock(cli: &Cli, mut config: Config, verify_only: bool, report: Option<&Path
         detected.platform.as_str(),
         detected.detail
     );
-    let mut source = evidence::source_for(&detected, &config, &cli.root);
+    let mut source = evidence::source_for(&detected, &config, root);
     let opts = Options { verify_only };
     match flow::run(&config, disk.as_ref(), source.as_mut(), &cryptsetup, &opts) {
         Ok(mut report) => {
@@ -360,7 +372,7 @@ fn unlock(cli: &Cli, mut config: Config, verify_only: bool, report: Option<&Path
 /// token in the volume's LUKS2 header (whose pin config then becomes the config's LUKS-token
 /// layer, and whose keyslot is the one to open).
 fn prepare_disk_key(
-    cli: &Cli,
+    mut layers: Layers,
     config: &mut Config,
     cryptsetup: &Cryptsetup,
 ) -> Result<Option<flow::DiskKey>, Error> {
@@ -383,23 +395,13 @@ fn prepare_disk_key(
         token.id,
         token.keyslot
     );
-    let mut layers = cli.layers()?;
-    layers.luks_token = Some(jwe.config.to_layer(system_ca_bundle())?);
+    layers.luks_token = Some(jwe.config.to_layer(crate::pin::system_ca_bundle())?);
     let mut resolved = resolve(layers)?;
     let mut luks = resolved.luks.take().unwrap_or(luks);
     luks.keyslot = luks.keyslot.or(Some(token.keyslot));
     resolved.luks = Some(luks);
     *config = resolved;
     Ok(Some(flow::DiskKey::Clevis(Box::new(jwe))))
-}
-
-/// The system CA bundle, used for a pin server whose `cert` is empty (as the upstream pin
-/// trusts the system roots then).
-fn system_ca_bundle() -> Option<&'static str> {
-    crate::clevis::SYSTEM_CA_BUNDLES
-        .iter()
-        .copied()
-        .find(|p| Path::new(p).exists())
 }
 
 /// What to check, per error class: the first thing an on-call engineer should look at.

@@ -32,10 +32,7 @@ fn layers(pin: &PinConfig) -> Result<Layers, Error> {
         Some(p) => (PathBuf::from(p), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
-    let bundle = clevis::SYSTEM_CA_BUNDLES
-        .iter()
-        .copied()
-        .find(|p| Path::new(p).exists());
+    let bundle = system_ca_bundle();
     Ok(Layers {
         file: config::read_file_layer(&path, required)?,
         luks_token: Some(pin.to_layer(bundle)?),
@@ -44,6 +41,15 @@ fn layers(pin: &PinConfig) -> Result<Layers, Error> {
         )?),
         cli: toml::Table::new(),
     })
+}
+
+/// The system CA bundle, used for a pin server whose `cert` is empty (the upstream pin trusts
+/// the system roots then).
+pub(crate) fn system_ca_bundle() -> Option<&'static str> {
+    clevis::SYSTEM_CA_BUNDLES
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).exists())
 }
 
 fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {

@@ -386,13 +386,7 @@ pub fn encode(
 mod tests {
     use super::*;
 
-    fn testdata(path: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/../../shared/testdata/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
+    use crate::evidence::testdata;
 
     #[test]
     fn real_hcl_reports_yield_their_ak() {

@@ -357,6 +357,17 @@ pub fn detect_with(
 const ENODEV: i32 = 19;
 const ENXIO: i32 = 6;
 
+/// A file of `../shared/testdata` (beside the repository, in CI as here).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn testdata(path: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/../../shared/testdata/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
 /// Join an absolute path under `root`.
 pub fn rooted(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))

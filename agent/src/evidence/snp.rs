@@ -153,13 +153,7 @@ impl EvidenceSource for SnpSource {
 mod tests {
     use super::*;
 
-    fn testdata(path: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/../../shared/testdata/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
+    use crate::evidence::testdata;
 
     #[test]
     fn real_reports_round_trip_through_the_serde_form() {

@@ -193,13 +193,7 @@ pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<(), Evid
 mod tests {
     use super::*;
 
-    fn testdata(path: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/../../shared/testdata/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
+    use crate::evidence::testdata;
 
     #[test]
     fn real_ccels_trim_to_their_events() {

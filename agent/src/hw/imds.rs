@@ -59,15 +59,7 @@ pub struct Imds {
 impl Imds {
     /// A client for `base_url` (`http://169.254.169.254` on Azure).
     pub fn new(base_url: &str, timeouts: &Timeouts) -> Imds {
-        let agent = ureq::Agent::config_builder()
-            .proxy(None)
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .timeout_connect(Some(timeouts.connect()))
-            .timeout_per_call(Some(timeouts.request()))
-            .user_agent(concat!("attest-unlock/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let agent = crate::kbs::agent(ureq::tls::TlsConfig::default(), false, timeouts);
         Imds {
             agent,
             base: base_url.trim_end_matches('/').to_owned(),

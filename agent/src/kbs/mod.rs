@@ -306,9 +306,16 @@ fn http_agent(
         .root_certs(RootCerts::Specific(Arc::new(roots)))
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .build();
-    Ok(ureq::Agent::config_builder()
+    Ok(agent(tls, url.starts_with("https://"), timeouts))
+}
+
+/// The options every HTTP client of the agent shares: no proxy (the initramfs has none to
+/// honour, and an environment proxy must not see the session), no redirects, status codes as
+/// replies, bounded timeouts.
+pub(crate) fn agent(tls: TlsConfig, https_only: bool, timeouts: &Timeouts) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .tls_config(tls)
-        .https_only(url.starts_with("https://"))
+        .https_only(https_only)
         .proxy(None)
         .max_redirects(0)
         .http_status_as_error(false)
@@ -316,7 +323,7 @@ fn http_agent(
         .timeout_per_call(Some(timeouts.request()))
         .user_agent(concat!("attest-unlock/", env!("CARGO_PKG_VERSION")))
         .build()
-        .new_agent())
+        .new_agent()
 }
 
 /// Register this node's AK at first boot: `PUT <url>` with

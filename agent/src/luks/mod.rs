@@ -147,12 +147,7 @@ impl Cryptsetup {
                 op,
                 device: device.to_owned(),
                 code: code.unwrap_or(-1),
-                message: String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("no message")
-                    .trim()
-                    .to_owned(),
+                message: first_line(&out.stderr, "no message"),
             }),
         }
     }
@@ -201,12 +196,7 @@ impl Cryptsetup {
                 op: "luksDump",
                 device: device.to_owned(),
                 code: out.status.code().unwrap_or(-1),
-                message: String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("no message (not a LUKS2 device?)")
-                    .trim()
-                    .to_owned(),
+                message: first_line(&out.stderr, "no message (not a LUKS2 device?)"),
             });
         }
         Ok(out.stdout)
@@ -229,6 +219,16 @@ pub fn wait_for_device(device: &Path, timeout: Duration) -> Result<(), LuksError
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The first non-empty line of cryptsetup's stderr, for a one-line message.
+fn first_line(stderr: &[u8], otherwise: &str) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(otherwise)
+        .trim()
+        .to_owned()
 }
 
 fn slot_args(keyslot: Option<u32>) -> Vec<String> {
