@@ -29,7 +29,8 @@ const ATTEST_FAILED: &str = "Attestation error: RCAR handshake Attest failed";
 struct Policy {
     /// Behind a lock so [`Kbs::set_trusted_aks`] can change it while the broker runs.
     trusted_aks: Mutex<Vec<Vec<u8>>>,
-    expected_pcrs: BTreeMap<u8, [u8; 32]>,
+    /// Behind a lock so [`Kbs::set_expected_pcrs`] can change it while the broker runs.
+    expected_pcrs: Mutex<BTreeMap<u8, [u8; 32]>>,
     resources: BTreeMap<String, Vec<u8>>,
     expected_version: String,
     require_affirming: bool,
@@ -42,18 +43,7 @@ struct Policy {
 impl Policy {
     fn new(config: BrokerConfig) -> anyhow::Result<Policy> {
         let trusted_aks = decode_aks(&config.trusted_aks)?;
-        let mut expected_pcrs = BTreeMap::new();
-        for (index, value) in config.expected_pcrs {
-            ensure!(
-                usize::from(index) < PCR_COUNT,
-                "expected PCR index {index} is not 0-23"
-            );
-            let bytes: [u8; 32] = hex::decode(&value)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| anyhow!("expected PCR{index} {value:?} is not 64 hex digits"))?;
-            expected_pcrs.insert(index, bytes);
-        }
+        let expected_pcrs = decode_pcrs(&config.expected_pcrs)?;
         for path in config.resources.keys() {
             ensure!(
                 resource_path_is_valid(path),
@@ -65,7 +55,7 @@ impl Policy {
         crate::gce::validate(&config.gce)?;
         Ok(Policy {
             trusted_aks: Mutex::new(trusted_aks),
-            expected_pcrs,
+            expected_pcrs: Mutex::new(expected_pcrs),
             resources: config.resources,
             expected_version: config.expected_version,
             require_affirming: config.require_affirming,
@@ -226,6 +216,18 @@ impl Kbs {
         let decoded = decode_aks(aks)?;
         *lock(&self.policy.trusted_aks) = decoded;
         self.record(format!("policy: trusted_aks replaced ({} keys)", aks.len()));
+        Ok(())
+    }
+
+    /// Replaces the reference PCR values for every later attestation. On an invalid value
+    /// nothing changes.
+    pub fn set_expected_pcrs(&self, pcrs: &BTreeMap<u8, String>) -> anyhow::Result<()> {
+        let decoded = decode_pcrs(pcrs)?;
+        *lock(&self.policy.expected_pcrs) = decoded;
+        self.record(format!(
+            "policy: expected_pcrs replaced ({} PCRs)",
+            pcrs.len()
+        ));
         Ok(())
     }
 
@@ -408,6 +410,7 @@ impl Kbs {
         );
         // TPM, SNP or TDX primary evidence, and a TPM quote beside a TEE report (src/tee.rs).
         let trusted_aks = lock(&self.policy.trusted_aks).clone();
+        let expected_pcrs = lock(&self.policy.expected_pcrs).clone();
         let outcome = crate::tee::verify(&crate::tee::Input {
             tee,
             primary: &attestation.tee_evidence.primary_evidence,
@@ -415,7 +418,7 @@ impl Kbs {
             nonce: &nonce,
             tee_pubkey: &tee_pubkey,
             trusted_aks: &trusted_aks,
-            expected_pcrs: &self.policy.expected_pcrs,
+            expected_pcrs: &expected_pcrs,
             snp: &self.policy.snp,
             tdx: &self.policy.tdx,
             azure: &self.policy.azure,
@@ -543,6 +546,23 @@ impl Kbs {
             set_cookie: None,
         }
     }
+}
+
+/// Reference PCR values: index (0-23) to 64 lowercase hex digits.
+fn decode_pcrs(pcrs: &BTreeMap<u8, String>) -> anyhow::Result<BTreeMap<u8, [u8; 32]>> {
+    let mut out = BTreeMap::new();
+    for (index, value) in pcrs {
+        ensure!(
+            usize::from(*index) < PCR_COUNT,
+            "expected PCR index {index} is not 0-23"
+        );
+        let bytes: [u8; 32] = hex::decode(value)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| anyhow!("expected PCR{index} {value:?} is not 64 hex digits"))?;
+        out.insert(*index, bytes);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ mod faults;
 mod gce;
 mod http;
 mod jwe;
+mod relay;
 mod server;
 pub mod sim;
 pub mod sim_cloud;
@@ -50,6 +51,7 @@ pub use admission::{Admission, AdmissionStats};
 pub use azure::AzurePolicy;
 pub use faults::{Endpoint, Faults, JweFault, Reset, TlsFault, MAX_DELAY};
 pub use gce::GcePolicy;
+pub use relay::RelayConfig;
 pub use server::Broker;
 pub use snp::{SnpPolicy, SnpTcb};
 pub use tdx::TdxPolicy;
@@ -93,6 +95,9 @@ pub struct BrokerConfig {
     /// Load tests only (`cargo xtask bench`): at most this many attestations at once, the rest
     /// answered 503 (see [`Admission`]). `None` (the default): no limit.
     pub admission: Option<Admission>,
+    /// Hostile-disk tests only: relay every request to another broker, serving only
+    /// [`RelayConfig::own`] itself (the attacker's broker in the middle).
+    pub relay: Option<RelayConfig>,
 }
 
 /// Shows resource paths and sizes but never their bytes, so a logged configuration cannot leak
@@ -116,6 +121,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("azure", &self.azure)
             .field("gce", &self.gce)
             .field("admission", &self.admission)
+            .field("relay", &self.relay)
             .finish()
     }
 }
@@ -134,6 +140,7 @@ impl Default for BrokerConfig {
             azure: AzurePolicy::default(),
             gce: GcePolicy::default(),
             admission: None,
+            relay: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The listening broker: a TLS accept loop on loopback with one thread per connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +30,8 @@ struct Shared {
     tls_expired: Arc<ServerConfig>,
     tls_wrong_name: Arc<ServerConfig>,
     faults: FaultState,
+    /// The attacker's broker in the middle, when configured: every request is relayed.
+    relay: Option<crate::relay::Relay>,
     /// The load-test admission limit and the request counters.
     admission: AdmissionState,
     /// Set (under the `connections` lock) when the broker is dropped.
@@ -61,6 +63,12 @@ impl Broker {
     pub fn start_on_port(config: BrokerConfig, port: u16) -> anyhow::Result<Broker> {
         let faults = FaultState::new(config.faults.clone(), config.resources.clone());
         let admission = AdmissionState::new(config.admission);
+        let relay = config
+            .relay
+            .clone()
+            .map(crate::relay::Relay::new)
+            .transpose()
+            .context("invalid relay configuration")?;
         let kbs = Kbs::new(config).context("invalid broker configuration")?;
         let tls = make_tls_material()?;
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
@@ -72,6 +80,7 @@ impl Broker {
             tls_expired: tls.expired,
             tls_wrong_name: tls.wrong_name,
             faults,
+            relay,
             admission,
             stopping: AtomicBool::new(false),
             connections: Mutex::new(HashMap::new()),
@@ -123,6 +132,12 @@ impl Broker {
     /// nothing.
     pub fn set_trusted_aks(&self, aks: Vec<String>) -> anyhow::Result<()> {
         self.shared.kbs.set_trusted_aks(&aks)
+    }
+
+    /// Replaces [`BrokerConfig::expected_pcrs`] while the broker runs (a reference value that
+    /// depends on the broker's own URL and CA can only be computed once it listens).
+    pub fn set_expected_pcrs(&self, pcrs: BTreeMap<u8, String>) -> anyhow::Result<()> {
+        self.shared.kbs.set_expected_pcrs(&pcrs)
     }
 }
 
@@ -235,6 +250,9 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 
 /// One request: counted and limited by the admission knob, then the fault knobs and the KBS.
 fn handle(shared: &Shared, request: &crate::http::Request) -> crate::http::Action {
+    if let Some(relay) = &shared.relay {
+        return crate::http::Action::Reply(relay.handle(&shared.kbs, request));
+    }
     shared.admission.handle(request, &shared.stopping, || {
         shared.faults.handle(&shared.kbs, request, &shared.stopping)
     })
