@@ -135,24 +135,46 @@ impl PinConfig {
         if c.servers.is_empty() {
             return Err(ClevisError::Config("servers is empty".into()));
         }
+        // The path is put into the resource URL sent with the attested session cookie.
+        crate::config::validate_resource_path(&c.path)
+            .map_err(|e| ClevisError::Config(e.to_string()))?;
         Ok(c)
     }
 
-    /// The config as a layer of our TOML config (the "LUKS2 token" precedence level).
-    pub fn to_layer(&self, system_bundle: Option<&str>) -> Result<toml::Table, ClevisError> {
-        let mut brokers = Vec::new();
-        for s in &self.servers {
-            let mut b = toml::Table::new();
-            b.insert("url".into(), toml::Value::String(s.url.clone()));
-            if !s.cert.trim().is_empty() {
-                b.insert("ca_cert".into(), toml::Value::String(s.cert.clone()));
-            } else if let Some(bundle) = system_bundle {
-                b.insert("ca_cert".into(), toml::Value::String(bundle.to_owned()));
-            }
-            brokers.push(toml::Value::Table(b));
-        }
+    /// The brokers the pin config names (its `servers`); a server with an empty `cert` gets
+    /// the system CA bundle, as the upstream pin trusts the system roots then. They are used
+    /// only when no measured layer names a broker (see [`crate::config`]).
+    pub fn brokers(&self, system_bundle: Option<&str>) -> Vec<crate::config::Broker> {
+        self.servers
+            .iter()
+            .map(|s| crate::config::Broker {
+                url: s.url.clone(),
+                ca_cert: if s.cert.trim().is_empty() {
+                    system_bundle.map(str::to_owned)
+                } else {
+                    Some(s.cert.clone())
+                },
+            })
+            .collect()
+    }
+
+    /// Add this pin config to `layers` as the LUKS2-token layer: what to fetch from
+    /// [`PinConfig::to_layer`], the servers as the token's brokers.
+    pub fn add_to(
+        &self,
+        layers: &mut crate::config::Layers,
+        system_bundle: Option<&str>,
+    ) -> Result<(), ClevisError> {
+        layers.luks_token = Some(self.to_layer()?);
+        layers.token_brokers = Some(self.brokers(system_bundle));
+        Ok(())
+    }
+
+    /// The config as the LUKS2-token layer of our TOML config: `num_retries`, `initdata` and
+    /// our extension. The layer may only name what to fetch ([`crate::config::TOKEN_KEYS`]);
+    /// resolving refuses anything else.
+    pub fn to_layer(&self) -> Result<toml::Table, ClevisError> {
         let mut t = toml::Table::new();
-        t.insert("brokers".into(), toml::Value::Array(brokers));
         match self.num_retries {
             Some(NumRetries::Count(n)) => {
                 let mut r = toml::Table::new();
@@ -498,24 +520,28 @@ mod tests {
         let c = PinConfig::parse(r#"{"servers":[{"url":"https://a","cert":"-----BEGIN CERTIFICATE-----"},{"url":"https://b","cert":""}],
             "path":"default/n/root","initdata":null,"num_retries":"infinity","attestation_key":null,
             "attest-unlock":{"secrets":[{"resource":"default/n/kubelet","path":"/run/k","mode":"0600"}]}}"#).unwrap();
-        let t = c
-            .to_layer(Some("/etc/ssl/certs/ca-certificates.crt"))
-            .unwrap();
-        let brokers = t["brokers"].as_array().unwrap();
+        let t = c.to_layer().unwrap();
+        let brokers = c.brokers(Some("/etc/ssl/certs/ca-certificates.crt"));
         assert_eq!(
-            brokers[1]["ca_cert"].as_str(),
+            brokers[1].ca_cert.as_deref(),
             Some("/etc/ssl/certs/ca-certificates.crt")
         );
+        assert!(t.get("brokers").is_none(), "servers are not a layer key");
         assert!(t.get("retry").is_none());
         assert_eq!(t["secrets"].as_array().unwrap().len(), 1);
         let c = PinConfig::parse(
-            r#"{"servers":[{"url":"https://a","cert":""}],"path":"p","num_retries":3}"#,
+            r#"{"servers":[{"url":"https://a","cert":""}],"path":"a/b/c","num_retries":3}"#,
         )
         .unwrap();
         assert_eq!(
-            c.to_layer(None).unwrap()["retry"]["max_rounds"].as_integer(),
+            c.to_layer().unwrap()["retry"]["max_rounds"].as_integer(),
             Some(3)
         );
+        // The pin's path goes into the resource URL with the session cookie.
+        for bad in ["../../x?y#z", "a/b", "a/b/c/d", "a/b/c?x"] {
+            let json = format!(r#"{{"servers":[{{"url":"https://a"}}],"path":"{bad}"}}"#);
+            assert!(PinConfig::parse(&json).is_err(), "{bad}");
+        }
         assert!(PinConfig::parse(r#"{"servers":[],"path":"p"}"#).is_err());
         assert!(
             PinConfig::parse(r#"{"servers":[{"url":"u"}],"path":"p","num_retries":"many"}"#)

@@ -9,7 +9,7 @@ use base64::Engine;
 use clap::{Parser, Subcommand};
 use kbs_types::TeePubKey;
 
-use crate::config::{self, Config, ConfigError, Layers, DEFAULT_CONFIG_PATH};
+use crate::config::{self, Config, ConfigError, Layers};
 use crate::error::Error;
 use crate::evidence::{self, binding};
 use crate::flow::{self, Options};
@@ -96,45 +96,38 @@ pub enum Command {
     },
     /// Print the attestation key's public key (for the broker's trusted AK list).
     Ak,
+    /// Print the trust-anchor event this node measures before contacting a broker (brokers,
+    /// CA fingerprints, resources, init-data) and the register values to require at the
+    /// broker: the reference value that makes a relayed attestation fail.
+    Anchors {
+        /// The pin config (JSON, as in the Ignition config's `clevis.custom.config`), for a
+        /// node bound with the clevis pin; a path or the JSON itself.
+        #[arg(long, value_name = "JSON|PATH")]
+        pin_config: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
-    /// The kernel command line, or "" when it cannot be read (a chroot, a test).
-    pub fn cmdline(&self) -> String {
-        std::fs::read_to_string(&self.kernel_cmdline).unwrap_or_default()
+    /// The host this command line describes: its config file, kernel command line and
+    /// `--set` overrides.
+    pub fn host(&self) -> config::Host {
+        match &self.config {
+            Some(p) => config::Host {
+                config_path: p.clone(),
+                config_required: true,
+                cmdline_path: self.kernel_cmdline.clone(),
+                set: self.set.clone(),
+            },
+            None => config::Host {
+                cmdline_path: self.kernel_cmdline.clone(),
+                set: self.set.clone(),
+                ..config::Host::default()
+            },
+        }
     }
-
-    /// The configuration layers except the LUKS token's, with `cmdline` as the kernel command
-    /// line (read once by the caller: `unlock` also takes the volume from it).
-    pub fn layers(&self, cmdline: &str) -> Result<Layers, ConfigError> {
-        let file = match &self.config {
-            Some(p) => config::read_file_layer(p, true)?,
-            None => config::read_file_layer(Path::new(DEFAULT_CONFIG_PATH), false)?,
-        };
-        Ok(Layers {
-            file,
-            luks_token: None,
-            cmdline: Some(config::parse_cmdline(cmdline)?),
-            cli: config::parse_overrides(self.set.iter().map(String::as_str), "--set")?,
-        })
-    }
-}
-
-/// Resolve layers and warn about insecure settings.
-pub fn resolve(layers: Layers) -> Result<Config, ConfigError> {
-    let config = layers.resolve()?;
-    if config.insecure_allow_persistent_secrets {
-        log::warn!(
-            "insecure_allow_persistent_secrets is set: secrets may land on a persistent disk"
-        );
-    }
-    if config.insecure_allow_http {
-        log::warn!("insecure_allow_http is set: http:// brokers are allowed");
-    }
-    if let Some(url) = &config.servers_url_override {
-        log::info!("servers_url_override: every broker URL replaced by {url}");
-    }
-    Ok(config)
 }
 
 /// How a run ended, for the exit code.
@@ -148,11 +141,13 @@ pub enum Outcome {
 
 /// Run a parsed command line. Output for the user goes to `out`; logs go through `log`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
-    let cmdline = cli.cmdline();
-    let layers = cli.layers(&cmdline)?;
-    let config = resolve(layers.clone())?;
+    let layers = cli.host().layers()?;
+    let config = layers.clone().resolve()?;
     if config.verbose && cli.verbose == 0 {
         log::set_max_level(log::LevelFilter::Debug);
+    }
+    if !matches!(cli.command, Command::Unlock { .. }) {
+        config.log_settings();
     }
     match &cli.command {
         Command::Unlock {
@@ -160,12 +155,15 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             failure_report,
         } => Ok(unlock(
             layers,
-            &cmdline,
             config,
             &cli.root,
             *verify_only,
             failure_report.as_deref(),
         )),
+        Command::Anchors { pin_config, json } => {
+            anchors(layers, pin_config.as_deref(), *json, out)?;
+            Ok(Outcome::Success)
+        }
         Command::Inspect { file, kind, text } => {
             inspect_file(file, *kind, *text, out)?;
             Ok(Outcome::Success)
@@ -267,8 +265,7 @@ struct FailureContext<'a> {
 
 fn unlock(
     layers: Layers,
-    cmdline: &str,
-    mut config: Config,
+    config: Config,
     root: &Path,
     verify_only: bool,
     report: Option<&Path>,
@@ -281,10 +278,11 @@ fn unlock(
     let report = report
         .map(Path::to_path_buf)
         .or_else(|| config.failure_report.clone());
+    let allow_persistent = config.insecure_allow_persistent_secrets;
     let fail = |ctx: FailureContext<'_>, error: &Error| {
         verdict_failed(&ctx, start, error);
         if let Some(path) = &report {
-            write_failure_report(path, &ctx, error);
+            write_failure_report(path, &ctx, error, allow_persistent);
         }
         Outcome::Failed
     };
@@ -296,25 +294,21 @@ fn unlock(
         attempts: 0,
     };
 
-    // The volume: configured, or named by the standard rd.luks.* kernel arguments.
-    if config.luks.is_none() {
-        config.luks = config::luks_from_cmdline(cmdline);
-    }
     let cryptsetup = Cryptsetup::default();
-    let disk = match prepare_disk_key(layers, &mut config, &cryptsetup) {
+    let device = config.luks.as_ref().map(|l| l.device.display().to_string());
+    let (config, disk) = match prepare_disk_key(layers, config, &cryptsetup) {
         Ok(d) => d,
-        Err(e) => {
-            let device = config.luks.as_ref().map(|l| l.device.display().to_string());
+        Err((step, e)) => {
             return fail(
                 FailureContext {
                     device,
-                    ..ctx("token")
+                    ..ctx(step)
                 },
                 &e,
             );
         }
     };
-    let device = config.luks.as_ref().map(|l| l.device.display().to_string());
+    config.log_settings();
 
     let detect_start = Instant::now();
     let detected = match evidence::detect(&config, root) {
@@ -346,7 +340,7 @@ fn unlock(
             log::info!(
                 "verdict=ok platform={} broker={} volume={} secrets={} attempts={} {} total={:.1}ms",
                 detected.platform.as_str(),
-                report.broker,
+                crate::text::value(&report.broker),
                 report.volume,
                 report.secrets,
                 report.attempts,
@@ -369,39 +363,122 @@ fn unlock(
 }
 
 /// Decide where the disk key comes from: `disk_key` in the config, or the trustee clevis
-/// token in the volume's LUKS2 header (whose pin config then becomes the config's LUKS-token
-/// layer, and whose keyslot is the one to open).
+/// token in the volume's LUKS2 header, whose pin config then becomes the config's LUKS-token
+/// layer (what to fetch; its servers only when no measured layer names a broker) and whose
+/// keyslot is the one to open. Returns the config to use, resolved once with every layer.
 fn prepare_disk_key(
     mut layers: Layers,
-    config: &mut Config,
+    config: Config,
     cryptsetup: &Cryptsetup,
-) -> Result<Option<flow::DiskKey>, Error> {
+) -> Result<(Config, Option<flow::DiskKey>), (&'static str, Error)> {
     if let Some(path) = &config.disk_key {
-        return Ok(Some(flow::DiskKey::Resource(path.clone())));
+        let disk = flow::DiskKey::Resource(path.clone());
+        return Ok((config, Some(disk)));
     }
     let Some(luks) = config.luks.clone() else {
-        return Ok(None);
+        return Ok((config, None));
     };
+    let token_err = |e: Error| ("token", e);
     crate::luks::wait_for_device(
         &luks.device,
         std::time::Duration::from_millis(luks.device_timeout_ms),
-    )?;
-    let meta = cryptsetup.metadata(&luks.device)?;
-    let token = crate::clevis::find_trustee_token(&meta)?;
-    let jwe = crate::clevis::ClevisJwe::parse_compact(&token.jwe)?;
+    )
+    .map_err(|e| token_err(e.into()))?;
+    let meta = cryptsetup
+        .metadata(&luks.device)
+        .map_err(|e| token_err(e.into()))?;
+    let token = crate::clevis::find_trustee_token(&meta).map_err(|e| token_err(e.into()))?;
+    let jwe =
+        crate::clevis::ClevisJwe::parse_compact(&token.jwe).map_err(|e| token_err(e.into()))?;
     log::info!(
         "{}: trustee clevis token {} for keyslot {}",
         luks.device.display(),
         token.id,
         token.keyslot
     );
-    layers.luks_token = Some(jwe.config.to_layer(crate::pin::system_ca_bundle())?);
-    let mut resolved = resolve(layers)?;
+    jwe.config
+        .add_to(&mut layers, crate::pin::system_ca_bundle())
+        .map_err(|e| token_err(e.into()))?;
+    let mut resolved = layers.resolve().map_err(|e| ("config", e.into()))?;
     let mut luks = resolved.luks.take().unwrap_or(luks);
     luks.keyslot = luks.keyslot.or(Some(token.keyslot));
     resolved.luks = Some(luks);
-    *config = resolved;
-    Ok(Some(flow::DiskKey::Clevis(Box::new(jwe))))
+    Ok((resolved, Some(flow::DiskKey::Clevis(Box::new(jwe)))))
+}
+
+/// `attest-unlock anchors`: the trust-anchor event for this config (and pin config) and the
+/// register values a broker must require.
+fn anchors(
+    mut layers: Layers,
+    pin_config: Option<&str>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let pin = match pin_config {
+        None => None,
+        Some(arg) => {
+            let text = if arg.trim_start().starts_with('{') {
+                arg.to_owned()
+            } else {
+                config::read_capped(Path::new(arg))?
+            };
+            let mut pin = crate::clevis::PinConfig::parse(&text)?;
+            // As encrypt stores it: the init-data document made from the JSON map.
+            if let Some(i) = &pin.initdata {
+                pin.initdata = Some(crate::clevis::initdata_document(i)?);
+            }
+            pin.add_to(&mut layers, crate::pin::system_ca_bundle())?;
+            Some(pin)
+        }
+    };
+    let config = layers.resolve()?;
+    let mut paths: Vec<&str> = Vec::new();
+    if let Some(p) = &pin {
+        paths.push(&p.path);
+    } else if let Some(k) = &config.disk_key {
+        paths.push(k);
+    }
+    paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
+    let anchors = flow::trust_anchors(&config, &paths)?;
+    let values = anchors.register_values(config.measure.pcr);
+    if json {
+        let regs: serde_json::Map<String, serde_json::Value> = values
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let doc = serde_json::json!({
+            "event": anchors.text(),
+            "brokers_from": config.provenance.of("brokers").as_str(),
+            "measured": config.measure.enabled,
+            "registers": regs,
+        });
+        let text = serde_json::to_string_pretty(&doc)
+            .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;
+        write_out(out, &text);
+        return Ok(());
+    }
+    let mut text =
+        String::from("# the trust-anchor event (extended before the first network byte)\n");
+    text.push_str(anchors.text());
+    text.push_str(&format!(
+        "# brokers from the {}{}\n# register values after this event as the only extend from zero:\n",
+        config.provenance.of("brokers"),
+        if config.measure.enabled { "" } else { " (measure.enabled = false: NOT measured)" }
+    ));
+    for (register, value) in &values {
+        text.push_str(&format!("{register} {value}\n"));
+    }
+    let pcr = config.measure.pcr;
+    if let Some((_, v)) = values
+        .iter()
+        .find(|(r, _)| r == &format!("pcr{pcr:02}:sha256"))
+    {
+        text.push_str(&format!(
+            "# Trustee: kbs-client config set-sample-reference-value tpm_pcr{pcr:02} {v}\n# and require it in the attestation policy (see docs/deploying.md)"
+        ));
+    }
+    write_out(out, text.trim_end());
+    Ok(())
 }
 
 /// What to check, per error class: the first thing an on-call engineer should look at.
@@ -421,7 +498,12 @@ fn hint(class: crate::ErrorClass) -> &'static str {
     }
 }
 
-fn write_failure_report(path: &Path, ctx: &FailureContext<'_>, error: &Error) {
+fn write_failure_report(
+    path: &Path,
+    ctx: &FailureContext<'_>,
+    error: &Error,
+    allow_persistent: bool,
+) {
     let text = format!(
         "attest-unlock: boot stopped: the root disk was NOT unlocked and no secret was written.\n\
          \x20 device:   {}\n\
@@ -431,19 +513,16 @@ fn write_failure_report(path: &Path, ctx: &FailureContext<'_>, error: &Error) {
          \x20 reason:   {}\n\
          \x20 check:    {}\n\
          \x20 journal:  journalctl -u attest-unlock.service\n",
-        ctx.device.as_deref().unwrap_or("-"),
-        ctx.broker.unwrap_or("-"),
+        ctx.device.as_deref().map_or("-".into(), crate::text::value),
+        ctx.broker.map_or("-".into(), crate::text::value),
         ctx.step,
         ctx.attempts,
         error.class(),
         crate::error::chain(error),
         hint(error.class()),
     );
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Err(e) = std::fs::write(path, text) {
-        log::warn!("cannot write failure report {}: {e}", path.display());
+    if let Err(e) = crate::deliver::write_run_file(path, text.as_bytes(), false, allow_persistent) {
+        log::warn!("cannot write the failure report: {e}");
     }
 }
 
@@ -453,8 +532,8 @@ fn verdict_failed(ctx: &FailureContext<'_>, start: Instant, error: &Error) {
         ctx.platform,
         ctx.step,
         error.class(),
-        ctx.broker.unwrap_or("-"),
-        ctx.device.as_deref().unwrap_or("-"),
+        ctx.broker.map_or("-".into(), crate::text::value),
+        ctx.device.as_deref().map_or("-".into(), crate::text::value),
         ctx.attempts,
         start.elapsed().as_secs_f64() * 1e3,
         crate::error::chain(error),
@@ -512,7 +591,8 @@ mod tests {
                 "TPM/TEE",
             ),
         ];
-        let dir = tempfile::tempdir().unwrap();
+        // The report is written to tmpfs only.
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
         for (i, (error, class, hint_word)) in cases.iter().enumerate() {
             let path = dir.path().join(format!("failure-{i}"));
             let ctx = FailureContext {
@@ -522,7 +602,7 @@ mod tests {
                 device: Some("/dev/disk/by-uuid/abcd".into()),
                 attempts: 3,
             };
-            write_failure_report(&path, &ctx, error);
+            write_failure_report(&path, &ctx, error, false);
             let text = std::fs::read_to_string(&path).unwrap();
             let lines: Vec<&str> = text.lines().collect();
             assert!(

@@ -3,14 +3,25 @@
 //! Precedence, lowest first (house style rule 8):
 //!
 //! 1. built-in defaults (the `Default`/`serde(default)` values below),
-//! 2. the TOML file in the initramfs (`/etc/attest-unlock/config.toml` or `--config`),
-//! 3. the LUKS2 token of the device (a TOML table; the token reader fills this layer),
-//! 4. the kernel command line, `rd.attest_unlock.KEY=VALUE` with a dotted KEY,
-//! 5. the command line, `--set KEY=VALUE` and the dedicated flags.
+//! 2. the volume named by the standard `rd.luks.uuid=` / `rd.luks.name=` kernel arguments,
+//! 3. the TOML file in the initramfs (`/etc/attest-unlock/config.toml` or `--config`),
+//! 4. the LUKS2 token of the device (the trustee pin config and our extension in it),
+//! 5. the kernel command line, `rd.attest_unlock.KEY=VALUE` with a dotted KEY,
+//! 6. the command line, `--set KEY=VALUE` and the dedicated flags.
 //!
 //! Every layer is a TOML table; tables merge key by key, any other value (arrays included)
 //! is replaced whole by the higher layer. Only after merging is the result deserialized into
 //! [`Config`], with `deny_unknown_fields`, so a typo in any layer is an error that names the key.
+//!
+//! **Who may set what.** The LUKS2 header is written by whoever holds the disk (in a
+//! confidential VM, the host), so the token layer may only name *what* to fetch: the keys in
+//! [`TOKEN_KEYS`]. Trust anchors (brokers and their CAs), every `insecure_*`, the measurement,
+//! the TPM/TEE interfaces come only from measured layers: the initramfs file, the kernel
+//! command line (measured by the boot; `trust_kernel_cmdline = false` in the file restricts it
+//! to [`UNMEASURED_CMDLINE_KEYS`] where it is not) and `--set`. A token that sets anything else
+//! is an error. The pin's own `servers` are used only when no measured layer names a broker
+//! (a pure clevis drop-in), and then only with the trust-anchor measurement on, so a broker
+//! that checks that register refuses evidence relayed by a broker the node was pointed at.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +59,23 @@ pub enum ConfigError {
     /// The merged layers do not form a valid configuration.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// An unmeasured layer (the LUKS2 token, or an unmeasured kernel command line) tried to
+    /// set a key only measured layers may set.
+    #[error("the {layer} may not set `{key}`: brokers, CAs, insecure_*, measurement and TPM/TEE settings come only from the initramfs config or the kernel command line (see docs/configuration.md)")]
+    Forbidden {
+        /// The layer.
+        layer: &'static str,
+        /// The dotted key.
+        key: String,
+    },
+    /// A file is larger than any sane config, CA bundle or init-data document.
+    #[error("{path} is larger than {limit} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap.
+        limit: u64,
+    },
     /// A CA certificate could not be loaded.
     #[error("cannot read CA certificate {path}: {source}")]
     CaCert {
@@ -112,16 +140,71 @@ impl Broker {
         match &self.ca_cert {
             None => Ok(None),
             Some(v) if v.trim_start().starts_with("-----BEGIN") => Ok(Some(v.clone())),
-            Some(path) => {
-                std::fs::read_to_string(path)
-                    .map(Some)
-                    .map_err(|source| ConfigError::CaCert {
-                        path: PathBuf::from(path),
-                        source,
-                    })
-            }
+            Some(path) => read_capped(Path::new(path)).map(Some).map_err(|e| match e {
+                ConfigError::Read { path, source } => ConfigError::CaCert { path, source },
+                e => e,
+            }),
         }
     }
+
+    /// The SHA-256 of each certificate's DER in `ca_cert`, in order (what
+    /// `openssl x509 -noout -fingerprint -sha256` prints for one certificate): the CA's part of
+    /// the measured trust anchors. Empty without a CA (an `http://` broker).
+    pub fn ca_fingerprints(&self) -> Result<Vec<[u8; 32]>, ConfigError> {
+        use sha2::{Digest, Sha256};
+        let Some(pem) = self.ca_pem()? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for item in ureq::tls::parse_pem(pem.as_bytes()) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => out.push(Sha256::digest(c.der()).into()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "broker {}: ca_cert is not valid PEM: {e}",
+                        crate::text::value(&self.url)
+                    )))
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "broker {}: ca_cert holds no certificate",
+                crate::text::value(&self.url)
+            )));
+        }
+        Ok(out)
+    }
+}
+
+/// The most any file the config names is read: config files, CA bundles and init-data
+/// documents are kilobytes; a path to `/dev/zero` must not grow memory without bound.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Read a UTF-8 file of at most [`MAX_FILE_BYTES`].
+pub fn read_capped(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_err = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text",
+        ))
+    })
 }
 
 /// How the disk key resource's bytes become the LUKS passphrase.
@@ -445,15 +528,140 @@ pub struct Config {
     /// Debug logging (`rd.attest_unlock.verbose`).
     #[serde(default)]
     pub verbose: bool,
+    /// Whether the boot measures the kernel command line (GRUB into PCR 8, systemd-stub into
+    /// PCR 12, TDX into RTMR 2, SNP measured direct boot), so that it may set trust anchors.
+    /// Set `false` in the initramfs file where it is not: the command line may then only set
+    /// the keys of [`UNMEASURED_CMDLINE_KEYS`].
+    #[serde(default = "yes")]
+    pub trust_kernel_cmdline: bool,
+    /// Which layer set each security-relevant value (filled by [`Layers::resolve`]).
+    #[serde(skip)]
+    pub provenance: Provenance,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A configuration layer, lowest precedence first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Layer {
+    /// The built-in default.
+    #[default]
+    Default,
+    /// `rd.luks.uuid=` / `rd.luks.name=` on the kernel command line.
+    RdLuks,
+    /// The config file in the initramfs.
+    File,
+    /// The LUKS2 token (the trustee pin config in the header).
+    Token,
+    /// `rd.attest_unlock.*` on the kernel command line.
+    Cmdline,
+    /// `--set` and the dedicated flags.
+    Cli,
+}
+
+impl Layer {
+    /// The layer's name in logs and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Default => "built-in default",
+            Layer::RdLuks => "rd.luks.* kernel arguments",
+            Layer::File => "initramfs config file",
+            Layer::Token => "LUKS2 token",
+            Layer::Cmdline => "kernel command line",
+            Layer::Cli => "--set command line",
+        }
+    }
+}
+
+impl std::fmt::Display for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The keys (dotted; a table's children included) the LUKS2 token may set: what to fetch and
+/// where it goes, never whom to trust. The pin's `servers` are handled apart (see the module).
+pub const TOKEN_KEYS: &[&str] = &[
+    "disk_key",
+    "disk_key_format",
+    "luks.keyslot",
+    "secrets",
+    "token_path",
+    "init_data.body",
+    "retry.max_rounds",
+];
+
+/// The keys an unmeasured kernel command line (`trust_kernel_cmdline = false`) may set.
+pub const UNMEASURED_CMDLINE_KEYS: &[&str] = &[
+    "disable",
+    "verbose",
+    "retry",
+    "timeouts",
+    "luks.device_timeout_ms",
+];
+
+/// The boolean keys, which the kernel command line may give as a bare word
+/// (`rd.attest_unlock.disable`) or as `=1`/`=0`/`=yes`/`=no`.
+pub const BOOL_KEYS: &[&str] = &[
+    "disable",
+    "verbose",
+    "insecure_allow_http",
+    "insecure_allow_persistent_secrets",
+    "measure.enabled",
+    "tee.composite",
+    "azure.insecure_boot_report",
+    "trust_kernel_cmdline",
+];
+
+/// The security-relevant keys whose layer is recorded and logged.
+pub const TRACKED_KEYS: &[&str] = &[
+    "brokers",
+    "servers_url_override",
+    "insecure_allow_http",
+    "insecure_allow_persistent_secrets",
+    "azure.insecure_boot_report",
+    "azure.imds_url",
+    "measure.enabled",
+    "measure.pcr",
+    "measure.log",
+    "tee.composite",
+    "tpm.tcti",
+    "tpm.ak_handle",
+    "platform",
+    "trust_kernel_cmdline",
+];
+
+/// Which layer set each of the [`TRACKED_KEYS`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance(BTreeMap<&'static str, Layer>);
+
+impl Provenance {
+    /// The layer that set `key` (the default when none did).
+    pub fn of(&self, key: &str) -> Layer {
+        self.0.get(key).copied().unwrap_or_default()
+    }
+
+    /// Whether the brokers came from the LUKS2 token (a clevis drop-in with no measured
+    /// broker config).
+    pub fn brokers_from_token(&self) -> bool {
+        self.of("brokers") == Layer::Token
+    }
 }
 
 /// The layers a configuration is built from, each optional, in precedence order.
 #[derive(Debug, Default, Clone)]
 pub struct Layers {
+    /// The volume from `rd.luks.uuid=` / `rd.luks.name=` ([`luks_from_cmdline`]).
+    pub rd_luks: Option<Table>,
     /// The config file, with its path for messages.
     pub file: Option<(String, Table)>,
-    /// The LUKS2 token's settings.
+    /// The LUKS2 token's settings (only [`TOKEN_KEYS`]).
     pub luks_token: Option<Table>,
+    /// The brokers the LUKS2 token names (the pin's `servers`): used only when no measured
+    /// layer names one.
+    pub token_brokers: Option<Vec<Broker>>,
     /// `rd.attest_unlock.*` from the kernel command line.
     pub cmdline: Option<Table>,
     /// `--set` and dedicated CLI flags.
@@ -461,46 +669,193 @@ pub struct Layers {
 }
 
 impl Layers {
-    /// Merge the layers in precedence order and produce the typed config.
+    /// Check what each layer may set, merge the layers in precedence order and produce the
+    /// typed config with the [`Provenance`] of its security-relevant values. Logs nothing:
+    /// the caller logs [`Config::log_settings`] once for the config it uses.
     pub fn resolve(self) -> Result<Config, ConfigError> {
+        if let Some(t) = &self.luks_token {
+            check_allowed(t, TOKEN_KEYS, Layer::Token)?;
+        }
+        let trust_cmdline = [self.file.as_ref().map(|(_, t)| t), Some(&self.cli)]
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.get("trust_kernel_cmdline"))
+            .next_back()
+            .map_or(Ok(true), |v| {
+                v.as_bool().ok_or_else(|| {
+                    ConfigError::Invalid("trust_kernel_cmdline must be true or false".into())
+                })
+            })?;
+        if let Some(t) = &self.cmdline {
+            if t.contains_key("trust_kernel_cmdline") {
+                return Err(ConfigError::Forbidden {
+                    layer: Layer::Cmdline.as_str(),
+                    key: "trust_kernel_cmdline".into(),
+                });
+            }
+            if !trust_cmdline {
+                check_allowed(t, UNMEASURED_CMDLINE_KEYS, Layer::Cmdline)?;
+            }
+        }
+        let ordered: [(Layer, Option<&Table>); 5] = [
+            (Layer::RdLuks, self.rd_luks.as_ref()),
+            (Layer::File, self.file.as_ref().map(|(_, t)| t)),
+            (Layer::Token, self.luks_token.as_ref()),
+            (Layer::Cmdline, self.cmdline.as_ref()),
+            (Layer::Cli, Some(&self.cli)),
+        ];
         let mut merged = Table::new();
-        if let Some((_, t)) = self.file {
-            merge(&mut merged, t);
+        for (_, t) in &ordered {
+            if let Some(t) = t {
+                merge(&mut merged, (*t).clone());
+            }
         }
-        if let Some(t) = self.luks_token {
-            merge(&mut merged, t);
+        let mut provenance = Provenance::default();
+        for key in TRACKED_KEYS {
+            let path: Vec<&str> = key.split('.').collect();
+            if let Some((layer, _)) = ordered
+                .iter()
+                .rev()
+                .find(|(_, t)| t.is_some_and(|t| lookup(t, &path).is_some()))
+            {
+                provenance.0.insert(key, *layer);
+            }
         }
-        if let Some(t) = self.cmdline {
-            merge(&mut merged, t);
-        }
-        merge(&mut merged, self.cli);
+        let measured_brokers = merged
+            .get("brokers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
         let mut config = Config::deserialize(Value::Table(merged))
-            .map_err(|e| ConfigError::Invalid(one_line(&e.to_string())))?;
+            .map_err(|e| ConfigError::Invalid(crate::text::value(&one_line(&e.to_string()))))?;
+        if !measured_brokers {
+            if let Some(brokers) = self.token_brokers {
+                if !brokers.is_empty() {
+                    config.brokers = brokers;
+                    provenance.0.insert("brokers", Layer::Token);
+                }
+            }
+        }
         if let Some(url) = &config.servers_url_override {
             for b in &mut config.brokers {
                 b.url.clone_from(url);
             }
         }
+        config.provenance = provenance;
         config.validate()?;
         Ok(config)
     }
 }
 
-/// Read the config file; a missing file at the default path is an empty layer.
+/// The value at a dotted path of a table.
+fn lookup<'a>(table: &'a Table, path: &[&str]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    let v = table.get(*first)?;
+    if rest.is_empty() {
+        return Some(v);
+    }
+    lookup(v.as_table()?, rest)
+}
+
+/// Refuse any key of `table` that is not one of `allowed` (dotted; an allowed key admits its
+/// children, and a table is walked into when an allowed key lies below it).
+fn check_allowed(table: &Table, allowed: &[&str], layer: Layer) -> Result<(), ConfigError> {
+    fn walk(
+        table: &Table,
+        prefix: &str,
+        allowed: &[&str],
+        layer: Layer,
+    ) -> Result<(), ConfigError> {
+        for (k, v) in table {
+            let key = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if allowed.iter().any(|a| *a == key) {
+                continue;
+            }
+            let below = format!("{key}.");
+            match v {
+                Value::Table(t) if allowed.iter().any(|a| a.starts_with(&below)) => {
+                    walk(t, &key, allowed, layer)?;
+                }
+                _ => {
+                    return Err(ConfigError::Forbidden {
+                        layer: layer.as_str(),
+                        key: crate::text::value(&key),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+    walk(table, "", allowed, layer)
+}
+
+/// Where a run reads its measured configuration from: the one injectable host both the CLI
+/// and the clevis pin resolve through (tests point it at their own files).
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The config file; `required` when named explicitly (`--config`, `$ATTEST_UNLOCK_CONFIG`).
+    pub config_path: PathBuf,
+    /// Whether a missing config file is an error.
+    pub config_required: bool,
+    /// The kernel command line file (`/proc/cmdline`).
+    pub cmdline_path: PathBuf,
+    /// `--set KEY=VALUE` overrides.
+    pub set: Vec<String>,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Host {
+            config_path: PathBuf::from(DEFAULT_CONFIG_PATH),
+            config_required: false,
+            cmdline_path: PathBuf::from("/proc/cmdline"),
+            set: Vec::new(),
+        }
+    }
+}
+
+impl Host {
+    /// The kernel command line ("" when it cannot be read: a chroot, a test), at most
+    /// [`MAX_FILE_BYTES`].
+    pub fn cmdline(&self) -> String {
+        read_capped(&self.cmdline_path).unwrap_or_default()
+    }
+
+    /// The measured layers (file, kernel command line with `rd.luks.*`, `--set`); the LUKS2
+    /// token's layer is added once the token is read.
+    pub fn layers(&self) -> Result<Layers, ConfigError> {
+        let cmdline = self.cmdline();
+        Ok(Layers {
+            rd_luks: luks_from_cmdline(&cmdline),
+            file: read_file_layer(&self.config_path, self.config_required)?,
+            luks_token: None,
+            token_brokers: None,
+            cmdline: Some(parse_cmdline(&cmdline)?),
+            cli: parse_overrides(self.set.iter().map(String::as_str), "--set")?,
+        })
+    }
+}
+
+/// Read the config file (at most [`MAX_FILE_BYTES`]); a missing file at the default path is
+/// an empty layer.
 pub fn read_file_layer(
     path: &Path,
     required: bool,
 ) -> Result<Option<(String, Table)>, ConfigError> {
-    match std::fs::read_to_string(path) {
+    match read_capped(path) {
         Ok(text) => Ok(Some((
             path.display().to_string(),
             parse_table(&text, &path.display().to_string())?,
         ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
-        Err(source) => Err(ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(ConfigError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && !required =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -508,7 +863,7 @@ pub fn read_file_layer(
 pub fn parse_table(text: &str, origin: &str) -> Result<Table, ConfigError> {
     text.parse::<Table>().map_err(|e| ConfigError::Syntax {
         origin: origin.to_owned(),
-        message: one_line(e.message()),
+        message: crate::text::value(&one_line(e.message())),
     })
 }
 
@@ -516,7 +871,8 @@ pub fn parse_table(text: &str, origin: &str) -> Result<Table, ConfigError> {
 ///
 /// KEY is dotted (`tpm.tcti`). VALUE is taken as a TOML value when it parses as one
 /// (`true`, `3`, `"quoted"`, `[...]`), and as a plain string otherwise, so
-/// `tpm.tcti=swtpm:port=2321` needs no quoting.
+/// `tpm.tcti=swtpm:port=2321` needs no quoting. A boolean key ([`BOOL_KEYS`]) also takes
+/// `1`/`0`/`yes`/`no`/`on`/`off`.
 pub fn parse_overrides<'a>(
     items: impl IntoIterator<Item = &'a str>,
     origin: &str,
@@ -526,19 +882,22 @@ pub fn parse_overrides<'a>(
         let Some((key, raw)) = item.split_once('=') else {
             return Err(ConfigError::Syntax {
                 origin: origin.to_owned(),
-                message: format!("{item:?} is not KEY=VALUE"),
+                message: format!("{} is not KEY=VALUE", crate::text::value(item)),
             });
         };
-        let value = format!("v = {raw}")
+        let mut value = format!("v = {raw}")
             .parse::<Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| Value::String(raw.to_owned()));
+        if BOOL_KEYS.contains(&key) {
+            value = coerce_bool(value);
+        }
         let path: Vec<&str> = key.split('.').collect();
         if path.iter().any(|p| p.is_empty()) {
             return Err(ConfigError::Syntax {
                 origin: origin.to_owned(),
-                message: format!("{key:?} is not a dotted key"),
+                message: format!("{} is not a dotted key", crate::text::value(key)),
             });
         }
         insert_dotted(&mut table, &path, value, origin)?;
@@ -546,21 +905,45 @@ pub fn parse_overrides<'a>(
     Ok(table)
 }
 
-/// Pick our keys out of a kernel command line. Unrelated words are ignored; quoting follows
-/// the kernel's rule (double quotes group a word).
-pub fn parse_cmdline(cmdline: &str) -> Result<Table, ConfigError> {
-    let words = split_cmdline(cmdline);
-    let ours: Vec<&str> = words
-        .iter()
-        .filter_map(|w| w.strip_prefix(CMDLINE_PREFIX))
-        .collect();
-    parse_overrides(ours, "kernel command line")
+/// `1`/`0`, `yes`/`no`, `on`/`off` as booleans (the kernel command line's usual spellings);
+/// anything else unchanged, for the deserializer to judge.
+fn coerce_bool(v: Value) -> Value {
+    match &v {
+        Value::Integer(1) => Value::Boolean(true),
+        Value::Integer(0) => Value::Boolean(false),
+        Value::String(s) => match s.to_ascii_lowercase().as_str() {
+            "yes" | "on" | "true" => Value::Boolean(true),
+            "no" | "off" | "false" => Value::Boolean(false),
+            _ => v,
+        },
+        _ => v,
+    }
 }
 
-/// The LUKS volume named by the standard dracut/systemd kernel arguments: `rd.luks.name=UUID=NAME`
-/// or `rd.luks.uuid=[luks-]UUID` (activated as `luks-UUID`, the name systemd-cryptsetup would
-/// give it). The first one wins.
-pub fn luks_from_cmdline(cmdline: &str) -> Option<Luks> {
+/// Pick our keys out of a kernel command line. Unrelated words are ignored; quoting follows
+/// the kernel's rule (double quotes group a word). A bare `rd.attest_unlock.KEY` means
+/// `KEY=true` (the documented switches `rd.attest_unlock.disable` and `.verbose`).
+pub fn parse_cmdline(cmdline: &str) -> Result<Table, ConfigError> {
+    let words = split_cmdline(cmdline);
+    let ours: Vec<String> = words
+        .iter()
+        .filter_map(|w| w.strip_prefix(CMDLINE_PREFIX))
+        .map(|w| {
+            if w.contains('=') {
+                w.to_owned()
+            } else {
+                format!("{w}=true")
+            }
+        })
+        .collect();
+    parse_overrides(ours.iter().map(String::as_str), "kernel command line")
+}
+
+/// The LUKS volume named by the standard dracut/systemd kernel arguments, as a config layer
+/// (`luks.device`, `luks.name`): `rd.luks.name=UUID=NAME` or `rd.luks.uuid=[luks-]UUID`
+/// (activated as `luks-UUID`, the name systemd-cryptsetup would give it). The first one wins;
+/// the name is checked like any other ([`Config`] validation refuses option-like names).
+pub fn luks_from_cmdline(cmdline: &str) -> Option<Table> {
     for w in split_cmdline(cmdline) {
         let (uuid, name) = if let Some(v) = w.strip_prefix("rd.luks.name=") {
             let (uuid, name) = v.split_once('=')?;
@@ -578,12 +961,15 @@ pub fn luks_from_cmdline(cmdline: &str) -> Option<Luks> {
         if uuid.is_empty() || !uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
             continue;
         }
-        return Some(Luks {
-            device: PathBuf::from(format!("/dev/disk/by-uuid/{uuid}")),
-            name,
-            keyslot: None,
-            device_timeout_ms: default_device_timeout(),
-        });
+        let mut luks = Table::new();
+        luks.insert(
+            "device".into(),
+            Value::String(format!("/dev/disk/by-uuid/{uuid}")),
+        );
+        luks.insert("name".into(), Value::String(name));
+        let mut t = Table::new();
+        t.insert("luks".into(), Value::Table(luks));
+        return Some(t);
     }
     None
 }
@@ -660,16 +1046,35 @@ impl Config {
             let http_ok = self.insecure_allow_http && b.url.starts_with("http://");
             if !(https || http_ok) {
                 return Err(ConfigError::Invalid(format!(
-                    "broker url {:?} must start with https://",
-                    b.url
+                    "broker url '{}' must start with https://",
+                    crate::text::value(&b.url)
+                )));
+            }
+            if b.url.len() > 2048 || b.url.chars().any(|c| c.is_control() || c == ' ') {
+                return Err(ConfigError::Invalid(format!(
+                    "broker url '{}' is not a URL",
+                    crate::text::value(&b.url)
                 )));
             }
             if https && b.ca_cert.is_none() {
                 return Err(ConfigError::Invalid(format!(
                     "broker {} has no ca_cert: the system trust store is never used",
-                    b.url
+                    crate::text::value(&b.url)
                 )));
             }
+        }
+        if let Some(luks) = &self.luks {
+            validate_volume(luks)?;
+        }
+        if self.timeouts.connect_ms == 0 || self.timeouts.request_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "timeouts.connect_ms and timeouts.request_ms must be at least 1 ms (0 would fail every call)".to_owned(),
+            ));
+        }
+        if self.retry.deadline_ms == Some(0) {
+            return Err(ConfigError::Invalid(
+                "retry.deadline_ms must be at least 1 ms".to_owned(),
+            ));
         }
         let mut seen = BTreeMap::new();
         for s in &self.secrets {
@@ -728,6 +1133,100 @@ impl Config {
         Ok(())
     }
 
+    /// Log where the trust anchors come from, and every weakening setting with the layer that
+    /// set it, at warn. Called once per run for the config in use.
+    pub fn log_settings(&self) {
+        let from = |key: &str| self.provenance.of(key);
+        if !self.brokers.is_empty() {
+            let urls: Vec<String> = self
+                .brokers
+                .iter()
+                .map(|b| crate::text::value(&b.url))
+                .collect();
+            if from("brokers") == Layer::Token {
+                for b in &self.brokers {
+                    if let Some(bundle) = b
+                        .ca_cert
+                        .as_deref()
+                        .filter(|c| crate::clevis::SYSTEM_CA_BUNDLES.contains(c))
+                    {
+                        log::warn!(
+                            "broker {} has an empty cert in the LUKS2 token: trusting the system CA bundle {bundle} (its certificates are part of the measured trust anchors)",
+                            crate::text::value(&b.url)
+                        );
+                    }
+                }
+            }
+            match from("brokers") {
+                Layer::Token => log::warn!(
+                    "brokers {} come from the LUKS2 token, which anyone with the disk can write: they are measured into the trust-anchor register before any contact, and only a broker policy that checks it refuses a relayed attestation (put the brokers in the initramfs config to pin them)",
+                    urls.join(", ")
+                ),
+                layer @ (Layer::Cmdline | Layer::Cli) => log::warn!(
+                    "brokers (URL and CA) replaced by the {layer}: {}",
+                    urls.join(", ")
+                ),
+                layer => log::info!("brokers from the {layer}: {}", urls.join(", ")),
+            }
+        }
+        let mut weak: Vec<(&str, String)> = Vec::new();
+        if let Some(url) = &self.servers_url_override {
+            weak.push((
+                "servers_url_override",
+                format!("every broker URL replaced by {}", crate::text::value(url)),
+            ));
+        }
+        if self.insecure_allow_http {
+            weak.push((
+                "insecure_allow_http",
+                "http:// brokers and AK registration allowed (no TLS)".into(),
+            ));
+        }
+        if self.insecure_allow_persistent_secrets {
+            weak.push((
+                "insecure_allow_persistent_secrets",
+                "secrets may land on a persistent disk".into(),
+            ));
+        }
+        if self.azure.insecure_boot_report {
+            weak.push((
+                "azure.insecure_boot_report",
+                "the HCL report is not bound to this session".into(),
+            ));
+        }
+        if !self.measure.enabled {
+            weak.push((
+                "measure.enabled",
+                "false: neither the trust anchors nor the release are measured".into(),
+            ));
+        }
+        if self.measure.pcr != Measure::default().pcr {
+            weak.push((
+                "measure.pcr",
+                format!(
+                    "{} instead of {}: the broker's reference value must name it",
+                    self.measure.pcr,
+                    Measure::default().pcr
+                ),
+            ));
+        }
+        if !self.tee.composite {
+            weak.push((
+                "tee.composite",
+                "false: the TPM's boot measurements are not sent beside the TEE report".into(),
+            ));
+        }
+        if !self.trust_kernel_cmdline {
+            log::info!(
+                "trust_kernel_cmdline = false: the kernel command line may only set {}",
+                UNMEASURED_CMDLINE_KEYS.join(", ")
+            );
+        }
+        for (key, what) in weak {
+            log::warn!("{key} (set by the {}): {what}", from(key));
+        }
+    }
+
     /// Checks needed before `unlock` (other subcommands need less).
     pub fn validate_for_unlock(&self, has_disk_key: bool) -> Result<(), ConfigError> {
         if self.brokers.is_empty() {
@@ -756,17 +1255,42 @@ impl Config {
             Some(InitData {
                 path: Some(p),
                 body: None,
-            }) => std::fs::read_to_string(p)
-                .map(Some)
-                .map_err(|source| ConfigError::Read {
-                    path: p.clone(),
-                    source,
-                }),
+            }) => read_capped(p).map(Some),
             Some(_) => Err(ConfigError::Invalid(
                 "init_data needs exactly one of body and path".to_owned(),
             )),
         }
     }
+}
+
+/// Check the volume settings that reach cryptsetup's argv: the device must be an absolute
+/// path and the name a device-mapper name that cannot be taken for an option
+/// (`luks.name=--test-passphrase` would turn `open` into a test that activates nothing).
+pub fn validate_volume(luks: &Luks) -> Result<(), ConfigError> {
+    let name = &luks.name;
+    let name_ok = !name.is_empty()
+        && name.len() <= 127
+        && !name.starts_with(['-', '.'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:+".contains(&b));
+    if !name_ok {
+        return Err(ConfigError::Invalid(format!(
+            "luks.name '{}' is not a device-mapper name ([A-Za-z0-9_.:+-], not starting with - or ., at most 127 bytes)",
+            crate::text::value(name)
+        )));
+    }
+    let device = luks.device.as_os_str().as_encoded_bytes();
+    let device_ok = luks.device.is_absolute()
+        && device.len() <= 4096
+        && !device.iter().any(|b| b.is_ascii_control());
+    if !device_ok {
+        return Err(ConfigError::Invalid(format!(
+            "luks.device '{}' must be an absolute path",
+            crate::text::value(&luks.device.to_string_lossy())
+        )));
+    }
+    Ok(())
 }
 
 /// Check a resource path has the `repo/type/tag` shape the KBS serves, with no empty
@@ -785,7 +1309,8 @@ pub fn validate_resource_path(p: &str) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid(format!(
-            "resource path {p:?} must be repo/type/tag of [A-Za-z0-9._-]"
+            "resource path '{}' must be repo/type/tag of [A-Za-z0-9._-]",
+            crate::text::value(p)
         )))
     }
 }
@@ -831,29 +1356,251 @@ tcti = "device:/dev/tpmrm0"
     #[test]
     fn precedence_file_token_cmdline_cli() {
         let mut l = layers();
-        l.luks_token = Some(parse_overrides(["luks.keyslot=2", "tpm.ak_handle=1"], "t").unwrap());
+        l.luks_token =
+            Some(parse_overrides(["luks.keyslot=2", "retry.max_rounds=1"], "t").unwrap());
         l.cmdline = Some(
-            parse_cmdline(r#"quiet rd.attest_unlock.tpm.ak_handle=0x81010002 rd.attest_unlock.tpm.tcti="swtpm:port=1 x" root=x"#)
+            parse_cmdline(r#"quiet rd.attest_unlock.retry.max_rounds=7 rd.attest_unlock.tpm.tcti="swtpm:port=1 x" root=x"#)
                 .unwrap(),
         );
         l.cli = parse_overrides(["tpm.tcti=swtpm:port=2321"], "--set").unwrap();
         let c = l.resolve().unwrap();
         assert_eq!(c.luks.unwrap().keyslot, Some(2), "token beats file");
-        assert_eq!(c.tpm.ak_handle, Some(0x81010002), "cmdline beats token");
+        assert_eq!(c.retry.max_rounds, Some(7), "cmdline beats token");
         assert_eq!(c.tpm.tcti, "swtpm:port=2321", "cli beats cmdline");
+    }
+
+    fn rd_luks(cmdline: &str) -> Option<Luks> {
+        let t = luks_from_cmdline(cmdline)?;
+        Layers {
+            rd_luks: Some(t),
+            ..Layers::default()
+        }
+        .resolve()
+        .ok()?
+        .luks
     }
 
     #[test]
     fn luks_volume_from_standard_kernel_arguments() {
-        let l = luks_from_cmdline("ro rd.luks.uuid=luks-0123-abcd rd.luks.uuid=ffff").unwrap();
+        let l = rd_luks("ro rd.luks.uuid=luks-0123-abcd rd.luks.uuid=ffff").unwrap();
         assert_eq!(l.device, PathBuf::from("/dev/disk/by-uuid/0123-abcd"));
         assert_eq!(l.name, "luks-0123-abcd");
-        let l = luks_from_cmdline("rd.luks.name=0123-abcd=root").unwrap();
+        let l = rd_luks("rd.luks.name=0123-abcd=root").unwrap();
         assert_eq!(
             (l.name.as_str(), l.device.to_str()),
             ("root", Some("/dev/disk/by-uuid/0123-abcd"))
         );
         assert!(luks_from_cmdline("rd.luks.uuid=../../etc root=x").is_none());
+        // The file's [luks] wins key by key over the kernel arguments.
+        let mut l = layers();
+        l.rd_luks = luks_from_cmdline("rd.luks.name=0123-abcd=other");
+        let c = l.resolve().unwrap().luks.unwrap();
+        assert_eq!(c.device, PathBuf::from("/dev/vda4"));
+    }
+
+    /// `luks.name` reaches cryptsetup's argv: an option-like name is refused from every layer
+    /// (`rd.luks.name=UUID=--test-passphrase` made `open` a mere test that activated nothing).
+    #[test]
+    fn option_like_volume_names_are_refused() {
+        let e = Layers {
+            rd_luks: luks_from_cmdline("rd.luks.name=0123-abcd=--test-passphrase"),
+            ..Layers::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("luks.name") && e.contains("--test-passphrase"),
+            "{e}"
+        );
+        for bad in ["luks.name=\"-x\"", "luks.name=\"a/b\"", "luks.name=\"\""] {
+            let mut l = layers();
+            l.cli = parse_overrides([bad], "--set").unwrap();
+            assert!(l.resolve().is_err(), "{bad}");
+        }
+        let mut l = layers();
+        l.cli = parse_overrides(["luks.device=\"--dev\""], "--set").unwrap();
+        assert!(l.resolve().unwrap_err().to_string().contains("absolute"));
+    }
+
+    fn token(items: &[&str]) -> Option<Table> {
+        Some(parse_overrides(items.iter().copied(), "token").unwrap())
+    }
+
+    #[test]
+    fn the_token_may_name_what_to_fetch_only() {
+        let mut l = layers();
+        l.luks_token = token(&[
+            "luks.keyslot=3",
+            "secrets=[{resource=\"a/b/c\",path=\"/run/x\"}]",
+            "token_path=\"/run/t\"",
+            "init_data.body=\"x\"",
+            "retry.max_rounds=2",
+            "disk_key_format=\"raw\"",
+        ]);
+        let c = l.resolve().unwrap();
+        assert_eq!(c.luks.unwrap().keyslot, Some(3));
+        for forbidden in [
+            "brokers=[{url=\"https://evil:1\",ca_cert=\"x\"}]",
+            "insecure_allow_http=true",
+            "insecure_allow_persistent_secrets=true",
+            "measure.enabled=false",
+            "measure.pcr=23",
+            "servers_url_override=\"https://evil\"",
+            "tpm.tcti=\"swtpm:host=evil\"",
+            "luks.name=\"x\"",
+            "luks.device=\"/dev/evil\"",
+            "init_data.path=\"/dev/zero\"",
+            "failure_report=\"/etc/shadow\"",
+            "azure.imds_url=\"http://evil\"",
+            "trust_kernel_cmdline=false",
+            "platform=\"tpm\"",
+        ] {
+            let mut l = layers();
+            l.luks_token = token(&[forbidden]);
+            let e = l.resolve().unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ConfigError::Forbidden {
+                        layer: "LUKS2 token",
+                        ..
+                    }
+                ),
+                "{forbidden}: {e}"
+            );
+        }
+    }
+
+    fn evil_brokers() -> Option<Vec<Broker>> {
+        Some(vec![Broker {
+            url: "https://evil.example".into(),
+            ca_cert: Some("-----BEGIN CERTIFICATE-----\nevil".into()),
+        }])
+    }
+
+    #[test]
+    fn token_brokers_only_without_measured_brokers() {
+        let mut l = layers();
+        l.token_brokers = evil_brokers();
+        let c = l.resolve().unwrap();
+        assert_eq!(
+            c.brokers[0].url, "https://127.0.0.1:8080",
+            "the file's broker wins"
+        );
+        assert_eq!(c.provenance.of("brokers"), Layer::File);
+
+        let l = Layers {
+            token_brokers: evil_brokers(),
+            ..Layers::default()
+        };
+        let c = l.resolve().unwrap();
+        assert_eq!(c.brokers[0].url, "https://evil.example");
+        assert!(c.provenance.brokers_from_token());
+    }
+
+    #[test]
+    fn an_unmeasured_kernel_command_line_may_not_set_anchors() {
+        let mut l = layers();
+        l.cli = parse_overrides(["trust_kernel_cmdline=false"], "--set").unwrap();
+        l.cmdline = Some(
+            parse_cmdline("rd.attest_unlock.verbose rd.attest_unlock.retry.max_rounds=3").unwrap(),
+        );
+        assert!(l.clone().resolve().unwrap().verbose);
+        l.cmdline = Some(parse_cmdline("rd.attest_unlock.measure.enabled=0").unwrap());
+        assert!(matches!(
+            l.resolve().unwrap_err(),
+            ConfigError::Forbidden {
+                layer: "kernel command line",
+                ..
+            }
+        ));
+        // The command line cannot vouch for itself.
+        let mut l = layers();
+        l.cmdline = Some(parse_cmdline("rd.attest_unlock.trust_kernel_cmdline=1").unwrap());
+        assert!(l.resolve().is_err());
+    }
+
+    #[test]
+    fn provenance_names_the_layer_of_each_weakening() {
+        let mut l = layers();
+        l.cmdline = Some(
+            parse_cmdline("rd.attest_unlock.measure.enabled=false rd.attest_unlock.measure.pcr=23")
+                .unwrap(),
+        );
+        l.cli = parse_overrides(["insecure_allow_http=yes"], "--set").unwrap();
+        let c = l.resolve().unwrap();
+        assert!(!c.measure.enabled && c.insecure_allow_http);
+        assert_eq!(c.provenance.of("measure.enabled"), Layer::Cmdline);
+        assert_eq!(c.provenance.of("measure.pcr"), Layer::Cmdline);
+        assert_eq!(c.provenance.of("insecure_allow_http"), Layer::Cli);
+        assert_eq!(c.provenance.of("brokers"), Layer::File);
+        assert_eq!(c.provenance.of("tpm.tcti"), Layer::File);
+        assert_eq!(c.provenance.of("servers_url_override"), Layer::Default);
+    }
+
+    /// The documented switches work as bare words and as `=1`/`=0`.
+    #[test]
+    fn bare_and_numeric_boolean_switches() {
+        for (cmdline, disable, verbose) in [
+            ("rd.attest_unlock.disable", true, false),
+            ("rd.attest_unlock.verbose", false, true),
+            (
+                "rd.attest_unlock.disable=1 rd.attest_unlock.verbose=0",
+                true,
+                false,
+            ),
+            (
+                "rd.attest_unlock.disable=yes rd.attest_unlock.verbose=on",
+                true,
+                true,
+            ),
+        ] {
+            let c = Layers {
+                cmdline: Some(parse_cmdline(cmdline).unwrap()),
+                ..Layers::default()
+            }
+            .resolve()
+            .unwrap();
+            assert_eq!((c.disable, c.verbose), (disable, verbose), "{cmdline}");
+        }
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        for k in [
+            "timeouts.connect_ms=0",
+            "timeouts.request_ms=0",
+            "retry.deadline_ms=0",
+        ] {
+            let mut l = layers();
+            l.cli = parse_overrides([k], "--set").unwrap();
+            let e = l.resolve().unwrap_err().to_string();
+            assert!(e.contains("at least 1 ms"), "{k}: {e}");
+        }
+    }
+
+    #[test]
+    fn huge_and_hostile_values_are_cut_in_messages() {
+        let big = format!(
+            "brokers=[{{url=\"http://{}\x1b[2J\"}}]",
+            "a".repeat(100_000)
+        );
+        let l = Layers {
+            cli: parse_overrides([big.as_str()], "--set").unwrap(),
+            ..Layers::default()
+        };
+        let e = l.resolve().unwrap_err().to_string();
+        assert!(e.len() < 600, "{} bytes", e.len());
+        assert!(!e.contains('\x1b'), "{e}");
+    }
+
+    #[test]
+    fn files_are_read_with_a_cap() {
+        let e = read_capped(Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
+        let e = read_file_layer(Path::new("/dev/zero"), true).unwrap_err();
+        assert!(matches!(e, ConfigError::TooLarge { .. }), "{e}");
     }
 
     #[test]

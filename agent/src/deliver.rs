@@ -27,6 +27,19 @@ pub enum DeliverError {
     /// unlock.
     #[error("cannot write secret {0}: the destination is a directory")]
     IsDirectory(PathBuf),
+    /// The destination's directory can be written by someone else, who could replace or read
+    /// the secret around the rename.
+    #[error("refusing to write into {path}: {why}")]
+    UnsafeDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A stop request (SIGTERM, SIGINT, SIGHUP) came between staging and delivery: what was
+    /// staged is removed instead of delivered.
+    #[error("stopped by {0} before delivery: nothing delivered")]
+    Interrupted(String),
     /// An I/O step failed.
     #[error("cannot write secret {path}: {op}: {source}")]
     Io {
@@ -79,6 +92,171 @@ pub fn stage(items: &[Item<'_>], allow_persistent: bool) -> Result<Staged, Deliv
     Ok(staged)
 }
 
+/// The staging name prefix of `dest`'s hidden temporary files: `.NAME.attest-unlock.`.
+fn staging_prefix(dest: &Path) -> String {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.attest-unlock.")
+}
+
+/// Remove staging files an earlier run left beside `dest` (killed by SIGKILL between staging
+/// and delivery, or by a power cut on a persistent filesystem): only regular files with our
+/// prefix, never through a symlink.
+fn remove_stale(dir: &Path, dest: &Path) {
+    let prefix = staging_prefix(dest);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let path = entry.path();
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file()) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => log::warn!("removed {} left by an interrupted run", path.display()),
+                Err(e) => log::warn!("cannot remove stale {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+/// A directory a secret may be written into: a real directory (not a symlink), owned by us,
+/// writable by nobody else. Otherwise another user could swap the file around the rename,
+/// block the staging name, or read the secret in a window.
+fn check_directory(dir: &Path) -> Result<(), DeliverError> {
+    use std::os::unix::fs::MetadataExt;
+    let unsafe_dir = |why: String| DeliverError::UnsafeDirectory {
+        path: dir.to_owned(),
+        why,
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(io(dir, "stat directory"))?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("it is a symlink".into()));
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(unsafe_dir(format!(
+            "owned by uid {}, not by us (uid {uid})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Check that `dir` is on tmpfs/ramfs (or that persistent storage is allowed, with a warning).
+fn check_volatile(dir: &Path, path: &Path, allow_persistent: bool) -> Result<(), DeliverError> {
+    let fs = statfs(dir).map_err(|e| DeliverError::Io {
+        path: path.to_owned(),
+        op: "statfs",
+        source: e.into(),
+    })?;
+    let volatile = fs.filesystem_type() == TMPFS_MAGIC || fs.filesystem_type() == RAMFS_MAGIC;
+    if !volatile {
+        if allow_persistent {
+            log::warn!(
+                "insecure_allow_persistent_secrets: writing {} to a persistent filesystem",
+                path.display()
+            );
+        } else {
+            return Err(DeliverError::Persistent(path.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// Write a run file that is not a secret but must not be redirected (the failure report, the
+/// measurement log): the directory is created 0700 if missing, must be on tmpfs (unless
+/// `allow_persistent`), and a symlink at `path` is refused (`O_NOFOLLOW`), so a planted link
+/// cannot make the agent write through it. `append` appends; otherwise the file is replaced.
+pub fn write_run_file(
+    path: &Path,
+    bytes: &[u8],
+    append: bool,
+    allow_persistent: bool,
+) -> Result<(), DeliverError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(path, "create parent directory"))?;
+    check_volatile(dir, path, allow_persistent)?;
+    let mut options = OpenOptions::new();
+    options
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits());
+    if append {
+        options.append(true);
+    } else {
+        options.truncate(true);
+    }
+    let mut f = options.open(path).map_err(io(path, "open (no symlinks)"))?;
+    f.write_all(bytes).map_err(io(path, "write"))
+}
+
+/// Stop requests held between staging and delivery. While held, SIGTERM, SIGINT and SIGHUP
+/// stay pending instead of killing the process; [`HeldSignals::pending`] reports one, and
+/// dropping the guard restores the mask (a signal not consumed is then delivered as usual).
+pub struct HeldSignals {
+    mask: nix::sys::signal::SigSet,
+    fd: Option<nix::sys::signalfd::SignalFd>,
+}
+
+impl HeldSignals {
+    /// Start holding the stop signals. Best effort: where the mask cannot be set, signals act
+    /// as before and the next run removes a staging file a kill left.
+    pub fn hold() -> HeldSignals {
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        let fd = match mask.thread_block() {
+            Ok(()) => SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+                .map_err(|e| log::warn!("cannot watch stop signals: {e}"))
+                .ok(),
+            Err(e) => {
+                log::warn!("cannot hold stop signals during delivery: {e}");
+                None
+            }
+        };
+        HeldSignals { mask, fd }
+    }
+
+    /// A stop signal that arrived while held (consumed), by name.
+    pub fn pending(&self) -> Option<String> {
+        let info = self.fd.as_ref()?.read_signal().ok()??;
+        let name = i32::try_from(info.ssi_signo)
+            .ok()
+            .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+            .map_or_else(
+                || format!("signal {}", info.ssi_signo),
+                |s| s.as_str().to_owned(),
+            );
+        Some(name)
+    }
+}
+
+impl Drop for HeldSignals {
+    fn drop(&mut self) {
+        self.fd = None;
+        let _ = self.mask.thread_unblock();
+    }
+}
+
 fn stage_one(
     item: &Item<'_>,
     allow_persistent: bool,
@@ -104,31 +282,18 @@ fn stage_one(
     if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
         return Err(DeliverError::IsDirectory(path.to_owned()));
     }
-    let fs = statfs(dir).map_err(|e| DeliverError::Io {
-        path: path.to_owned(),
-        op: "statfs",
-        source: e.into(),
-    })?;
-    let volatile = fs.filesystem_type() == TMPFS_MAGIC || fs.filesystem_type() == RAMFS_MAGIC;
-    if !volatile {
-        if allow_persistent {
-            log::warn!(
-                "insecure_allow_persistent_secrets: writing {} to a persistent filesystem",
-                path.display()
-            );
-        } else {
-            return Err(DeliverError::Persistent(path.to_owned()));
-        }
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.attest-unlock.{}", std::process::id()));
+    check_directory(dir)?;
+    check_volatile(dir, path, allow_persistent)?;
+    remove_stale(dir, path);
+    // An unpredictable name (O_EXCL, no symlink followed): nobody can block or pre-create it.
+    let mut nonce = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let tmp = dir.join(format!("{}{}", staging_prefix(path), hex::encode(nonce)));
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(item.mode)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(&tmp)
         .map_err(io(path, "create temporary file"))?;
     let written = f

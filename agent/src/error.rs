@@ -158,8 +158,10 @@ pub fn chain(error: &dyn std::error::Error) -> String {
         }
         cur = e.source();
     }
-    out.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .replace('"', "'")
+    // One line, no control byte, no double quote (the verdict quotes the reason), bounded.
+    let line = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    crate::text::printable(&line, MAX_REASON)
 }
+
+/// The longest reason the verdict line carries, in characters.
+pub const MAX_REASON: usize = 1000;

@@ -20,6 +20,7 @@ use kbs_types::{Attestation, CompositeEvidence, InitData, RuntimeData};
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
+use crate::anchors::TrustAnchors;
 use crate::config::{Config, KeyFormat};
 use crate::deliver::{self, Item};
 use crate::error::{Error, ErrorClass};
@@ -31,8 +32,12 @@ use crate::luks::Cryptsetup;
 /// The states of the flow, also the names of the timed steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// Read the configuration layers (the file, the kernel command line, the LUKS2 token).
+    Config,
     /// Find the platform.
     Detect,
+    /// Measure the trust anchors (brokers, CAs, resources, init-data) before any contact.
+    Anchors,
     /// Generate the ephemeral key.
     Keygen,
     /// `POST /kbs/v0/auth`.
@@ -62,7 +67,9 @@ impl Step {
     /// The step's name in logs.
     pub fn as_str(self) -> &'static str {
         match self {
+            Step::Config => "config",
             Step::Detect => "detect",
+            Step::Anchors => "anchors",
             Step::Keygen => "keygen",
             Step::Auth => "auth",
             Step::Evidence => "evidence",
@@ -184,11 +191,82 @@ pub struct Released {
     pub token: Zeroizing<String>,
 }
 
+/// Proof that the trust anchors were measured (or that measuring was switched off by a
+/// measured layer): [`release`] takes it, so no broker is contacted before.
+#[derive(Debug)]
+pub struct AnchorsMeasured(());
+
+/// The trust anchors of this run: the config's brokers and their CA fingerprints, the
+/// resources to fetch, the init-data body.
+pub fn trust_anchors(config: &Config, paths: &[&str]) -> Result<TrustAnchors, Error> {
+    let mut brokers = Vec::new();
+    for b in &config.brokers {
+        brokers.push((b.url.as_str(), b.ca_fingerprints()?));
+    }
+    let init_data = config.init_data_body()?;
+    Ok(TrustAnchors::new(&brokers, paths, init_data.as_deref()))
+}
+
+/// Extend the trust-anchor event into the evidence's register before any network contact.
+///
+/// A rerun in the same boot finds the register already holding exactly this one extend and
+/// leaves it. Brokers that came from the LUKS2 token are used only when the event reached a
+/// register (a broker checking it then refuses relayed evidence); measured brokers are used
+/// with a warning where the platform has no register.
+pub fn measure_anchors(
+    config: &Config,
+    source: &mut dyn EvidenceSource,
+    anchors: &TrustAnchors,
+) -> Result<AnchorsMeasured, Error> {
+    use crate::evidence::{EvidenceError, Recorded};
+    let from_token = config.provenance.brokers_from_token();
+    let pcr = config.measure.pcr;
+    if !config.measure.enabled {
+        if from_token {
+            return Err(crate::config::ConfigError::Invalid(
+                "brokers named only by the LUKS2 token need the trust-anchor measurement (measure.enabled = true)".into(),
+            )
+            .into());
+        }
+        log::warn!("measure.enabled = false: the trust anchors are not measured");
+        return Ok(AnchorsMeasured(()));
+    }
+    let values = anchors.register_values(pcr);
+    let sha256 = values
+        .iter()
+        .find(|(r, _)| r.ends_with(":sha256"))
+        .map_or("-", |(_, v)| v.as_str());
+    if source.holds_only(pcr, anchors.event())? {
+        log::info!(
+            "PCR {pcr} already holds the trust anchors (a rerun in this boot): not extended again"
+        );
+        return Ok(AnchorsMeasured(()));
+    }
+    match source.measure(pcr, anchors.event())? {
+        Recorded::Registers(registers) => {
+            log::info!(
+                "measured the trust anchors into {registers} before contacting any broker (PCR {pcr} from zero: sha256 {sha256}; `attest-unlock anchors` prints the event)"
+            );
+            append_measurement_log(config, &registers, anchors.event());
+            Ok(AnchorsMeasured(()))
+        }
+        Recorded::Unavailable(why) if from_token => Err(EvidenceError::Tee(format!(
+            "brokers named only by the LUKS2 token need a register to measure them into, and {why}: name the brokers in the initramfs config"
+        ))
+        .into()),
+        Recorded::Unavailable(why) => {
+            log::warn!("the trust anchors are not measured: {why}");
+            Ok(AnchorsMeasured(()))
+        }
+    }
+}
+
 /// Attest and fetch `paths`, retrying across brokers and rounds per the config's policy.
 pub fn release(
     config: &Config,
     source: &mut dyn EvidenceSource,
     paths: &[&str],
+    _anchors: &AnchorsMeasured,
 ) -> Result<Released, Failure> {
     let fail = |step, broker, attempts, error: Error| Failure {
         step,
@@ -198,10 +276,10 @@ pub fn release(
     };
     let init_data = config
         .init_data_body()
-        .map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
+        .map_err(|e| fail(Step::Config, None, 0, e.into()))?;
     if config.brokers.is_empty() {
         return Err(fail(
-            Step::Detect,
+            Step::Config,
             None,
             0,
             crate::config::ConfigError::Invalid("no broker configured".into()).into(),
@@ -211,9 +289,9 @@ pub fn release(
     for b in &config.brokers {
         let ca = b
             .ca_pem()
-            .map_err(|e| fail(Step::Detect, None, 0, e.into()))?;
+            .map_err(|e| fail(Step::Config, None, 0, e.into()))?;
         let client = KbsClient::new(b, ca.as_deref(), &config.timeouts)
-            .map_err(|e| fail(Step::Detect, Some(b.url.clone()), 0, e.into()))?;
+            .map_err(|e| fail(Step::Config, Some(b.url.clone()), 0, e.into()))?;
         clients.push(client);
     }
 
@@ -298,26 +376,33 @@ pub fn run(
     cryptsetup: &Cryptsetup,
     opts: &Options,
 ) -> Result<Report, Failure> {
-    if let Err(e) = config.validate_for_unlock(disk.is_some()) {
-        return Err(Failure {
-            step: Step::Detect,
-            broker: None,
-            attempts: 0,
-            error: e.into(),
-        });
-    }
+    let early = |step, error: Error| Failure {
+        step,
+        broker: None,
+        attempts: 0,
+        error,
+    };
+    config
+        .validate_for_unlock(disk.is_some())
+        .map_err(|e| early(Step::Config, e.into()))?;
     let mut paths: Vec<&str> = Vec::new();
     if let Some(d) = disk {
         paths.push(d.resource());
     }
     paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
+    let anchors = trust_anchors(config, &paths).map_err(|e| early(Step::Config, e))?;
+    let anchors_start = Instant::now();
+    let measured =
+        measure_anchors(config, source, &anchors).map_err(|e| early(Step::Anchors, e))?;
+    let anchors_time = anchors_start.elapsed();
     let Released {
         broker,
         attempts,
         mut timings,
         mut resources,
         token,
-    } = release(config, source, &paths)?;
+    } = release(config, source, &paths, &measured)?;
+    timings.0.insert(0, (Step::Anchors, anchors_time));
     let fail_at = |step, error| Failure {
         step,
         broker: Some(broker.clone()),
@@ -355,6 +440,11 @@ pub fn run(
             bytes: token.as_bytes(),
         });
     }
+    // From here to the commit, a SIGTERM/SIGINT/SIGHUP is held and checked before the commit:
+    // a stop request then removes what was staged (and closes an opened volume) instead of
+    // killing the process with plaintext in a staging file. A SIGKILL cannot be held: the
+    // next run removes the staging files it left (see `deliver`).
+    let signals = deliver::HeldSignals::hold();
     let staged = timings
         .time(Step::Stage, || {
             deliver::stage(&items, config.insecure_allow_persistent_secrets)
@@ -379,7 +469,15 @@ pub fn run(
         };
     }
 
-    if let Err(e) = timings.time(Step::Deliver, || staged.commit()) {
+    let delivered = timings.time(Step::Deliver, || match signals.pending() {
+        Some(signal) => {
+            drop(staged);
+            Err(deliver::DeliverError::Interrupted(signal))
+        }
+        None => staged.commit(),
+    });
+    drop(signals);
+    if let Err(e) = delivered {
         // The verdict promises nothing unlocked: undo the activation.
         if let (Some(luks), false) = (&config.luks, opts.verify_only) {
             if volume == "opened" {
@@ -431,32 +529,39 @@ pub const RELEASE_EVENT: &[u8] = b"attest-unlock:secrets-released:v1";
 /// Extend the post-release measurement and log it. A failure fails the run: secrets whose
 /// release cannot be recorded are not used (they stay in memory and are zeroized).
 fn measure_release(config: &Config, source: &mut dyn EvidenceSource) -> Result<(), Error> {
-    use sha2::{Digest, Sha256};
+    use crate::evidence::Recorded;
     let pcr = config.measure.pcr;
-    source.measure_release(pcr, RELEASE_EVENT)?;
-    let line = format!(
-        "pcr={pcr} bank=sha256 digest={} event={}\n",
-        hex::encode(Sha256::digest(RELEASE_EVENT)),
-        String::from_utf8_lossy(RELEASE_EVENT)
-    );
-    let log_path = &config.measure.log;
-    let appended = log_path
-        .parent()
-        .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| {
-            use std::io::Write;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log_path)
-                .and_then(|mut f| f.write_all(line.as_bytes()))
-        });
-    if let Err(e) = appended {
-        // The PCR holds the truth; the log is a convenience for verifiers.
-        log::warn!("cannot append to {}: {e}", log_path.display());
+    match source.measure(pcr, RELEASE_EVENT)? {
+        Recorded::Registers(registers) => {
+            append_measurement_log(config, &registers, RELEASE_EVENT);
+            log::info!("extended {registers} with the post-release event");
+        }
+        Recorded::Unavailable(why) => {
+            log::warn!("the post-release measurement is not recorded: {why}");
+        }
     }
-    log::info!("extended PCR {pcr} with the post-release event");
     Ok(())
+}
+
+/// Append one line per measurement to `measure.log` (a convenience for verifiers: the
+/// register holds the truth). Written like a secret: tmpfs only, no symlink followed.
+fn append_measurement_log(config: &Config, registers: &str, event: &[u8]) {
+    use sha2::{Digest, Sha256};
+    let first = event.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = format!(
+        "{registers} sha256={} event={} ({} bytes)\n",
+        hex::encode(Sha256::digest(event)),
+        String::from_utf8_lossy(first),
+        event.len()
+    );
+    if let Err(e) = deliver::write_run_file(
+        &config.measure.log,
+        line.as_bytes(),
+        true,
+        config.insecure_allow_persistent_secrets,
+    ) {
+        log::warn!("cannot append to the measurement log: {e}");
+    }
 }
 
 /// What one successful session yields: the decrypted resources and the attestation token.

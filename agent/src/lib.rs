@@ -5,6 +5,7 @@
 //! JWE, unlock the LUKS2 volume and deliver the secrets; on any failure, unlock nothing and
 //! write nothing. See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod anchors;
 pub mod clevis;
 pub mod cli;
 pub mod config;
@@ -19,5 +20,6 @@ pub mod inspect;
 pub mod kbs;
 pub mod luks;
 pub mod pin;
+pub mod text;
 
 pub use error::{Error, ErrorClass};

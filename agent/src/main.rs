@@ -7,6 +7,9 @@ use std::sync::Mutex;
 use attest_unlock::cli::{self, Cli, Outcome};
 use clap::Parser;
 
+/// The longest log line written, in characters.
+const MAX_LINE: usize = 4096;
+
 /// Writes log records to stderr and, in the initramfs, to the kernel log so they reach the
 /// console and the journal even before journald runs.
 struct Logger {
@@ -33,9 +36,12 @@ impl log::Log for Logger {
         if !self.enabled(r.metadata()) {
             return;
         }
+        // Whatever a message carries (a broker's words, a token's URL), the console gets one
+        // bounded line without control bytes: no cursor moves, no forged lines.
+        let message = attest_unlock::text::console(&r.args().to_string(), MAX_LINE);
         let line = match r.level() {
-            log::Level::Info => format!("attest-unlock: {}", r.args()),
-            l => format!("attest-unlock: {}: {}", l.as_str().to_lowercase(), r.args()),
+            log::Level::Info => format!("attest-unlock: {message}"),
+            l => format!("attest-unlock: {}: {message}", l.as_str().to_lowercase()),
         };
         let _ = writeln!(std::io::stderr(), "{line}");
         if let Some(kmsg) = &self.kmsg {
@@ -80,13 +86,21 @@ fn init_logging(verbose: u8) {
 
 fn report(e: &attest_unlock::Error) -> ExitCode {
     let message = e.to_string();
-    let _ = writeln!(std::io::stderr(), "attest-unlock: error: {message}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "attest-unlock: error: {}",
+        attest_unlock::text::console(&message, MAX_LINE)
+    );
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         // Most of our errors already embed their cause; print only what is new.
         let text = s.to_string();
         if !message.contains(&text) {
-            let _ = writeln!(std::io::stderr(), "  caused by: {text}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "  caused by: {}",
+                attest_unlock::text::console(&text, MAX_LINE)
+            );
         }
         source = s.source();
     }

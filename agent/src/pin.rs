@@ -16,7 +16,7 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use crate::clevis::{self, ClevisJwe, PinConfig, PinKey};
-use crate::config::{self, Config, Layers, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, Host};
 use crate::error::Error;
 use crate::evidence;
 use crate::flow::{self, Failure};
@@ -27,20 +27,27 @@ pub const CONFIG_ENV: &str = "ATTEST_UNLOCK_CONFIG";
 /// Largest stdin we accept (a LUKS passphrase or a JWE of one).
 const MAX_INPUT: u64 = 1 << 20;
 
-fn layers(pin: &PinConfig) -> Result<Layers, Error> {
-    let (path, required) = match std::env::var_os(CONFIG_ENV) {
-        Some(p) => (PathBuf::from(p), true),
-        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-    };
-    let bundle = system_ca_bundle();
-    Ok(Layers {
-        file: config::read_file_layer(&path, required)?,
-        luks_token: Some(pin.to_layer(bundle)?),
-        cmdline: Some(config::parse_cmdline(
-            &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-        )?),
-        cli: toml::Table::new(),
-    })
+/// The pin's host: the config file from `$ATTEST_UNLOCK_CONFIG` (required when set) or the
+/// default path, and `/proc/cmdline`.
+fn host() -> Host {
+    match std::env::var_os(CONFIG_ENV) {
+        Some(p) => Host {
+            config_path: PathBuf::from(p),
+            config_required: true,
+            ..Host::default()
+        },
+        None => Host::default(),
+    }
+}
+
+/// The config for a pin config: the measured layers, with the pin config as the LUKS2-token
+/// layer (its servers used only when no measured layer names a broker).
+fn resolve(pin: &PinConfig) -> Result<Config, Error> {
+    let mut layers = host().layers()?;
+    pin.add_to(&mut layers, system_ca_bundle())?;
+    let config = layers.resolve()?;
+    config.log_settings();
+    Ok(config)
 }
 
 /// The system CA bundle, used for a pin server whose `cert` is empty (the upstream pin trusts
@@ -61,22 +68,36 @@ fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
     Ok(buf)
 }
 
-/// Attest and fetch the pin's key resource.
-fn fetch_key(config: &Config, path: &str) -> Result<(PinKey, String), Error> {
+/// Detect the platform and measure the trust anchors for fetching `path`: what must happen
+/// before the pin's first network byte (the AK registration included).
+fn prepare(
+    config: &Config,
+    path: &str,
+) -> Result<(Box<dyn evidence::EvidenceSource>, flow::AnchorsMeasured), Error> {
     let detected = evidence::detect(config, Path::new("/"))?;
     let mut source = evidence::source_for(&detected, config, Path::new("/"));
-    let released = flow::release(config, source.as_mut(), &[path]).map_err(
+    let anchors = flow::trust_anchors(config, &[path])?;
+    let measured = flow::measure_anchors(config, source.as_mut(), &anchors)?;
+    Ok((source, measured))
+}
+
+/// Attest and fetch the pin's key resource. A failure is reported by `main` (one verdict).
+fn fetch_key(
+    config: &Config,
+    source: &mut dyn evidence::EvidenceSource,
+    measured: &flow::AnchorsMeasured,
+    path: &str,
+) -> Result<(PinKey, String), Error> {
+    let released = flow::release(config, source, &[path], measured).map_err(
         |Failure {
              step,
              broker,
              error,
              ..
          }| {
-            log::error!(
-                "verdict=failed step={step} class={} broker={} reason=\"{}\"",
-                error.class(),
-                broker.as_deref().unwrap_or("-"),
-                crate::error::chain(&error)
+            log::warn!(
+                "step={step} broker={}",
+                broker.as_deref().map_or("-".into(), crate::text::value)
             );
             error
         },
@@ -113,8 +134,8 @@ pub fn encrypt(config_json: &str, out: &mut dyn Write) -> Result<(), Error> {
     let nested = clevis_header.clone();
     clevis_header["pin"] = serde_json::Value::String(clevis::PIN.to_owned());
     clevis_header[clevis::PIN] = nested;
-    let config = crate::cli::resolve(layers(&pin)?)?;
-
+    let config = resolve(&pin)?;
+    let (mut source, measured) = prepare(&config, &pin.path)?;
     if let Some(reg) = pin
         .attestation_key
         .as_ref()
@@ -122,7 +143,7 @@ pub fn encrypt(config_json: &str, out: &mut dyn Write) -> Result<(), Error> {
     {
         register(&config, reg)?;
     }
-    let (key, _) = fetch_key(&config, &pin.path)?;
+    let (key, _) = fetch_key(&config, source.as_mut(), &measured, &pin.path)?;
     let jwe = clevis::encrypt(&key, clevis_header, &plaintext)?;
     out.write_all(jwe.as_bytes())
         .map_err(|e| clevis::ClevisError::Jwe(format!("cannot write stdout: {e}")))?;
@@ -137,10 +158,40 @@ fn register(config: &Config, reg: &clevis::Registration) -> Result<(), Error> {
         .ak_public(config.tpm.ak_handle)
         .map_err(evidence::EvidenceError::from)?;
     drop(tpm);
+    // A network attacker who swaps the AK in a trust-on-first-use registration owns the
+    // node's identity: TLS is required unless a measured layer opted out.
+    if reg.url.starts_with("http://") {
+        if !config.insecure_allow_http {
+            return Err(ConfigError::Invalid(format!(
+                "AK registration url '{}' must start with https:// (insecure_allow_http allows http://, tests only)",
+                crate::text::value(&reg.url)
+            ))
+            .into());
+        }
+        log::warn!(
+            "registering the AK over plain HTTP at {} (insecure_allow_http, set by the {})",
+            crate::text::value(&reg.url),
+            config.provenance.of("insecure_allow_http")
+        );
+    } else if !reg.url.starts_with("https://") {
+        return Err(ConfigError::Invalid(format!(
+            "AK registration url '{}' must start with https://",
+            crate::text::value(&reg.url)
+        ))
+        .into());
+    }
     let ca = if reg.cert.trim().is_empty() {
-        clevis::SYSTEM_CA_BUNDLES
-            .iter()
-            .find_map(|p| std::fs::read_to_string(p).ok())
+        let bundle = clevis::SYSTEM_CA_BUNDLES.iter().find_map(|p| {
+            crate::config::read_capped(Path::new(p))
+                .ok()
+                .map(|c| (p, c))
+        });
+        if let Some((path, _)) = &bundle {
+            log::warn!(
+                "the AK registration has an empty cert: trusting the system CA bundle {path}"
+            );
+        }
+        bundle.map(|(_, c)| c)
     } else {
         Some(reg.cert.clone())
     };
@@ -166,8 +217,9 @@ pub fn decrypt(out: &mut dyn Write) -> Result<(), Error> {
     let text = std::str::from_utf8(&input)
         .map_err(|_| clevis::ClevisError::Jwe("input is not UTF-8".into()))?;
     let jwe = ClevisJwe::parse_compact(text)?;
-    let config = crate::cli::resolve(layers(&jwe.config)?)?;
-    let (key, _) = fetch_key(&config, &jwe.config.path)?;
+    let config = resolve(&jwe.config)?;
+    let (mut source, measured) = prepare(&config, &jwe.config.path)?;
+    let (key, _) = fetch_key(&config, source.as_mut(), &measured, &jwe.config.path)?;
     let plaintext = jwe.decrypt(&key)?;
     out.write_all(&plaintext)
         .map_err(|e| clevis::ClevisError::Jwe(format!("cannot write stdout: {e}")))?;

@@ -189,6 +189,9 @@ fn decrypt_fails_closed_when_the_broker_denies() {
     assert!(out.stdout.is_empty(), "nothing may be printed on failure");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("class=broker-denied"), "{err}");
+    // One verdict, as from `unlock` (the pin printed two).
+    let verdicts = err.lines().filter(|l| l.contains("verdict=")).count();
+    assert_eq!(verdicts, 1, "{err}");
 }
 
 fn luks_dump(img: &Path) -> String {
@@ -285,7 +288,7 @@ fn clevis_luks_bind_pass_and_native_unlock_from_the_token() {
 fn native_unlock_without_token_fails_closed_with_a_clear_reason() {
     let pin = Pin::new();
     let img = LuksImage::recovery_only();
-    let report = tempfile::tempdir().unwrap();
+    let report = secret_dir();
     let report_file = report.path().join("failure");
     let out = Command::new(agent_bin())
         .args([
@@ -358,9 +361,58 @@ fn registration_server() -> (String, std::thread::JoinHandle<String>) {
     (url, handle)
 }
 
+/// A trust-on-first-use registration over plain HTTP lets a network attacker swap the AK:
+/// refused unless a measured layer opts in, and never contacted.
+#[test]
+fn registration_over_plain_http_needs_an_explicit_opt_in() {
+    let pin = Pin::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/register", listener.local_addr().unwrap());
+    let mut config: serde_json::Value = serde_json::from_str(&pin.config()).unwrap();
+    config["attestation_key"] =
+        serde_json::json!({"registration": {"url": url, "cert": "", "uuid": "node-uuid-1"}});
+    let mut enc = pin.cmd("clevis");
+    enc.args(["encrypt", "trustee", &config.to_string()]);
+    let out = pin.piped(enc, b"secret");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("class=config") && err.contains("must start with https://"),
+        "{err}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the registration server was contacted"
+    );
+    assert!(pin.broker.log().is_empty(), "{:?}", pin.broker.log());
+}
+
+/// The pin's `path` goes into the resource URL sent with the attested session's cookie.
+#[test]
+fn pin_path_is_validated_before_any_contact() {
+    let pin = Pin::new();
+    let mut config: serde_json::Value = serde_json::from_str(&pin.config()).unwrap();
+    config["path"] = "../../x?y#z".into();
+    let mut enc = pin.cmd("clevis");
+    enc.args(["encrypt", "trustee", &config.to_string()]);
+    let out = pin.piped(enc, b"secret");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("repo/type/tag"), "{err}");
+    assert!(pin.broker.log().is_empty(), "{:?}", pin.broker.log());
+}
+
 #[test]
 fn encrypt_registers_the_ak_first() {
     let pin = Pin::new();
+    // The loopback registration server speaks plain HTTP: opt in from the (measured) file.
+    let text = std::fs::read_to_string(&pin.config_file).unwrap();
+    std::fs::write(
+        &pin.config_file,
+        format!("insecure_allow_http = true\n{text}"),
+    )
+    .unwrap();
     let (url, server) = registration_server();
     let mut config: serde_json::Value = serde_json::from_str(&pin.config()).unwrap();
     config["attestation_key"] =
@@ -368,10 +420,12 @@ fn encrypt_registers_the_ak_first() {
     let mut enc = pin.cmd("clevis");
     enc.args(["encrypt", "trustee", &config.to_string()]);
     let out = pin.piped(enc, b"secret");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("registering the AK over plain HTTP")
+            && err.contains("set by the initramfs config file"),
+        "{err}"
     );
     let request = server.join().unwrap();
     assert!(request.starts_with("PUT /register "), "{request}");

@@ -87,7 +87,7 @@ impl Azure {
             Hw::Tdx(Arc::new(TdxSigner::new().unwrap()))
         };
         let tpm = Swtpm::start();
-        let work = tempfile::tempdir().unwrap();
+        let work = secret_dir();
         let ak = make_azure_ak(&tpm, work.path());
         // The report the paravisor made at boot: user data all zero.
         let boot = hcl_report(&hw, &ak, &[0; 64]);
@@ -529,7 +529,7 @@ fn gce_ak_spki(tpm: &Swtpm, template: &[u8]) -> Vec<u8> {
 impl Gcp {
     fn new() -> Gcp {
         let tpm = Swtpm::start();
-        let work = tempfile::tempdir().unwrap();
+        let work = secret_dir();
         let template = gce_template();
         nv_define_and_write(
             &tpm,
@@ -646,7 +646,7 @@ fn configured_cloud_platform_that_is_absent_fails_without_falling_back() {
         ca: GceCa::new().unwrap(),
         image: LuksImage::recovery_only(),
         disk_resource: Vec::new(),
-        work: tempfile::tempdir().unwrap(),
+        work: secret_dir(),
         secrets: secret_dir(),
     };
     let broker = Broker::start(w.broker_config(vec![w.ca.root_der()])).unwrap();

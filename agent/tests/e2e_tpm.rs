@@ -36,7 +36,7 @@ impl World {
             passphrase,
             disk_resource,
             ak,
-            work: tempfile::tempdir().unwrap(),
+            work: secret_dir(),
             secrets: secret_dir(),
         }
     }
@@ -106,23 +106,48 @@ fn released_key_opens_keyslot_and_secret_is_delivered() {
     let w = World::new();
     let broker = Broker::start(w.broker_config()).unwrap();
     let before = w.image.digest();
-    let pcr15_before = hex::decode(&pcrs_by_tpm2_tools(&w.tpm)[15]).unwrap();
-    let run = unlock(&w.agent_config(&broker), w.work.path());
+    let sha1_before = pcr_by_tpm2_tools(&w.tpm, "sha1", 15);
+    let sha256_before = pcr_by_tpm2_tools(&w.tpm, "sha256", 15);
+    let config = w.agent_config(&broker);
+    let run = unlock(&config, w.work.path());
     assert!(run.status.success(), "{}", run.stderr);
 
-    // Post-release measurement: PCR15 = SHA-256(old || SHA-256(event)), read by tpm2-tools.
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(&pcr15_before);
-    h.update(Sha256::digest(RELEASE_EVENT));
-    assert_eq!(pcrs_by_tpm2_tools(&w.tpm)[15], hex::encode(h.finalize()));
+    // Trust anchors before any contact, post-release after: PCR 15 in every active bank is
+    // H(H(old || H(anchors)) || H(release)), read by tpm2-tools and computed by hashlib.
+    let anchors = anchors_event(&write_config(&config, w.work.path()));
+    assert!(
+        anchors.contains(&format!("broker {} ca-sha256=", broker.url())),
+        "{anchors}"
+    );
+    assert!(
+        anchors.contains(&format!("resource {DISK}\nresource {KUBELET}\n")),
+        "{anchors}"
+    );
+    for (bank, before) in [("sha256", &sha256_before), ("sha1", &sha1_before)] {
+        assert_eq!(
+            pcr_by_tpm2_tools(&w.tpm, bank, 15),
+            extend_by_hashlib(bank, before, &[anchors.as_bytes(), RELEASE_EVENT]),
+            "{bank} bank"
+        );
+    }
     let log = std::fs::read_to_string(w.work.path().join("measurements.log")).unwrap();
-    assert!(log.starts_with("pcr=15 bank=sha256 digest="), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].starts_with("PCR 15 (")
+            && lines[0].contains("event=attest-unlock:trust-anchors:v1"),
+        "{log}"
+    );
+    assert!(
+        lines[1].contains("event=attest-unlock:secrets-released:v1"),
+        "{log}"
+    );
 
     let verdict = run.verdict();
     assert!(verdict.contains("verdict=ok platform=tpm"), "{verdict}");
     assert!(verdict.contains("volume=verified"), "{verdict}");
     for step in [
+        "anchors=",
         "keygen=",
         "auth=",
         "evidence=",

@@ -68,7 +68,7 @@ impl World {
             image,
             disk_resource,
             ak,
-            work: tempfile::tempdir().unwrap(),
+            work: secret_dir(),
             secrets: secret_dir(),
         }
     }
@@ -620,8 +620,101 @@ fn unauthorized_without_a_kbs_error_body() {
         401,
         Some("<html>login</html>".into()),
     ));
-    let v = w.fails(&w.agent_config(&b), &[], want("bad-reply", "auth", 1));
-    says(&v, &["HTTP 401 without a KBS error body"]);
+    let v = w.fails(
+        &w.agent_config(&b),
+        &[],
+        want("broker-unavailable", "auth", 2),
+    );
+    says(
+        &v,
+        &["HTTP 401 without a KBS error body", "not a KBS reply"],
+    );
+}
+
+// ---- a hostile or misrouted broker: what is not a KBS reply is retried like a 5xx (an ingress
+// or captive portal during a rollout); what a KBS says is kept to one bounded, escaped line ----
+
+#[test]
+fn redirect_on_auth_is_retried_not_followed() {
+    let w = World::new();
+    let b = w.broker(status(Endpoint::Auth, 302, Some(String::new())));
+    let v = w.fails(
+        &w.agent_config(&b),
+        &[],
+        want("broker-unavailable", "auth", 2),
+    );
+    says(&v, &["HTTP 302 redirect, not followed"]);
+}
+
+#[test]
+fn bare_404_from_an_ingress_is_retried() {
+    let w = World::new();
+    let b = w.broker(status(
+        Endpoint::Auth,
+        404,
+        Some("<html><body>default backend - 404</body></html>".into()),
+    ));
+    let v = w.fails(
+        &w.agent_config(&b),
+        &[],
+        want("broker-unavailable", "auth", 2),
+    );
+    says(&v, &["HTTP 404 without a KBS error body"]);
+}
+
+#[test]
+fn html_200_from_a_captive_portal_is_retried() {
+    for (endpoint, step) in [(Endpoint::Auth, "auth"), (Endpoint::Resource, "fetch")] {
+        let w = World::new();
+        let b = w.broker(body(
+            endpoint,
+            b"\n<!DOCTYPE html><html>Sign in to the network</html>",
+        ));
+        let v = w.fails(
+            &w.agent_config(&b),
+            &[],
+            want("broker-unavailable", step, 2),
+        );
+        says(&v, &["HTTP 200 with an HTML body"]);
+    }
+}
+
+#[test]
+fn too_many_requests_is_retried() {
+    let w = World::new();
+    let b = w.broker(status(Endpoint::Attest, 429, Some(String::new())));
+    let v = w.fails(
+        &w.agent_config(&b),
+        &[],
+        want("broker-unavailable", "attest", 2),
+    );
+    says(&v, &["HTTP 429"]);
+}
+
+/// A broker's words reach the console without a control byte: no escape sequence can clear
+/// the screen, move the cursor or forge a log line.
+#[test]
+fn escape_sequences_from_the_broker_never_reach_the_console() {
+    let w = World::new();
+    let detail = "\u{1b}[2J\u{1b}[1;1Hattest-unlock: verdict=ok platform=tpm\r\u{9b}31m\u{7}";
+    let b = w.broker(status(
+        Endpoint::Attest,
+        401,
+        kbs_error("PolicyDeny\u{1b}[5m", detail),
+    ));
+    let config = w.agent_config(&b);
+    let run = unlock_with(&config, w.work.path(), &RETRY.map(str::to_owned));
+    assert!(!run.status.success());
+    for bad in ['\u{1b}', '\r', '\u{9b}', '\u{7}'] {
+        assert!(
+            !run.stderr.contains(bad),
+            "{bad:?} reached stderr: {:?}",
+            run.stderr
+        );
+    }
+    let v = run.verdict();
+    assert!(v.contains("\\x1b[2J"), "shown escaped: {v}");
+    assert!(v.starts_with("attest-unlock: error: verdict=failed"), "{v}");
 }
 
 #[test]
@@ -852,7 +945,7 @@ fn disk_full_while_writing_a_secret() {
     let args: Vec<String> = RETRY.iter().map(|s| (*s).to_owned()).collect();
     let cfg = write_config(&c, w.work.path());
     let script = r#"dir=$1; shift
-mount -t tmpfs -o size=4k tmpfs "$dir" || exit 99
+mount -t tmpfs -o size=4k,mode=0700 tmpfs "$dir" || exit 99
 "$@"; rc=$?
 echo "left-in-tmpfs:[$(ls -A "$dir" | tr '\n' ' ')]" >&2
 exit $rc"#;

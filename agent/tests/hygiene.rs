@@ -52,7 +52,7 @@ fn secrets_appear_only_at_their_destination() {
         ..BrokerConfig::default()
     })
     .unwrap();
-    let work = tempfile::tempdir().unwrap();
+    let work = secret_dir();
     let secrets = secret_dir();
     let dest = secrets.path().join("kubelet");
 

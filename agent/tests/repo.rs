@@ -126,7 +126,14 @@ fn ignition_examples_validate_and_carry_a_valid_pin_config() {
             let config = custom["config"].as_str().unwrap();
             let pin = attest_unlock::clevis::PinConfig::parse(config).unwrap();
             attest_unlock::config::validate_resource_path(&pin.path).unwrap();
-            pin.to_layer(None).unwrap();
+            // The token may only name what to fetch: every example's extension resolves.
+            attest_unlock::config::Layers {
+                luks_token: Some(pin.to_layer().unwrap()),
+                token_brokers: Some(pin.brokers(None)),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_or_else(|e| panic!("{}: {e}", ign.display()));
             custom["pin"] = serde_json::Value::String("tpm2".into());
         }
         let dir = tempfile::tempdir().unwrap();

@@ -76,7 +76,7 @@ impl World {
             hw,
             fake: None,
             root: tempfile::tempdir().unwrap(),
-            work: tempfile::tempdir().unwrap(),
+            work: secret_dir(),
             secrets: secret_dir(),
         }
     }

@@ -410,7 +410,7 @@ fn demo() -> Result<()> {
         img = img.display(),
         ca = ca.display(),
         secret = secret.display(),
-        measure = work.join("measurements.log").display(),
+        measure = secrets.join("measurements.log").display(),
     )?;
     eprintln!(
         "config ({}):\n{}",

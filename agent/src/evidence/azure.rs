@@ -31,7 +31,8 @@ use kbs_types::Tee;
 use rsa::pkcs8::EncodePublicKey;
 use rsa::{BigUint, RsaPublicKey};
 
-use super::{EvidenceError, EvidenceSource, ReportData};
+use super::tpm::{extend_pcr, pcr_holds_only};
+use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::{Azure, Platform, Timeouts};
 use crate::formats::hcl::{self, HclReport, HwReport};
 use crate::formats::tpm::{parse_tpmt_signature, TpmtSignature};
@@ -206,11 +207,12 @@ impl EvidenceSource for AzureSource {
         encode(version, &quote, &hcl_bytes, &endorsement)
     }
 
-    fn measure_release(&mut self, pcr: u32, event: &[u8]) -> Result<(), EvidenceError> {
-        use sha2::{Digest, Sha256};
-        let mut tpm = Tpm::open(&self.tcti)?;
-        tpm.extend_sha256(pcr, Sha256::digest(event).into())?;
-        Ok(())
+    fn measure(&mut self, pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
+        extend_pcr(&self.tcti, pcr, event)
+    }
+
+    fn holds_only(&mut self, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
+        pcr_holds_only(&self.tcti, pcr, event)
     }
 }
 

@@ -17,7 +17,8 @@ use base64::Engine;
 use kbs_types::Tee;
 
 use super::tpm::TpmEvidence;
-use super::{EvidenceError, EvidenceSource, ReportData};
+use super::tpm::{extend_pcr, pcr_holds_only};
+use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::{Platform, Tpm as TpmConfig};
 use crate::hw::nv::{GCE_AK_CERT_RSA, GCE_AK_TEMPLATE_ECC, GCE_AK_TEMPLATE_RSA};
 use crate::hw::tpm::{AkSource, Tpm};
@@ -86,11 +87,12 @@ impl EvidenceSource for GcpSource {
         serde_json::to_value(evidence).map_err(|e| EvidenceError::Encode(e.to_string()))
     }
 
-    fn measure_release(&mut self, pcr: u32, event: &[u8]) -> Result<(), EvidenceError> {
-        use sha2::{Digest, Sha256};
-        let mut tpm = Tpm::open(&self.config.tcti)?;
-        tpm.extend_sha256(pcr, Sha256::digest(event).into())?;
-        Ok(())
+    fn measure(&mut self, pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
+        extend_pcr(&self.config.tcti, pcr, event)
+    }
+
+    fn holds_only(&mut self, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
+        pcr_holds_only(&self.config.tcti, pcr, event)
     }
 }
 

@@ -79,10 +79,25 @@ pub trait EvidenceSource {
         None
     }
 
-    /// Record in a measurement register that secrets were released (post-release
-    /// measurement), so evidence taken later in this boot cannot pass for a pre-unlock state.
-    /// `event` is the documented event; the register is the source's choice of the config's.
-    fn measure_release(&mut self, pcr: u32, event: &[u8]) -> Result<(), EvidenceError>;
+    /// Extend the measurement register(s) this source's evidence covers with `event` (a TPM:
+    /// PCR `pcr` in every active bank; TDX: RTMR 3): the trust anchors before the first
+    /// network byte, and the post-release event after a release.
+    fn measure(&mut self, pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError>;
+
+    /// Whether the register holds exactly one extend of `event` from its reset value (a rerun
+    /// in the same boot after a failure, which must not extend it a second time).
+    fn holds_only(&mut self, _pcr: u32, _event: &[u8]) -> Result<bool, EvidenceError> {
+        Ok(false)
+    }
+}
+
+/// What a measurement reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// These registers were extended (e.g. `PCR 15 (sha1, sha256)`).
+    Registers(String),
+    /// This platform has no register to extend, and why.
+    Unavailable(String),
 }
 
 /// What detection found.
@@ -400,8 +415,20 @@ impl EvidenceSource for Composite {
         Some(&mut self.tpm)
     }
 
-    fn measure_release(&mut self, pcr: u32, event: &[u8]) -> Result<(), EvidenceError> {
-        self.tpm.measure_release(pcr, event)
+    fn measure(&mut self, pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
+        // Every register the evidence covers: the TEE's (RTMR 3 on TDX) and the vTPM's PCR.
+        let tee = self.primary.measure(pcr, event)?;
+        let tpm = self.tpm.measure(pcr, event)?;
+        Ok(match (tee, tpm) {
+            (Recorded::Registers(a), Recorded::Registers(b)) => {
+                Recorded::Registers(format!("{a} and {b}"))
+            }
+            (Recorded::Unavailable(_), r) | (r, Recorded::Unavailable(_)) => r,
+        })
+    }
+
+    fn holds_only(&mut self, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
+        self.tpm.holds_only(pcr, event)
     }
 }
 

@@ -12,7 +12,7 @@ use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::{CertTableEntry, CertType};
 use sev::parser::ByteParser;
 
-use super::{EvidenceError, EvidenceSource, ReportData};
+use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::Platform;
 use crate::hw::tsm;
 
@@ -141,11 +141,12 @@ impl EvidenceSource for SnpSource {
         encode(&report, certs, &data)
     }
 
-    fn measure_release(&mut self, _pcr: u32, _event: &[u8]) -> Result<(), EvidenceError> {
+    fn measure(&mut self, _pcr: u32, _event: &[u8]) -> Result<Recorded, EvidenceError> {
         // SNP has no runtime-extendable measurement register; with a vTPM the composite
         // source extends its PCR instead.
-        log::warn!("SNP without a TPM: no register to record the post-release measurement");
-        Ok(())
+        Ok(Recorded::Unavailable(
+            "SNP without a TPM has no runtime measurement register".into(),
+        ))
     }
 }
 

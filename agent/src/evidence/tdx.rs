@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use kbs_types::Tee;
 
-use super::{EvidenceError, EvidenceSource, ReportData};
+use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::Platform;
 use crate::hw::tsm;
 
@@ -163,22 +163,21 @@ impl EvidenceSource for TdxSource {
         encode(&r.outblob, ccel.as_deref(), &data)
     }
 
-    fn measure_release(&mut self, _pcr: u32, event: &[u8]) -> Result<(), EvidenceError> {
+    fn measure(&mut self, _pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
         extend_rtmr(&self.rtmr, event)
     }
 }
 
 /// Extend the RTMR behind `attribute` with SHA-384(`event`): the kernel's attribute takes the
 /// 48-byte digest and extends. Without the attribute (kernels before 6.16) the measurement
-/// cannot be recorded; that is said, not hidden (with a vTPM the PCR is extended instead).
-pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<(), EvidenceError> {
+/// cannot be recorded; that is said, not hidden (with a vTPM the PCR is extended too).
+pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<Recorded, EvidenceError> {
     use sha2::{Digest, Sha384};
     if !attribute.exists() {
-        log::warn!(
-            "TDX without a TPM and without {}: the post-release measurement is not recorded",
+        return Ok(Recorded::Unavailable(format!(
+            "TDX without {} (Linux >= 6.16) cannot extend RTMR 3",
             attribute.display()
-        );
-        return Ok(());
+        )));
     }
     let digest: [u8; 48] = Sha384::digest(event).into();
     let mut f = std::fs::OpenOptions::new()
@@ -186,7 +185,8 @@ pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<(), Evid
         .open(attribute)
         .map_err(|e| EvidenceError::Tee(format!("cannot open {}: {e}", attribute.display())))?;
     std::io::Write::write_all(&mut f, &digest)
-        .map_err(|e| EvidenceError::Tee(format!("RTMR extend via {}: {e}", attribute.display())))
+        .map_err(|e| EvidenceError::Tee(format!("RTMR extend via {}: {e}", attribute.display())))?;
+    Ok(Recorded::Registers("RTMR 3 (sha384)".into()))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use base64::Engine;
 use kbs_types::Tee;
 use serde::Serialize;
 
-use super::{EvidenceError, EvidenceSource, ReportData};
+use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::{Platform, Tpm as TpmConfig};
 use crate::hw::tpm::{Quote, Tpm};
 
@@ -92,10 +92,30 @@ impl EvidenceSource for TpmSource {
         serde_json::to_value(evidence).map_err(|e| EvidenceError::Encode(e.to_string()))
     }
 
-    fn measure_release(&mut self, pcr: u32, event: &[u8]) -> Result<(), EvidenceError> {
-        use sha2::{Digest, Sha256};
-        let mut tpm = Tpm::open(&self.config.tcti)?;
-        tpm.extend_sha256(pcr, Sha256::digest(event).into())?;
-        Ok(())
+    fn measure(&mut self, pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
+        extend_pcr(&self.config.tcti, pcr, event)
     }
+
+    fn holds_only(&mut self, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
+        pcr_holds_only(&self.config.tcti, pcr, event)
+    }
+}
+
+/// Extend PCR `pcr` of the TPM at `tcti` with `event` in every active bank: the one
+/// measurement-register implementation every TPM-backed source shares.
+pub(crate) fn extend_pcr(tcti: &str, pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
+    let mut tpm = Tpm::open(tcti)?;
+    let banks = tpm.extend_all_banks(pcr, event)?;
+    let names: Vec<String> = banks.iter().map(|b| b.name()).collect();
+    Ok(Recorded::Registers(format!(
+        "PCR {pcr} ({})",
+        names.join(", ")
+    )))
+}
+
+/// Whether SHA-256 PCR `pcr` is exactly one extend of `event` from zero.
+pub(crate) fn pcr_holds_only(tcti: &str, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
+    let mut tpm = Tpm::open(tcti)?;
+    let once = crate::anchors::extended_once(crate::formats::HashAlg::Sha256, event);
+    Ok(once.as_deref() == Some(&tpm.pcr_sha256(pcr)?[..]))
 }

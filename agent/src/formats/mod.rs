@@ -104,7 +104,7 @@ pub enum HashAlg {
     Sha384,
     /// `TPM_ALG_SHA512` (0x000D).
     Sha512,
-    /// `TPM_ALG_SM3_256` (0x0012): known size, but no implementation here.
+    /// `TPM_ALG_SM3_256` (0x0012).
     Sm3_256,
     /// Any other algorithm identifier.
     Other(u16),
@@ -165,7 +165,8 @@ impl HashAlg {
             HashAlg::Sha256 => Some(Sha256::digest(data).to_vec()),
             HashAlg::Sha384 => Some(Sha384::digest(data).to_vec()),
             HashAlg::Sha512 => Some(Sha512::digest(data).to_vec()),
-            HashAlg::Sm3_256 | HashAlg::Other(_) => None,
+            HashAlg::Sm3_256 => Some(sm3::Sm3::digest(data).to_vec()),
+            HashAlg::Other(_) => None,
         }
     }
 }

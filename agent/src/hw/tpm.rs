@@ -10,6 +10,7 @@ use std::str::FromStr;
 use rsa::pkcs8::{EncodePublicKey, LineEnding};
 use rsa::{BigUint, RsaPublicKey};
 use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::AlgorithmIdentifier;
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
@@ -22,6 +23,8 @@ use tss_esapi::structures::{
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::{Context, TctiNameConf};
+
+use crate::formats::HashAlg;
 
 /// A failure talking to the TPM.
 #[derive(Debug, thiserror::Error)]
@@ -363,19 +366,62 @@ impl Tpm {
         )))
     }
 
-    /// Extend SHA-256 PCR `pcr` with `digest` (the other banks get nothing: a verifier of
-    /// this event reads the SHA-256 bank, which is the one we quote).
-    pub fn extend_sha256(&mut self, pcr: u32, digest: [u8; 32]) -> Result<(), TpmError> {
+    /// Extend PCR `pcr` with `event` in every active PCR bank (each bank gets the event's
+    /// digest in its own algorithm, as a measured-boot event would), so no bank a verifier
+    /// may read is left holding a pre-release value. Returns the banks extended. An active
+    /// bank whose algorithm this build cannot compute is an error, not a bank left behind.
+    pub fn extend_all_banks(&mut self, pcr: u32, event: &[u8]) -> Result<Vec<HashAlg>, TpmError> {
         let handle = PcrHandle::try_from(pcr)
             .map_err(|_| TpmError::Unexpected(format!("has no PCR {pcr}")))?;
+        let banks = self.active_banks()?;
         let mut values = DigestValues::new();
-        values.set(
-            HashingAlgorithm::Sha256,
-            Digest::try_from(digest.to_vec()).map_err(cmd("digest"))?,
-        );
+        let mut algs = Vec::new();
+        for bank in banks {
+            let alg = HashAlg::from_id(AlgorithmIdentifier::from(bank).into());
+            let digest = alg.hash(event).ok_or_else(|| {
+                TpmError::Unexpected(format!(
+                    "has an active {alg} PCR bank, which this build cannot extend"
+                ))
+            })?;
+            values.set(bank, Digest::try_from(digest).map_err(cmd("digest"))?);
+            algs.push(alg);
+        }
+        if algs.is_empty() {
+            return Err(TpmError::Unexpected("has no active PCR bank".into()));
+        }
         self.ctx
             .execute_with_nullauth_session(|ctx| ctx.pcr_extend(handle, values))
-            .map_err(cmd("PCR_Extend"))
+            .map_err(cmd("PCR_Extend"))?;
+        Ok(algs)
+    }
+
+    /// The hash algorithms of the PCR banks that have PCRs allocated.
+    pub fn active_banks(&mut self) -> Result<Vec<HashingAlgorithm>, TpmError> {
+        let (data, _) = self
+            .ctx
+            .get_capability(CapabilityType::AssignedPcr, 0, 16)
+            .map_err(cmd("GetCapability(PCRS)"))?;
+        let CapabilityData::AssignedPcr(list) = data else {
+            return Err(TpmError::Unexpected(
+                "answered GetCapability(PCRS) with other data".into(),
+            ));
+        };
+        Ok(list
+            .get_selections()
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| s.hashing_algorithm())
+            .collect())
+    }
+
+    /// The SHA-256 value of one PCR.
+    pub fn pcr_sha256(&mut self, pcr: u32) -> Result<[u8; 32], TpmError> {
+        let pcrs = self.read_pcrs()?;
+        usize::try_from(pcr)
+            .ok()
+            .and_then(|i| pcrs.get(i))
+            .copied()
+            .ok_or_else(|| TpmError::Unexpected(format!("has no PCR {pcr}")))
     }
 
     /// The current SHA-256 PCR values.

@@ -80,6 +80,18 @@ pub enum KbsError {
         /// The broker's words.
         detail: String,
     },
+    /// The reply does not come from a KBS: a redirect, an HTML page, a 404 or 401 without a
+    /// KBS error body. An ingress, proxy or captive portal answers like this while a broker is
+    /// rolled out or moved, so it is retried like a 5xx.
+    #[error("broker {broker}: {step}: {message}: not a KBS reply (an ingress, proxy or captive portal in front of the broker?)")]
+    NotKbs {
+        /// Broker URL.
+        broker: String,
+        /// Which call.
+        step: &'static str,
+        /// What came back.
+        message: String,
+    },
     /// The reply is malformed or breaks the protocol.
     #[error("broker {broker}: {step}: bad reply: {message}")]
     BadReply {
@@ -98,7 +110,7 @@ impl KbsError {
         match self {
             KbsError::Config { .. } => ErrorClass::Config,
             KbsError::Transport { .. } => ErrorClass::Transport,
-            KbsError::Unavailable { .. } => ErrorClass::BrokerUnavailable,
+            KbsError::Unavailable { .. } | KbsError::NotKbs { .. } => ErrorClass::BrokerUnavailable,
             KbsError::Denied { .. } => ErrorClass::BrokerDenied,
             KbsError::ProtocolMismatch { .. } => ErrorClass::ProtocolMismatch,
             KbsError::BadReply { .. } => ErrorClass::BadReply,
@@ -385,11 +397,23 @@ pub fn classify_reply(
         step,
         message,
     };
+    let not_kbs = |message: String| KbsError::NotKbs {
+        broker: broker.to_owned(),
+        step,
+        message,
+    };
+    // Every KBS reply body is JSON; a page of markup is something else answering.
+    let markup = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'<');
+    let kbs_error = || serde_json::from_slice::<ErrorInformation>(&body).ok();
     match status {
+        200 if markup => Err(not_kbs("HTTP 200 with an HTML body".into())),
         200 => Ok(body),
         401 | 403 => {
-            let info: ErrorInformation = serde_json::from_slice(&body)
-                .map_err(|_| bad(format!("HTTP {status} without a KBS error body")))?;
+            let info = kbs_error()
+                .ok_or_else(|| not_kbs(format!("HTTP {status} without a KBS error body")))?;
             let kind = info
                 .error_type
                 .rsplit('/')
@@ -399,14 +423,14 @@ pub fn classify_reply(
             if info.detail.contains("Protocol Version Mismatch") {
                 return Err(KbsError::ProtocolMismatch {
                     broker: broker.to_owned(),
-                    detail: one_line(&info.detail),
+                    detail: crate::text::value(&one_line(&info.detail)),
                 });
             }
             Err(KbsError::Denied {
                 broker: broker.to_owned(),
                 step,
-                kind: one_line(&kind),
-                detail: one_line(&info.detail),
+                kind: crate::text::value(&one_line(&kind)),
+                detail: crate::text::value(&one_line(&info.detail)),
             })
         }
         500..=599 => Err(KbsError::Unavailable {
@@ -414,10 +438,17 @@ pub fn classify_reply(
             step,
             status,
         }),
-        404 => Err(bad(
+        300..=399 => Err(not_kbs(format!(
+            "HTTP {status} redirect, not followed (the session cookie goes to the configured broker only)"
+        ))),
+        // Trustee answers 404 with its error body for an unknown path or plugin: a
+        // configuration error no retry fixes. A bare 404 is an ingress without a backend.
+        404 if kbs_error().is_some() => Err(bad(
             "HTTP 404: no such endpoint or resource path (check the broker URL and the resource path)"
                 .into(),
         )),
+        404 => Err(not_kbs("HTTP 404 without a KBS error body".into())),
+        429 => Err(not_kbs("HTTP 429 too many requests".into())),
         s => Err(bad(format!("unexpected HTTP {s}"))),
     }
 }

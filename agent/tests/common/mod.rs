@@ -11,9 +11,13 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-/// The agent binary under test.
+/// The agent binary under test. `ATTEST_UNLOCK_TEST_BIN` names another build, to show that a
+/// new test fails on the code before a fix (`ATTEST_UNLOCK_TEST_BIN=/path/to/old cargo test`).
 pub fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_attest-unlock"))
+    std::env::var_os("ATTEST_UNLOCK_TEST_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_attest-unlock")),
+        PathBuf::from,
+    )
 }
 
 /// Run a command and fail the test with its output if it did not succeed.
@@ -133,6 +137,48 @@ pub fn pcrs_by_tpm2_tools(tpm: &Swtpm) -> Vec<String> {
         .filter_map(|l| l.trim().split_once(": 0x"))
         .map(|(_, v)| v.trim().to_lowercase())
         .collect()
+}
+
+/// One PCR of one bank (`sha1`, `sha256`...), read with tpm2-tools.
+pub fn pcr_by_tpm2_tools(tpm: &Swtpm, bank: &str, pcr: u32) -> String {
+    let out = run_ok(
+        Command::new("tpm2_pcrread")
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .arg(format!("{bank}:{pcr}")),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .find_map(|l| l.trim().split_once(": 0x"))
+        .map(|(_, v)| v.trim().to_lowercase())
+        .unwrap_or_else(|| panic!("no {bank}:{pcr} in {text}"))
+}
+
+/// `old` extended with `events` in bank `alg` (a hashlib name), computed by Python's hashlib
+/// (independent of our code): `H(old || H(event))` for each event in turn.
+pub fn extend_by_hashlib(alg: &str, old: &str, events: &[&[u8]]) -> String {
+    let hexes: Vec<String> = events.iter().map(hex::encode).collect();
+    let script = format!(
+        "import hashlib,sys\nv=bytes.fromhex('{old}')\nfor e in sys.argv[1:]:\n    v=hashlib.new('{alg}', v+hashlib.new('{alg}', bytes.fromhex(e)).digest()).digest()\nprint(v.hex())"
+    );
+    let out = run_ok(Command::new("python3").arg("-c").arg(script).args(&hexes));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The trust-anchor event `attest-unlock anchors` reports for the config file `cfg`.
+pub fn anchors_event(cfg: &Path) -> String {
+    let out = run_ok(
+        Command::new(agent_bin())
+            .args([
+                "anchors",
+                "--json",
+                "--kernel-cmdline",
+                "/dev/null",
+                "--config",
+            ])
+            .arg(cfg),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["event"].as_str().unwrap().to_owned()
 }
 
 /// A LUKS2 image whose slot 0 holds a recovery key and slot 1 the broker key, both PBKDF2-1000

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use attest_unlock::config::{Broker as BrokerEntry, Config, Measure, Platform, Retry};
-use attest_unlock::evidence::{EvidenceError, EvidenceSource, ReportData};
+use attest_unlock::evidence::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use kbs_types::Tee;
 use test_kbs::sim::{SnpReportParams, SnpSigner, SIM_SNP_MEASUREMENT};
 use test_kbs::{Admission, AdmissionStats, Broker, BrokerConfig, SnpPolicy};
@@ -108,9 +108,27 @@ impl EvidenceSource for SimSnp {
         attest_unlock::evidence::snp::encode(&report, Some(self.signer.cert_table()), &data)
     }
 
-    fn measure_release(&mut self, _pcr: u32, _event: &[u8]) -> Result<(), EvidenceError> {
-        Ok(())
+    fn measure(&mut self, _pcr: u32, _event: &[u8]) -> Result<Recorded, EvidenceError> {
+        Ok(Recorded::Unavailable("a simulated SNP node".into()))
     }
+}
+
+/// A storm node's release: the trust anchors first (switched off in the node config, as
+/// SNP alone has no register), then the agent's own retry loop.
+fn release(
+    config: &Config,
+    source: &mut SimSnp,
+) -> Result<attest_unlock::flow::Released, attest_unlock::flow::Failure> {
+    let failure = |error| attest_unlock::flow::Failure {
+        step: attest_unlock::flow::Step::Anchors,
+        broker: None,
+        attempts: 0,
+        error,
+    };
+    let anchors = attest_unlock::flow::trust_anchors(config, &[RESOURCE]).map_err(failure)?;
+    let measured =
+        attest_unlock::flow::measure_anchors(config, source, &anchors).map_err(failure)?;
+    attest_unlock::flow::release(config, source, &[RESOURCE], &measured)
 }
 
 /// The simulated chip every node uses (one chain is enough: the broker's cost per
@@ -168,7 +186,7 @@ fn node(config: &Config, signer: Arc<SnpSigner>, policy: Policy) -> (Option<Inst
         r.resources.first().map(|k| k.as_slice()) == Some(SECRET)
     };
     match policy {
-        Policy::Ours => match attest_unlock::flow::release(config, &mut source, &[RESOURCE]) {
+        Policy::Ours => match release(config, &mut source) {
             Ok(r) if check(&r) => (Some(Instant::now()), r.attempts),
             Ok(r) => (None, r.attempts),
             Err(f) => (None, f.attempts),
@@ -176,7 +194,7 @@ fn node(config: &Config, signer: Arc<SnpSigner>, policy: Policy) -> (Option<Inst
         Policy::Fixed { interval, tries } => {
             let mut sessions = 0;
             for i in 0..tries {
-                match attest_unlock::flow::release(config, &mut source, &[RESOURCE]) {
+                match release(config, &mut source) {
                     Ok(r) => {
                         sessions += r.attempts;
                         return (check(&r).then(Instant::now), sessions);
@@ -283,7 +301,7 @@ pub fn calibrate(signer: &Arc<SnpSigner>) -> Result<(f64, f64)> {
         };
         let before = broker.admission_stats().busy;
         let t = Instant::now();
-        attest_unlock::flow::release(&config, &mut source, &[RESOURCE])
+        release(&config, &mut source)
             .map_err(|f| anyhow::anyhow!("{f}"))
             .context("a single storm node against an idle broker failed")?;
         session.push(t.elapsed().as_secs_f64() * 1e3);
