@@ -639,3 +639,100 @@ fn nix_kill(pid: u32, signal: &str) {
             .arg(pid.to_string()),
     );
 }
+
+/// The relayed attestation against the real Trustee KBS (upstream 78962cd, built-in
+/// attestation service): the node's AK and PCR 11 are registered so it reaches `affirming`,
+/// and the resource policy also requires the PCR 15 value of the node's trust anchors, keyed
+/// by the node's path (one rule serves a fleet). The honest drop-in node unlocks; the node
+/// whose disk names the attacker's relaying broker is refused by Trustee, and nothing is
+/// delivered.
+#[test]
+fn relayed_attestation_is_refused_by_the_real_trustee() {
+    use common::trustee::Trustee;
+    let honest_node = Node::new();
+    let victim = Node::new();
+    let (node_disk, _) = operator_disk_key();
+    let (attacker_key, _) = operator_disk_key();
+    let kbs = Trustee::start();
+    kbs.set_resource(KUBELET, KUBELET_TOKEN);
+    kbs.set_resource(NODE_DISK, &node_disk);
+    // One trusted AK at a time: a sample reference value is replaced, not appended.
+    kbs.admin(&[
+        "set-sample-reference-value",
+        "trusted_aks",
+        &ak_public(&honest_node.tpm),
+    ]);
+    let pcr11 = pcr_by_tpm2_tools(&honest_node.tpm, "sha256", 11);
+    kbs.admin(&["set-sample-reference-value", "tpm_pcr11", &pcr11]);
+
+    // The honest pin config names the real broker; its anchors give the value to require.
+    let honest_pin = serde_json::json!({
+        "servers": [{"url": kbs.url(), "cert": kbs.ca_pem()}],
+        "path": NODE_DISK,
+        "initdata": null,
+        "num_retries": 1,
+        "attestation_key": null,
+    });
+    let pcr15 = drop_in_pcr15(&honest_node, &honest_pin);
+    kbs.set_resource_policy(&format!(
+        r#"package policy
+import rego.v1
+
+default allow := false
+
+# The PCR 15 value (`attest-unlock anchors`) of each node, by the node's path segment.
+anchors := {{"node1": "{pcr15}"}}
+
+allow if {{
+    input.submods.cpu0["ear.status"] == "affirming"
+    input.submods.cpu0["ear.veraison.annotated-evidence"].tpm.pcr15 == anchors[data["resource-path"][1]]
+}}
+"#
+    ));
+
+    let honest_disk = bound_disk(&honest_pin, &node_disk);
+    let run = honest_node.unlock(&honest_node.config(&[], &honest_disk.path), &[]);
+    assert!(run.status.success(), "{}\n{}", run.stderr, kbs.log());
+    assert_eq!(
+        std::fs::read(honest_node.kubelet_path()).unwrap(),
+        KUBELET_TOKEN
+    );
+
+    // The victim is a registered node too (affirming): only its trust anchors differ.
+    kbs.admin(&[
+        "set-sample-reference-value",
+        "trusted_aks",
+        &ak_public(&victim.tpm),
+    ]);
+
+    // The attacker relays the victim's genuine evidence to Trustee through their broker.
+    // The relay is our test broker pointed at the real Trustee.
+    let relay = Broker::start(BrokerConfig {
+        relay: Some(RelayConfig {
+            upstream_url: kbs.url(),
+            upstream_ca_pem: kbs.ca_pem(),
+            own: BTreeMap::from([(ATTACKER_DISK.to_owned(), attacker_key.clone())]),
+        }),
+        ..BrokerConfig::default()
+    })
+    .unwrap();
+    let disk = bound_disk(&pin_config(&relay, ATTACKER_DISK, None), &attacker_key);
+    let run = victim.unlock(&victim.config(&[], &disk.path), &[]);
+    victim.assert_nothing_delivered(&run);
+    assert!(
+        relayed(&relay) > 0,
+        "the drop-in node used the token's broker"
+    );
+    let v = run.verdict();
+    let relay_log = relay.log().join("\n");
+    assert!(
+        v.contains("class=broker-denied") && v.contains("PolicyDeny"),
+        "{v}\n{relay_log}"
+    );
+    // Trustee accepted the genuine evidence (a token was issued): only the trust anchors in
+    // PCR 15 made the resource policy refuse.
+    assert!(
+        relay_log.contains("relay: POST /kbs/v0/attest -> 200"),
+        "{relay_log}"
+    );
+}

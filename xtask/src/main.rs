@@ -38,6 +38,12 @@ const PACKAGES: &[&str] = &[
     "e2fsprogs",
     "ignition",
     "shellcheck",
+    // The real Trustee KBS in the interop tests: unpacked with xz, its PKI made with openssl,
+    // `kbs` links libtss2-mu; the attack matrix bounds memory with prlimit (util-linux).
+    "xz-utils",
+    "openssl",
+    "libtss2-mu0",
+    "util-linux",
 ];
 
 /// Python modules the tests use as independent implementations.
