@@ -19,7 +19,13 @@ use crate::luks::Cryptsetup;
 
 /// Attest this node to a key broker and unlock its LUKS2 root volume.
 #[derive(Debug, Parser)]
-#[command(name = "attest-unlock", version, about, long_about = None)]
+#[command(
+    name = "attest-unlock",
+    version,
+    about,
+    long_about = None,
+    after_help = "Configuration layers, lowest first: built-in defaults < rd.luks.* < the config file < the LUKS2 token < rd.attest_unlock.* on the kernel command line < --set. The LUKS2 token may only name what to fetch (disk_key, disk_key_format, luks.keyslot, secrets, token_path, init_data.body, retry.max_rounds); brokers, CAs, insecure_*, measure.* and TPM/TEE settings come only from the config file, the kernel command line or --set. The log names the layer of every security-relevant value."
+)]
 pub struct Cli {
     /// Config file (TOML). Default: /etc/attest-unlock/config.toml when it exists.
     #[arg(long, global = true, value_name = "PATH")]

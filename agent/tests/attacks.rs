@@ -736,3 +736,25 @@ allow if {{
         "{relay_log}"
     );
 }
+
+/// A drop-in token whose server has an empty `cert` trusts the system CA bundle, as the
+/// upstream pin does, but never silently: it is logged at warn (and the bundle's certificates
+/// are part of the measured anchors). Our test broker's CA is not in that bundle: TLS fails.
+#[test]
+fn empty_pin_cert_trusts_the_system_bundle_loudly() {
+    let node = Node::new();
+    let (key, _) = operator_disk_key();
+    let real = real_broker(&[&node.tpm], &key, None);
+    let mut pin = pin_config(&real, NODE_DISK, None);
+    pin["servers"][0]["cert"] = "".into();
+    let disk = bound_disk(&pin, &key);
+    let run = node.unlock(&node.config(&[], &disk.path), &[]);
+    node.assert_nothing_delivered(&run);
+    assert!(
+        run.stderr
+            .contains("has an empty cert in the LUKS2 token: trusting the system CA bundle"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.verdict().contains("class=transport"), "{}", run.stderr);
+}

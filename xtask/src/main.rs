@@ -44,6 +44,8 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "libtss2-mu0",
     "util-linux",
+    // The system CA bundle an empty pin `cert` falls back to (tested).
+    "ca-certificates",
 ];
 
 /// Python modules the tests use as independent implementations.

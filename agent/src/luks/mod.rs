@@ -81,7 +81,12 @@ impl Cryptsetup {
     ) -> Result<(), LuksError> {
         let mut args = vec!["open".to_owned(), "--test-passphrase".to_owned()];
         args.extend(slot_args(keyslot));
-        args.extend(["--key-file=-".to_owned(), device.display().to_string()]);
+        // `--` ends the options: nothing after it is taken for one, whatever its spelling.
+        args.extend([
+            "--key-file=-".to_owned(),
+            "--".to_owned(),
+            device.display().to_string(),
+        ]);
         self.run("test-passphrase", device, keyslot, &args, key)
     }
 
@@ -97,6 +102,7 @@ impl Cryptsetup {
         args.extend(slot_args(keyslot));
         args.extend([
             "--key-file=-".to_owned(),
+            "--".to_owned(),
             device.display().to_string(),
             name.to_owned(),
         ]);
@@ -157,7 +163,7 @@ impl Cryptsetup {
     /// Deactivate `/dev/mapper/<name>` (undo an `open` when a later step failed).
     pub fn close(&self, name: &str) -> Result<(), LuksError> {
         let out = Command::new(&self.binary)
-            .args(["close", name])
+            .args(["close", "--", name])
             .stdin(Stdio::null())
             .output()
             .map_err(|source| LuksError::Spawn {
@@ -183,7 +189,7 @@ impl Cryptsetup {
             return Err(LuksError::DeviceAbsent(device.to_owned()));
         }
         let out = Command::new(&self.binary)
-            .args(["luksDump", "--dump-json-metadata"])
+            .args(["luksDump", "--dump-json-metadata", "--"])
             .arg(device)
             .stdin(Stdio::null())
             .output()
@@ -235,4 +241,45 @@ fn slot_args(keyslot: Option<u32>) -> Vec<String> {
     keyslot
         .map(|s| vec!["--key-slot".to_owned(), s.to_string()])
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options end with `--` before the device and the name: whatever they are spelled like,
+    /// cryptsetup takes them as operands (defence in depth beside the config's name check).
+    #[test]
+    fn options_end_before_device_and_name() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let argv = dir.path().join("argv");
+        let spy = dir.path().join("cryptsetup");
+        std::fs::write(
+            &spy,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"$@\" > {}\ncat > /dev/null\n",
+                argv.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&spy, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dev = dir.path().join("--dev");
+        std::fs::write(&dev, b"").unwrap();
+        let c = Cryptsetup::with_binary(spy);
+        c.open(&dev, "--test-passphrase", Some(1), b"k").unwrap();
+        let args = std::fs::read_to_string(&argv).unwrap();
+        let args: Vec<&str> = args.lines().collect();
+        let end = args.iter().position(|a| *a == "--").unwrap();
+        assert_eq!(
+            &args[end..],
+            &["--", dev.to_str().unwrap(), "--test-passphrase"]
+        );
+        c.test_key(&dev, None, b"k").unwrap();
+        let args = std::fs::read_to_string(&argv).unwrap();
+        assert!(
+            args.ends_with(&format!("--\n{}\n", dev.display())),
+            "{args}"
+        );
+    }
 }
