@@ -4,6 +4,9 @@
 //! the two commands.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/shared_tools.rs"]
+mod shared_tools;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -96,61 +99,81 @@ fn every_unit_ordering_line_says_why() {
     );
 }
 
-/// Debian's Ignition 2.14 accepts only the tang, tpm2 and sss pins in `clevis.custom`; the
-/// RHCOS Ignition that ships with the trustee pin accepts `trustee`. So each example must
-/// validate with the real `ignition-validate` except for exactly that one error, and validate
-/// cleanly with the pin name swapped for one the old validator knows.
+/// Every example validates with upstream `ignition-validate` v2.26.0 (spec 3.6.0, the first
+/// to accept a custom clevis pin by any name) with no error and no warning, and carries a pin
+/// config our pin accepts and whose extension the token layer may set.
 #[test]
 fn ignition_examples_validate_and_carry_a_valid_pin_config() {
+    let validate = shared_tools::ignition_validate();
+    let mut checked = 0;
     for ign in files("ignition", "ign") {
-        let out = Command::new("ignition-validate")
-            .arg(&ign)
-            .output()
-            .expect("ignition-validate (cargo xtask setup)");
+        let out = Command::new(&validate).arg(&ign).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
-        let errors: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(
-            errors
-                .iter()
-                .all(|l| l.contains("clevis.custom.pin") && l.contains("unsupported clevis pin")),
+            out.status.success() && text.trim().is_empty(),
             "{}: {text}",
             ign.display()
         );
-
-        let mut doc: serde_json::Value =
+        let doc: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&ign).unwrap()).unwrap();
-        for luks in doc["storage"]["luks"].as_array_mut().unwrap() {
-            let custom = &mut luks["clevis"]["custom"];
+        assert_eq!(doc["ignition"]["version"], "3.6.0", "{}", ign.display());
+        for luks in doc["storage"]["luks"].as_array().unwrap() {
+            let custom = &luks["clevis"]["custom"];
             assert_eq!(custom["pin"], "trustee");
             let config = custom["config"].as_str().unwrap();
             let pin = attest_unlock::clevis::PinConfig::parse(config).unwrap();
             attest_unlock::config::validate_resource_path(&pin.path).unwrap();
             // The token may only name what to fetch: every example's extension resolves.
-            attest_unlock::config::Layers {
-                luks_token: Some(pin.to_layer().unwrap()),
-                token_brokers: Some(pin.brokers(None)),
-                ..Default::default()
-            }
-            .resolve()
-            .unwrap_or_else(|e| panic!("{}: {e}", ign.display()));
-            custom["pin"] = serde_json::Value::String("tpm2".into());
+            let mut layers = attest_unlock::config::Layers::default();
+            pin.add_to(&mut layers, None).unwrap();
+            layers
+                .resolve()
+                .unwrap_or_else(|e| panic!("{}: {e}", ign.display()));
         }
-        let dir = tempfile::tempdir().unwrap();
-        let swapped = dir.path().join("swapped.ign");
-        std::fs::write(&swapped, doc.to_string()).unwrap();
-        let out = Command::new("ignition-validate")
-            .arg(&swapped)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}{}",
-            ign.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        checked += 1;
     }
+    assert!(checked >= 7, "{checked} examples");
+}
+
+/// What an Ignition older than 2.26.0 (any spec up to 3.5.0) says about our pin, as the docs
+/// state it: the same example at spec 3.5.0 is rejected by the same validator.
+#[test]
+fn ignition_before_spec_3_6_rejects_the_pin_as_the_docs_say() {
+    let validate = shared_tools::ignition_validate();
+    let text = std::fs::read_to_string(repo().join("ignition/trustee-root.ign"))
+        .unwrap()
+        .replace("\"3.6.0\"", "\"3.5.0\"");
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.ign");
+    std::fs::write(&old, text).unwrap();
+    let out = Command::new(&validate).arg(&old).output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // What the docs quote, for this example (the position is its line and column).
+    let quoted =
+        "error at $.storage.luks.0.clevis.custom.pin, line 19 col 20: unsupported clevis pin";
+    assert!(said.contains(quoted), "{said}");
+    let rhcos = std::fs::read_to_string(repo().join("docs/rhcos.md")).unwrap();
+    assert!(
+        rhcos.contains(quoted),
+        "docs/rhcos.md must quote {quoted:?}"
+    );
+
+    // An Ignition that predates spec 3.6.0 (Debian's 2.14) cannot parse the examples at all.
+    let out = Command::new("ignition-validate")
+        .arg(repo().join("ignition/trustee-root.ign"))
+        .output()
+        .expect("Debian's ignition-validate (cargo xtask setup)");
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let quoted = "couldn't parse config: unsupported config version";
+    assert!(!out.status.success() && said.contains(quoted), "{said}");
+    assert!(
+        rhcos.contains(quoted),
+        "docs/rhcos.md must quote {quoted:?}"
+    );
 }
 
 #[test]
@@ -238,8 +261,8 @@ fn shell_lines(text: &str) -> Vec<String> {
     out
 }
 
-/// Commands in the docs that can run here do run: every `ignition-validate` (expecting only
-/// the whitelisted-pin error of Debian's old Ignition), and every `attest-unlock` command line
+/// Commands in the docs that can run here do run: every `ignition-validate` (upstream v2.26.0,
+/// no error allowed), and every `attest-unlock` command line
 /// parses with the real argument parser (so a renamed flag breaks the docs build).
 #[test]
 fn commands_in_the_docs_run() {
@@ -251,7 +274,7 @@ fn commands_in_the_docs_run() {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.first() {
                 Some(&"ignition-validate") => {
-                    let out = Command::new("ignition-validate")
+                    let out = Command::new(shared_tools::ignition_validate())
                         .args(&words[1..])
                         .current_dir(repo())
                         .output()
@@ -259,8 +282,7 @@ fn commands_in_the_docs_run() {
                     let text = String::from_utf8_lossy(&out.stdout).to_string()
                         + &String::from_utf8_lossy(&out.stderr);
                     assert!(
-                        text.lines()
-                            .all(|l| l.trim().is_empty() || l.contains("unsupported clevis pin")),
+                        out.status.success() && text.trim().is_empty(),
                         "{}: `{line}`: {text}",
                         doc.display()
                     );

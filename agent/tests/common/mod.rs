@@ -2,6 +2,7 @@
 //! cryptsetup, the test broker on 127.0.0.1, and the agent binary run as a user would.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod shared_tools;
 pub mod trustee;
 
 use std::net::TcpListener;

@@ -16,36 +16,11 @@ use super::run_ok;
 fn tools() -> &'static (PathBuf, PathBuf) {
     static TOOLS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     TOOLS.get_or_init(|| {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let shared = repo.join("../shared/tools/trustee-kbs-78962cd");
-        assert!(
-            shared.join("kbs.xz").exists(),
-            "the real Trustee KBS is expected at {} (the shared tools beside the repository)",
-            shared.display()
-        );
-        let out = repo.join("target/trustee");
-        std::fs::create_dir_all(&out).unwrap();
-        let mut paths = Vec::new();
-        for name in ["kbs", "kbs-client"] {
-            let dest = out.join(name);
-            if !dest.exists() {
-                // Unpack beside, then rename: test binaries run in parallel.
-                let tmp = out.join(format!("{name}.{}", std::process::id()));
-                let file = std::fs::File::create(&tmp).unwrap();
-                let status = Command::new("xz")
-                    .arg("-dc")
-                    .arg(shared.join(format!("{name}.xz")))
-                    .stdout(file)
-                    .status()
-                    .unwrap();
-                assert!(status.success(), "xz -dc {name}.xz failed");
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-                std::fs::rename(&tmp, &dest).unwrap();
-            }
-            paths.push(dest);
-        }
-        (paths[0].clone(), paths[1].clone())
+        let dir = "trustee-kbs-78962cd";
+        (
+            super::shared_tools::unpack(dir, "kbs"),
+            super::shared_tools::unpack(dir, "kbs-client"),
+        )
     })
 }
 
