@@ -236,7 +236,7 @@ pub fn measure_anchors(
         .iter()
         .find(|(r, _)| r.ends_with(":sha256"))
         .map_or("-", |(_, v)| v.as_str());
-    if source.holds_only(pcr, anchors.event())? {
+    if holds_only(source, pcr, anchors.event())? {
         log::info!(
             "PCR {pcr} already holds the trust anchors (a rerun in this boot): not extended again"
         );
@@ -258,6 +258,55 @@ pub fn measure_anchors(
             log::warn!("the trust anchors are not measured: {why}");
             Ok(AnchorsMeasured(()))
         }
+    }
+}
+
+/// Whether TPM PCR `pcr` holds exactly one extend of `event` from zero (a rerun in the same
+/// boot after a failure, which must not extend it a second time).
+fn holds_only(
+    source: &mut dyn EvidenceSource,
+    pcr: u32,
+    event: &[u8],
+) -> Result<bool, crate::evidence::EvidenceError> {
+    let once = crate::anchors::extended_once(crate::formats::HashAlg::Sha256, event);
+    Ok(source
+        .pcr_sha256(pcr)?
+        .is_some_and(|v| once.as_deref() == Some(&v[..])))
+}
+
+/// The PCR a Trustee TPM verifier compares with the init-data digest.
+pub const INIT_DATA_PCR: u32 = 8;
+
+/// Bind the init-data to a TPM node's evidence as Trustee's TPM verifier requires: PCR 8 must
+/// be exactly `SHA-256(0^32 || SHA-256(init-data body))`, one extend from zero (what Trustee's
+/// own TPM attester does at start-up). Extended when PCR 8 is zero, left when it already holds
+/// exactly that (a rerun in this boot); anything else there (GRUB measures its commands into
+/// PCR 8) fails closed with what to do. TEE platforms bind init-data at launch (HOST_DATA,
+/// MRCONFIGID): nothing to do here.
+pub fn bind_init_data(config: &Config, source: &mut dyn EvidenceSource) -> Result<(), Error> {
+    use crate::evidence::EvidenceError;
+    let Some(body) = config.init_data_body()? else {
+        return Ok(());
+    };
+    if source.tee() != kbs_types::Tee::Tpm {
+        return Ok(());
+    }
+    let Some(value) = source.pcr_sha256(INIT_DATA_PCR)? else {
+        return Ok(());
+    };
+    let event = body.as_bytes();
+    if value == [0u8; 32] {
+        source.measure(INIT_DATA_PCR, event)?;
+        log::info!("extended PCR {INIT_DATA_PCR} with the init-data digest (Trustee's TPM init-data binding)");
+        Ok(())
+    } else if holds_only(source, INIT_DATA_PCR, event)? {
+        log::info!("PCR {INIT_DATA_PCR} already holds the init-data digest (a rerun in this boot)");
+        Ok(())
+    } else {
+        Err(EvidenceError::InitDataPcrInUse {
+            value: hex::encode(value),
+        }
+        .into())
     }
 }
 
@@ -392,6 +441,7 @@ pub fn run(
     paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
     let anchors = trust_anchors(config, &paths).map_err(|e| early(Step::Config, e))?;
     let anchors_start = Instant::now();
+    bind_init_data(config, source).map_err(|e| early(Step::Anchors, e))?;
     let measured =
         measure_anchors(config, source, &anchors).map_err(|e| early(Step::Anchors, e))?;
     let anchors_time = anchors_start.elapsed();

@@ -77,6 +77,7 @@ fn prepare(
     let detected = evidence::detect(config, Path::new("/"))?;
     let mut source = evidence::source_for(&detected, config, Path::new("/"));
     let anchors = flow::trust_anchors(config, &[path])?;
+    flow::bind_init_data(config, source.as_mut())?;
     let measured = flow::measure_anchors(config, source.as_mut(), &anchors)?;
     Ok((source, measured))
 }

@@ -31,7 +31,7 @@ use kbs_types::Tee;
 use rsa::pkcs8::EncodePublicKey;
 use rsa::{BigUint, RsaPublicKey};
 
-use super::tpm::{extend_pcr, pcr_holds_only};
+use super::tpm::{extend_pcr, read_pcr};
 use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::{Azure, Platform, Timeouts};
 use crate::formats::hcl::{self, HclReport, HwReport};
@@ -211,8 +211,8 @@ impl EvidenceSource for AzureSource {
         extend_pcr(&self.tcti, pcr, event)
     }
 
-    fn holds_only(&mut self, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
-        pcr_holds_only(&self.tcti, pcr, event)
+    fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
+        read_pcr(&self.tcti, pcr)
     }
 }
 

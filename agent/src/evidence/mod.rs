@@ -43,6 +43,17 @@ pub enum EvidenceError {
     /// The evidence could not be encoded.
     #[error("cannot encode evidence: {0}")]
     Encode(String),
+    /// Init-data is configured, but PCR 8 already holds other measurements, so it cannot hold
+    /// exactly the one extend of the init-data digest a Trustee TPM verifier requires.
+    #[error(
+        "init-data cannot be bound on this TPM: PCR 8 is {value}, not zero (GRUB measures its \
+         commands there); boot without GRUB (UKI / systemd-boot), or drop init_data and bind \
+         the node through the trust anchors in PCR 15 (docs/deploying.md)"
+    )]
+    InitDataPcrInUse {
+        /// The PCR's SHA-256 value, hex.
+        value: String,
+    },
     /// Azure IMDS failed (VCEK or TD quote).
     #[error(transparent)]
     Imds(#[from] ImdsError),
@@ -84,10 +95,9 @@ pub trait EvidenceSource {
     /// network byte, and the post-release event after a release.
     fn measure(&mut self, pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError>;
 
-    /// Whether the register holds exactly one extend of `event` from its reset value (a rerun
-    /// in the same boot after a failure, which must not extend it a second time).
-    fn holds_only(&mut self, _pcr: u32, _event: &[u8]) -> Result<bool, EvidenceError> {
-        Ok(false)
+    /// The SHA-256 value of TPM PCR `pcr`, where the evidence has a TPM (`None` otherwise).
+    fn pcr_sha256(&mut self, _pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
+        Ok(None)
     }
 }
 
@@ -427,8 +437,8 @@ impl EvidenceSource for Composite {
         })
     }
 
-    fn holds_only(&mut self, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
-        self.tpm.holds_only(pcr, event)
+    fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
+        self.tpm.pcr_sha256(pcr)
     }
 }
 

@@ -96,8 +96,8 @@ impl EvidenceSource for TpmSource {
         extend_pcr(&self.config.tcti, pcr, event)
     }
 
-    fn holds_only(&mut self, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
-        pcr_holds_only(&self.config.tcti, pcr, event)
+    fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
+        read_pcr(&self.config.tcti, pcr)
     }
 }
 
@@ -113,9 +113,8 @@ pub(crate) fn extend_pcr(tcti: &str, pcr: u32, event: &[u8]) -> Result<Recorded,
     )))
 }
 
-/// Whether SHA-256 PCR `pcr` is exactly one extend of `event` from zero.
-pub(crate) fn pcr_holds_only(tcti: &str, pcr: u32, event: &[u8]) -> Result<bool, EvidenceError> {
+/// The SHA-256 value of PCR `pcr` of the TPM at `tcti`.
+pub(crate) fn read_pcr(tcti: &str, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
     let mut tpm = Tpm::open(tcti)?;
-    let once = crate::anchors::extended_once(crate::formats::HashAlg::Sha256, event);
-    Ok(once.as_deref() == Some(&tpm.pcr_sha256(pcr)?[..]))
+    Ok(Some(tpm.pcr_sha256(pcr)?))
 }

@@ -239,6 +239,20 @@ impl Trustee {
         ]);
     }
 
+    /// Upload an attestation policy (rego text) under `id` (`default_cpu` replaces the
+    /// default appraisal of CPU-class evidence such as TPM quotes).
+    pub fn set_attestation_policy(&self, id: &str, rego: &str) {
+        let file = self.dir.path().join("attestation-policy.rego");
+        std::fs::write(&file, rego).unwrap();
+        self.admin(&[
+            "set-attestation-policy",
+            "--policy-file",
+            file.to_str().unwrap(),
+            "--id",
+            id,
+        ]);
+    }
+
     /// The KBS's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()

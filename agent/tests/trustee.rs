@@ -1,0 +1,391 @@
+//! Interop with the real Trustee KBS (upstream 78962cd, `../shared/tools/trustee-kbs-78962cd`):
+//! `kbs` on 127.0.0.1 over HTTPS with the built-in attestation service, driven by the real
+//! `kbs-client`, against swtpm, cryptsetup and the agent binary. The policies the docs give are
+//! loaded from docs/deploying.md as written, so the docs cannot drift from the broker.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::trustee::Trustee;
+use common::*;
+
+const ROOT: &str = "default/node1/root";
+const KUBELET: &str = "default/node1/kubelet";
+const KUBELET_TOKEN: &[u8] = b"kubelet bootstrap token for node1";
+
+/// One node: a TPM, a LUKS2 image whose slot 1 holds its disk key, a tmpfs for its secrets.
+struct Node {
+    tpm: Swtpm,
+    disk_resource: Vec<u8>,
+    image: LuksImage,
+    secrets: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Node {
+        let (disk_resource, passphrase) = operator_disk_key();
+        Node {
+            tpm: Swtpm::start(),
+            image: LuksImage::new(&passphrase),
+            disk_resource,
+            secrets: secret_dir(),
+            work: secret_dir(),
+        }
+    }
+
+    fn kubelet(&self) -> PathBuf {
+        self.secrets.path().join("kubelet/bootstrap-token")
+    }
+
+    /// The node's config: disk key and kubelet secret at `kbs`, with `extra` TOML on top.
+    fn config(&self, url: &str, ca: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            "disk_key = {ROOT:?}\n\
+             [tpm]\ntcti = {:?}\n[retry]\nmax_rounds = 1\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n\
+             [luks]\ndevice = {:?}\nkeyslot = 1\n[measure]\nlog = {:?}\n\
+             [[brokers]]\nurl = {url:?}\nca_cert = {ca:?}\n\
+             [[secrets]]\nresource = {KUBELET:?}\npath = {:?}\n{extra}\n",
+            self.tpm.tcti(),
+            self.image.path.display().to_string(),
+            self.work.path().join("measurements.log").display().to_string(),
+            self.kubelet().display().to_string(),
+        );
+        let path = self.work.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn unlock(&self, config: &Path) -> Run {
+        collect(Command::new(agent_bin()).args(unlock_args(config, &[])))
+    }
+
+    /// Register this node at `kbs`: its AK and PCR 11 (Trustee's default TPM appraisal then
+    /// says `affirming`). A sample reference value is replaced, not appended.
+    fn register(&self, kbs: &Trustee) {
+        kbs.admin(&[
+            "set-sample-reference-value",
+            "trusted_aks",
+            &ak_public(&self.tpm),
+        ]);
+        let pcr11 = pcr_by_tpm2_tools(&self.tpm, "sha256", 11);
+        kbs.admin(&["set-sample-reference-value", "tpm_pcr11", &pcr11]);
+    }
+
+    /// A failed run left nothing: no secret, image unchanged, one verdict with `class`.
+    fn denied(&self, run: &Run, before: &str, class: &str) -> String {
+        assert!(!run.status.success(), "must fail:\n{}", run.stderr);
+        assert_eq!(self.image.digest(), before, "image changed");
+        let left: Vec<_> = std::fs::read_dir(self.secrets.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "written: {left:?}");
+        let v = run.verdict().to_owned();
+        assert!(v.contains(&format!("class={class} ")), "want {class}: {v}");
+        assert!(!v.contains("volume="), "{v}");
+        v
+    }
+}
+
+/// A KBS serving `node`'s disk key and kubelet credential with the affirming-only policy.
+fn kbs_for(node: &Node) -> Trustee {
+    let kbs = Trustee::start();
+    kbs.set_resource(ROOT, &node.disk_resource);
+    kbs.set_resource(KUBELET, KUBELET_TOKEN);
+    kbs.admin(&["set-resource-policy", "--affirming"]);
+    kbs
+}
+
+/// The ```rego block of docs/deploying.md that contains `marker`.
+fn doc_policy(marker: &str) -> String {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploying.md"))
+            .unwrap();
+    let blocks: Vec<String> = text
+        .split("```rego\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .map(|b| {
+            // Blocks inside a list are indented.
+            let indent = b
+                .lines()
+                .next()
+                .map_or(0, |l| l.len() - l.trim_start().len());
+            b.lines()
+                .map(|l| l.get(indent..).unwrap_or(l.trim_start()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|b| b.contains(marker))
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "one rego block with {marker:?} in docs/deploying.md"
+    );
+    blocks[0].clone()
+}
+
+#[test]
+fn native_unlock_with_keyslot_and_secrets() {
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    node.register(&kbs);
+    let before = node.image.digest();
+    let run = node.unlock(&node.config(&kbs.url(), &kbs.ca_pem(), ""));
+    assert!(run.status.success(), "{}\n{}", run.stderr, kbs.log());
+    let v = run.verdict();
+    assert!(
+        v.contains("verdict=ok platform=tpm") && v.contains("volume=verified"),
+        "{v}"
+    );
+    assert_eq!(std::fs::read(node.kubelet()).unwrap(), KUBELET_TOKEN);
+    assert_eq!(node.image.digest(), before);
+}
+
+/// Trustee's default appraisal passes an unregistered AK as `warning`: it is refused at the
+/// resource fetch (`PolicyDeny`), not at `attest`, as docs/troubleshooting.md says.
+#[test]
+fn unregistered_ak_is_refused_at_the_fetch() {
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    let before = node.image.digest();
+    let run = node.unlock(&node.config(&kbs.url(), &kbs.ca_pem(), ""));
+    let v = node.denied(&run, &before, "broker-denied");
+    assert!(v.contains("step=fetch") && v.contains("PolicyDeny"), "{v}");
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/troubleshooting.md"),
+    )
+    .unwrap();
+    assert!(
+        doc.contains("an unregistered AK passes attestation as `warning` and is refused at the resource fetch"),
+        "docs/troubleshooting.md must say where an unregistered AK is refused"
+    );
+}
+
+#[test]
+fn wrong_pcr_reference_is_refused() {
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    node.register(&kbs);
+    kbs.admin(&["set-sample-reference-value", "tpm_pcr11", &"ab".repeat(32)]);
+    let before = node.image.digest();
+    let run = node.unlock(&node.config(&kbs.url(), &kbs.ca_pem(), ""));
+    let v = node.denied(&run, &before, "broker-denied");
+    assert!(v.contains("PolicyDeny"), "{v}");
+}
+
+#[test]
+fn wrong_ca_and_broker_down_are_transport_errors() {
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    node.register(&kbs);
+    let other = Trustee::start();
+    let before = node.image.digest();
+    let run = node.unlock(&node.config(&kbs.url(), &other.ca_pem(), ""));
+    let v = node.denied(&run, &before, "transport");
+    assert!(
+        v.contains("UnknownIssuer") || v.contains("certificate"),
+        "{v}"
+    );
+    let url = kbs.url();
+    let ca = kbs.ca_pem();
+    drop(kbs);
+    let run = node.unlock(&node.config(&url, &ca, ""));
+    let v = node.denied(&run, &before, "transport");
+    assert!(v.contains("connection refused"), "{v}");
+}
+
+#[test]
+fn missing_resource_is_refused_with_nothing_written() {
+    let node = Node::new();
+    let kbs = Trustee::start();
+    kbs.set_resource(KUBELET, KUBELET_TOKEN);
+    kbs.admin(&["set-resource-policy", "--affirming"]);
+    node.register(&kbs);
+    let before = node.image.digest();
+    let run = node.unlock(&node.config(&kbs.url(), &kbs.ca_pem(), ""));
+    let v = node.denied(&run, &before, "broker-denied");
+    assert!(v.contains("step=fetch"), "{v}");
+}
+
+/// Init-data on a TPM node: PCR 8 gets exactly the one extend Trustee's TPM verifier requires,
+/// the token carries the init-data claims, and the per-node resource policy of
+/// docs/deploying.md (loaded as written) releases a node's path to that node only. A rerun in
+/// the same boot leaves PCR 8 as it is; a PCR 8 holding anything else fails closed before any
+/// contact.
+#[test]
+fn init_data_binds_a_tpm_node_and_the_docs_policy_releases_per_node() {
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    node.register(&kbs);
+    kbs.set_resource_policy(&doc_policy("init_data_claims"));
+    let init = |uuid: &str| {
+        format!("[init_data]\nbody = \"version = '0.1.0'\\nalgorithm = 'sha256'\\n[data]\\nuuid = '{uuid}'\\n\"\n")
+    };
+    let before = node.image.digest();
+    let cfg = node.config(&kbs.url(), &kbs.ca_pem(), &init("node1"));
+    let run = node.unlock(&cfg);
+    assert!(run.status.success(), "{}\n{}", run.stderr, kbs.log());
+    assert!(
+        run.stderr
+            .contains("extended PCR 8 with the init-data digest"),
+        "{}",
+        run.stderr
+    );
+    // PCR 8 = SHA-256(0^32 || SHA-256(body)), by tpm2-tools and hashlib.
+    let body = "version = '0.1.0'\nalgorithm = 'sha256'\n[data]\nuuid = 'node1'\n";
+    assert_eq!(
+        pcr_by_tpm2_tools(&node.tpm, "sha256", 8),
+        extend_by_hashlib("sha256", &"00".repeat(32), &[body.as_bytes()])
+    );
+    assert_eq!(std::fs::read(node.kubelet()).unwrap(), KUBELET_TOKEN);
+
+    // Rerun in the same boot (PCR 15 moved on, which this policy does not check).
+    std::fs::remove_file(node.kubelet()).unwrap();
+    let run = node.unlock(&cfg);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("PCR 8 already holds the init-data digest"),
+        "{}",
+        run.stderr
+    );
+    std::fs::remove_file(node.kubelet()).unwrap();
+    std::fs::remove_dir(node.kubelet().parent().unwrap()).unwrap();
+
+    // Another node (its own TPM, registered, affirming) with its own init-data asks for
+    // node1's path: refused by the per-node policy.
+    let other = Node::new();
+    other.register(&kbs);
+    let before_other = other.image.digest();
+    let run = other.unlock(&other.config(&kbs.url(), &kbs.ca_pem(), &init("node2")));
+    let v = other.denied(&run, &before_other, "broker-denied");
+    assert!(v.contains("PolicyDeny"), "{v}");
+
+    // The first node's TPM with other init-data: PCR 8 is taken, fail before any contact.
+    let cfg = node.config(&kbs.url(), &kbs.ca_pem(), &init("node3"));
+    let run = node.unlock(&cfg);
+    let v = node.denied(&run, &before, "evidence");
+    assert!(
+        v.contains("init-data cannot be bound on this TPM: PCR 8"),
+        "{v}"
+    );
+}
+
+/// The attestation policy of docs/deploying.md, loaded as written as Trustee's `default_cpu`,
+/// with the node's PCR 4/7/14 registered: the node reaches `affirming` and unlocks; with a
+/// wrong PCR 7 it does not.
+#[test]
+fn docs_attestation_policy_loads_and_decides() {
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    node.register(&kbs);
+    kbs.set_attestation_policy("default_cpu", &doc_policy("tpm_pcrs_valid"));
+    for pcr in [4, 7, 14] {
+        let v = pcr_by_tpm2_tools(&node.tpm, "sha256", pcr);
+        kbs.admin(&["set-sample-reference-value", &format!("tpm_pcr{pcr}"), &v]);
+    }
+    let run = node.unlock(&node.config(&kbs.url(), &kbs.ca_pem(), ""));
+    assert!(run.status.success(), "{}\n{}", run.stderr, kbs.log());
+    std::fs::remove_file(node.kubelet()).unwrap();
+    std::fs::remove_dir(node.kubelet().parent().unwrap()).unwrap();
+
+    kbs.admin(&["set-sample-reference-value", "tpm_pcr7", &"cd".repeat(32)]);
+    let before = node.image.digest();
+    let run = node.unlock(&node.config(&kbs.url(), &kbs.ca_pem(), ""));
+    node.denied(&run, &before, "broker-denied");
+}
+
+/// The clevis pin path against the real KBS: the real `clevis` CLI runs our binary as
+/// `clevis-encrypt-trustee` / `clevis-decrypt-trustee`.
+#[test]
+fn clevis_pin_bind_pass_encrypt_decrypt() {
+    use std::io::Write;
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    node.register(&kbs);
+    let bin = tempfile::tempdir().unwrap();
+    for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
+        std::os::unix::fs::symlink(agent_bin(), bin.path().join(name)).unwrap();
+    }
+    let config_file = bin.path().join("attest-unlock.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "[tpm]\ntcti = {:?}\n[retry]\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n[measure]\nlog = {:?}\n",
+            node.tpm.tcti(),
+            node.work.path().join("measurements.log").display().to_string()
+        ),
+    )
+    .unwrap();
+    let pin = serde_json::json!({
+        "servers": [{"url": kbs.url(), "cert": kbs.ca_pem()}],
+        "path": ROOT,
+        "initdata": null,
+        "num_retries": 1,
+        "attestation_key": null,
+    })
+    .to_string();
+    let clevis = |args: &[&str], input: &[u8]| {
+        let mut child = Command::new("clevis")
+            .args(args)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    bin.path().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env("ATTEST_UNLOCK_CONFIG", &config_file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "clevis {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let jwe = clevis(&["encrypt", "trustee", &pin], b"a secret");
+    assert_eq!(clevis(&["decrypt"], &jwe), b"a secret");
+
+    let img = LuksImage::recovery_only();
+    let recovery = img.recovery_key.display().to_string();
+    let device = img.path.display().to_string();
+    clevis(
+        &[
+            "luks", "bind", "-y", "-k", &recovery, "-d", &device, "trustee", &pin,
+        ],
+        b"",
+    );
+    let pass = clevis(&["luks", "pass", "-d", &device, "-s", "1"], b"");
+    let mut test = Command::new("cryptsetup")
+        .args([
+            "open",
+            "--test-passphrase",
+            "--key-slot",
+            "1",
+            "--key-file=-",
+            &device,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    test.stdin.take().unwrap().write_all(&pass).unwrap();
+    assert!(
+        test.wait().unwrap().success(),
+        "clevis luks pass opens slot 1"
+    );
+}
