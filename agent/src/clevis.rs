@@ -231,6 +231,27 @@ pub fn initdata_document(value: &str) -> Result<String, ClevisError> {
 pub struct PinKey([u8; 32]);
 
 impl PinKey {
+    /// The pin key from what the broker released at `path`: the provisioner's confdata
+    /// (`kbs+provisioner:///...`: the 32-character `io.cryptsetup.key.text.<tag>`), or the
+    /// operator's `{"key_type":"oct","key":...}` resource.
+    pub fn from_released(path: &str, released: &[u8]) -> Result<PinKey, ClevisError> {
+        match crate::config::provisioner_path(path) {
+            Some(inner) => {
+                let volume = inner.rsplit('/').next().unwrap_or_default();
+                let text = crate::formats::confdata::luks_key(released, volume)
+                    .map_err(|e| ClevisError::Key(e.to_string()))?;
+                let bytes: [u8; 32] = text[..].try_into().map_err(|_| {
+                    ClevisError::Key(format!(
+                        "the provisioned key is {} bytes, not 32 (the plugin's key_length)",
+                        text.len()
+                    ))
+                })?;
+                Ok(PinKey(bytes))
+            }
+            None => PinKey::from_resource(released),
+        }
+    }
+
     /// `{"key_type":"oct","key":"<32 characters>"}` -> the 32 bytes of the string (the
     /// operator makes `key` as the standard base64 of 24 random bytes).
     pub fn from_resource(resource: &[u8]) -> Result<PinKey, ClevisError> {

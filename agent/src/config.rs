@@ -219,6 +219,9 @@ pub enum KeyFormat {
     OperatorJson,
     /// The resource bytes are the passphrase.
     Raw,
+    /// Trustee's provisioner confdata (TOML): the text of `io.cryptsetup.key.text.<tag>`.
+    /// What `auto` uses for a `kbs+provisioner:///` reference.
+    Confdata,
 }
 
 /// The LUKS2 volume to open.
@@ -1293,10 +1296,20 @@ pub fn validate_volume(luks: &Luks) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Check a resource path has the `repo/type/tag` shape the KBS serves, with no empty
+/// The scheme of a resource that Trustee's provisioner plugin serves
+/// (`kbs+provisioner:///default/<uuid>/root`, fetched from `/kbs/v0/provisioner/...`).
+pub const PROVISIONER_SCHEME: &str = "kbs+provisioner:///";
+
+/// The `repo/type/tag` of a provisioner reference, if `p` is one.
+pub fn provisioner_path(p: &str) -> Option<&str> {
+    p.strip_prefix(PROVISIONER_SCHEME)
+}
+
+/// Check a resource path has the `repo/type/tag` shape (plain, or after
+/// [`PROVISIONER_SCHEME`]) the KBS serves, with no empty
 /// component, no `..` and only URL-safe characters, so it can be put in a URL as is.
 pub fn validate_resource_path(p: &str) -> Result<(), ConfigError> {
-    let parts: Vec<&str> = p.split('/').collect();
+    let parts: Vec<&str> = provisioner_path(p).unwrap_or(p).split('/').collect();
     let ok = parts.len() == 3
         && parts.iter().all(|c| {
             !c.is_empty()

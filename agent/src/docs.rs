@@ -26,8 +26,8 @@ pub const KEYS: &[Key] = &[
     k("brokers", "[]", "Brokers (Trustee KBS), tried in order each round: a list of tables."),
     k("brokers[].url", "(required)", "Base URL, `https://host:port`; the `/kbs/v0/...` paths are appended."),
     k("brokers[].ca_cert", "(required for https)", "The CA certificate(s) of the broker's TLS certificate: inline PEM or a path. The only trusted roots."),
-    k("disk_key", "(none)", "Resource path (`repo/type/tag`) of the LUKS passphrase. Without it, `unlock` reads the trustee clevis token of the LUKS2 header."),
-    k("disk_key_format", "\"auto\"", "`auto`, `operator-json` (`{\"key_type\":\"oct\",\"key\":...}`: the bytes of `key`), `raw`."),
+    k("disk_key", "(none)", "Resource path (`repo/type/tag`, or `kbs+provisioner:///repo/type/tag` for Trustee's provisioner plugin) of the LUKS passphrase. Without it, `unlock` reads the trustee clevis token of the LUKS2 header."),
+    k("disk_key_format", "\"auto\"", "`auto`, `operator-json` (`{\"key_type\":\"oct\",\"key\":...}`: the bytes of `key`), `raw`, `confdata` (the provisioner's TOML: the text of `io.cryptsetup.key.text.<tag>`; what `auto` uses for a `kbs+provisioner:///` path)."),
     k("luks", "(none)", "The volume to open; without it, `rd.luks.uuid=` / `rd.luks.name=` on the kernel command line name it."),
     k("luks.device", "(required)", "Block device or image holding the LUKS2 header."),
     k("luks.name", "\"root\"", "Device-mapper name to activate as (`luks-UUID` when taken from `rd.luks.uuid`)."),
@@ -58,7 +58,7 @@ pub const KEYS: &[Key] = &[
     k("measure.enabled", "true", "Measure the trust anchors before the first network byte and the release after it (see `attest-unlock anchors`). Required when the brokers come from the LUKS2 token."),
     k("measure.pcr", "15", "The PCR extended, in every active bank, first with the trust-anchor event, then with the post-release event `attest-unlock:secrets-released:v1`."),
     k("measure.log", "\"/run/attest-unlock/measurements.log\"", "A line per measurement, for verifiers."),
-    k("init_data", "(none)", "Init-data sent with the attestation (`format = \"toml\"`)."),
+    k("init_data", "(none)", "Init-data sent with the attestation (`format = \"toml\"`); on a TPM node PCR 8 is extended with it before any contact (Trustee's TPM binding). Without it, a `kbs+provisioner:///` path gets the init-data the provisioner plugin requires (`[data] \"trustee.kbs.resource\" = <that path>`)."),
     k("init_data.body", "(none)", "Inline TOML body."),
     k("init_data.path", "(none)", "Or a file holding it."),
     k("token_path", "(none)", "Write the broker's attestation token (EAR JWT) here, mode 0600 (tmpfs)."),
@@ -74,7 +74,7 @@ pub const KEYS: &[Key] = &[
 /// The clevis pin config keys (drop-in for clevis-pin-trustee).
 pub const PIN_KEYS: &[Key] = &[
     k("servers", "(required)", "`[{\"url\": ..., \"cert\": PEM or \"\"}]`. Used only when no measured layer (initramfs file, kernel command line) names a broker, and then measured into `measure.pcr` before any contact; an empty cert trusts the system CA bundle (logged at warn)."),
-    k("path", "(required)", "Resource holding `{\"key_type\":\"oct\",\"key\":<32 characters>}`; its key encrypts the JWE (`dir` + `A256GCM`)."),
+    k("path", "(required)", "Resource holding `{\"key_type\":\"oct\",\"key\":<32 characters>}` (or `kbs+provisioner:///default/<uuid>/root`: the provisioner's 32-character key); its key encrypts the JWE (`dir` + `A256GCM`)."),
     k("initdata", "null", "At encrypt time a JSON object string of key/values, stored in the header as the TOML init-data document."),
     k("num_retries", "infinity", "Rounds over the servers, or `\"infinity\"`."),
     k("attestation_key", "null", "`{\"registration\": {\"url\", \"cert\", \"uuid\"}}`: at encrypt time (first boot) PUT `{\"attestation_key\": <AK PEM>, \"uuid\"}` there."),

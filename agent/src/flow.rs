@@ -203,7 +203,7 @@ pub fn trust_anchors(config: &Config, paths: &[&str]) -> Result<TrustAnchors, Er
     for b in &config.brokers {
         brokers.push((b.url.as_str(), b.ca_fingerprints()?));
     }
-    let init_data = config.init_data_body()?;
+    let init_data = init_data_for(config, paths)?;
     Ok(TrustAnchors::new(&brokers, paths, init_data.as_deref()))
 }
 
@@ -274,6 +274,36 @@ fn holds_only(
         .is_some_and(|v| once.as_deref() == Some(&v[..])))
 }
 
+/// The init-data of a run: the configured one, or, for a `kbs+provisioner:///` resource with
+/// none configured, the document Trustee's provisioner plugin requires to release it
+/// (`[data] "trustee.kbs.resource" = "<that reference>"`).
+pub fn init_data_for(
+    config: &Config,
+    paths: &[&str],
+) -> Result<Option<String>, crate::config::ConfigError> {
+    if let Some(body) = config.init_data_body()? {
+        return Ok(Some(body));
+    }
+    let Some(reference) = paths
+        .iter()
+        .find(|p| crate::config::provisioner_path(p).is_some())
+    else {
+        return Ok(None);
+    };
+    let mut data = toml::Table::new();
+    data.insert(
+        "trustee.kbs.resource".into(),
+        toml::Value::String((*reference).to_owned()),
+    );
+    let mut doc = toml::Table::new();
+    doc.insert("version".into(), toml::Value::String("0.1.0".into()));
+    doc.insert("algorithm".into(), toml::Value::String("sha256".into()));
+    doc.insert("data".into(), toml::Value::Table(data));
+    toml::to_string(&doc)
+        .map(Some)
+        .map_err(|e| crate::config::ConfigError::Invalid(format!("init-data: {e}")))
+}
+
 /// The PCR a Trustee TPM verifier compares with the init-data digest.
 pub const INIT_DATA_PCR: u32 = 8;
 
@@ -283,9 +313,13 @@ pub const INIT_DATA_PCR: u32 = 8;
 /// exactly that (a rerun in this boot); anything else there (GRUB measures its commands into
 /// PCR 8) fails closed with what to do. TEE platforms bind init-data at launch (HOST_DATA,
 /// MRCONFIGID): nothing to do here.
-pub fn bind_init_data(config: &Config, source: &mut dyn EvidenceSource) -> Result<(), Error> {
+pub fn bind_init_data(
+    config: &Config,
+    source: &mut dyn EvidenceSource,
+    paths: &[&str],
+) -> Result<(), Error> {
     use crate::evidence::EvidenceError;
-    let Some(body) = config.init_data_body()? else {
+    let Some(body) = init_data_for(config, paths)? else {
         return Ok(());
     };
     if source.tee() != kbs_types::Tee::Tpm {
@@ -323,9 +357,8 @@ pub fn release(
         attempts,
         error,
     };
-    let init_data = config
-        .init_data_body()
-        .map_err(|e| fail(Step::Config, None, 0, e.into()))?;
+    let init_data =
+        init_data_for(config, paths).map_err(|e| fail(Step::Config, None, 0, e.into()))?;
     if config.brokers.is_empty() {
         return Err(fail(
             Step::Config,
@@ -441,7 +474,7 @@ pub fn run(
     paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
     let anchors = trust_anchors(config, &paths).map_err(|e| early(Step::Config, e))?;
     let anchors_start = Instant::now();
-    bind_init_data(config, source).map_err(|e| early(Step::Anchors, e))?;
+    bind_init_data(config, source, &paths).map_err(|e| early(Step::Anchors, e))?;
     let measured =
         measure_anchors(config, source, &anchors).map_err(|e| early(Step::Anchors, e))?;
     let anchors_time = anchors_start.elapsed();
@@ -557,16 +590,19 @@ fn passphrase_for(
 ) -> Result<Zeroizing<Vec<u8>>, Error> {
     match disk {
         DiskKey::Resource(path) => {
-            disk_passphrase(raw, format).map_err(|message| Error::KeyFormat {
+            disk_passphrase(path, raw, format).map_err(|message| Error::KeyFormat {
                 resource: path.clone(),
                 message,
             })
         }
         DiskKey::Clevis(jwe) => {
-            let key = crate::clevis::PinKey::from_resource(&raw).map_err(|e| Error::KeyFormat {
-                resource: jwe.config.path.clone(),
-                message: e.to_string(),
-            })?;
+            let key =
+                crate::clevis::PinKey::from_released(&jwe.config.path, &raw).map_err(|e| {
+                    Error::KeyFormat {
+                        resource: jwe.config.path.clone(),
+                        message: e.to_string(),
+                    }
+                })?;
             Ok(jwe.decrypt(&key)?)
         }
     }
@@ -711,6 +747,7 @@ fn session(
 /// The trusted-execution-clusters operator stores `{"key_type":"oct","key":"<string>"}` and
 /// its pin uses the bytes of the `key` string; anything else is taken as raw bytes (`auto`).
 pub fn disk_passphrase(
+    path: &str,
     raw: Zeroizing<Vec<u8>>,
     format: KeyFormat,
 ) -> Result<Zeroizing<Vec<u8>>, String> {
@@ -731,9 +768,17 @@ pub fn disk_passphrase(
         }
         Ok(Zeroizing::new(op.key.as_bytes().to_vec()))
     };
+    let confdata = || {
+        // The volume's key is named after the path's last segment (`.../root`).
+        let inner = crate::config::provisioner_path(path).unwrap_or(path);
+        let volume = inner.rsplit('/').next().unwrap_or_default();
+        crate::formats::confdata::luks_key(&raw, volume).map_err(|e| e.to_string())
+    };
     let key = match format {
         KeyFormat::OperatorJson => parsed()?,
         KeyFormat::Raw => raw.clone(),
+        KeyFormat::Confdata => confdata()?,
+        KeyFormat::Auto if crate::config::provisioner_path(path).is_some() => confdata()?,
         KeyFormat::Auto => match parsed() {
             Ok(k) => k,
             Err(_) => raw.clone(),
@@ -785,21 +830,33 @@ mod tests {
         let z = |b: &[u8]| Zeroizing::new(b.to_vec());
         let op = br#"{"key_type":"oct","key":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}"#;
         assert_eq!(
-            &**disk_passphrase(z(op), KeyFormat::Auto).unwrap(),
+            &**disk_passphrase("a/b/c", z(op), KeyFormat::Auto).unwrap(),
             b"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"
         );
         assert_eq!(
-            &**disk_passphrase(z(b"raw"), KeyFormat::Auto).unwrap(),
+            &**disk_passphrase("a/b/c", z(b"raw"), KeyFormat::Auto).unwrap(),
             b"raw"
         );
-        assert_eq!(&**disk_passphrase(z(op), KeyFormat::Raw).unwrap(), op);
-        assert!(disk_passphrase(z(b"raw"), KeyFormat::OperatorJson).is_err());
+        assert_eq!(
+            &**disk_passphrase("a/b/c", z(op), KeyFormat::Raw).unwrap(),
+            op
+        );
+        assert!(disk_passphrase("a/b/c", z(b"raw"), KeyFormat::OperatorJson).is_err());
         assert!(disk_passphrase(
+            "a/b/c",
             z(br#"{"key_type":"rsa","key":"x"}"#),
             KeyFormat::OperatorJson
         )
         .is_err());
-        assert!(disk_passphrase(z(b""), KeyFormat::Raw).is_err());
+        assert!(disk_passphrase("a/b/c", z(b""), KeyFormat::Raw).is_err());
+        // A provisioner reference takes the volume's key out of the confdata.
+        let conf = b"version = \"0.1.0\"\n[data]\n\"io.cryptsetup.key.text.root\" = \"k3y\"\n";
+        let p = "kbs+provisioner:///default/u/root";
+        assert_eq!(
+            &**disk_passphrase(p, z(conf), KeyFormat::Auto).unwrap(),
+            b"k3y"
+        );
+        assert!(disk_passphrase(p, z(op), KeyFormat::Auto).is_err());
     }
 
     #[test]
@@ -812,5 +869,16 @@ mod tests {
             assert!(d >= Duration::from_millis(c.retry.max_backoff_ms / 2));
         }
         assert!(backoff(&c, 0, ErrorClass::Transport) <= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn provisioner_paths_get_the_init_data_the_plugin_requires() {
+        let c = Config::default();
+        let reference = "kbs+provisioner:///default/u/root";
+        let body = init_data_for(&c, &["a/b/c", reference]).unwrap().unwrap();
+        let t: toml::Table = body.parse().unwrap();
+        assert_eq!(t["version"].as_str(), Some("0.1.0"));
+        assert_eq!(t["data"]["trustee.kbs.resource"].as_str(), Some(reference));
+        assert_eq!(init_data_for(&c, &["a/b/c"]).unwrap(), None);
     }
 }

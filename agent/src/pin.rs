@@ -77,7 +77,7 @@ fn prepare(
     let detected = evidence::detect(config, Path::new("/"))?;
     let mut source = evidence::source_for(&detected, config, Path::new("/"));
     let anchors = flow::trust_anchors(config, &[path])?;
-    flow::bind_init_data(config, source.as_mut())?;
+    flow::bind_init_data(config, source.as_mut(), &[path])?;
     let measured = flow::measure_anchors(config, source.as_mut(), &anchors)?;
     Ok((source, measured))
 }
@@ -106,7 +106,7 @@ fn fetch_key(
     let key = released
         .resources
         .first()
-        .map(|r| PinKey::from_resource(r))
+        .map(|r| PinKey::from_released(path, r))
         .transpose()?
         .ok_or_else(|| clevis::ClevisError::Key("broker released nothing".into()))?;
     log::info!(

@@ -674,21 +674,13 @@ fn relayed_attestation_is_refused_by_the_real_trustee() {
         "attestation_key": null,
     });
     let pcr15 = drop_in_pcr15(&honest_node, &honest_pin);
-    kbs.set_resource_policy(&format!(
-        r#"package policy
-import rego.v1
-
-default allow := false
-
-# The PCR 15 value (`attest-unlock anchors`) of each node, by the node's path segment.
-anchors := {{"node1": "{pcr15}"}}
-
-allow if {{
-    input.submods.cpu0["ear.status"] == "affirming"
-    input.submods.cpu0["ear.veraison.annotated-evidence"].tpm.pcr15 == anchors[data["resource-path"][1]]
-}}
-"#
-    ));
+    // The policy of docs/deploying.md as written, with this node's path segment and value.
+    let policy = common::trustee::doc_policy("anchors := ").replace(
+        r#""11111111-2222-3333-4444-555555555555": "<pcr15:sha256 of that node>""#,
+        &format!(r#""node1": "{pcr15}""#),
+    );
+    assert!(policy.contains(&pcr15), "{policy}");
+    kbs.set_resource_policy(&policy);
 
     let honest_disk = bound_disk(&honest_pin, &node_disk);
     let run = honest_node.unlock(&honest_node.config(&[], &honest_disk.path), &[]);

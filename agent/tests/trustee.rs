@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::trustee::Trustee;
+use common::trustee::{doc_policy, Trustee};
 use common::*;
 
 const ROOT: &str = "default/node1/root";
@@ -99,36 +99,6 @@ fn kbs_for(node: &Node) -> Trustee {
     kbs.set_resource(KUBELET, KUBELET_TOKEN);
     kbs.admin(&["set-resource-policy", "--affirming"]);
     kbs
-}
-
-/// The ```rego block of docs/deploying.md that contains `marker`.
-fn doc_policy(marker: &str) -> String {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploying.md"))
-            .unwrap();
-    let blocks: Vec<String> = text
-        .split("```rego\n")
-        .skip(1)
-        .filter_map(|b| b.split("```").next())
-        .map(|b| {
-            // Blocks inside a list are indented.
-            let indent = b
-                .lines()
-                .next()
-                .map_or(0, |l| l.len() - l.trim_start().len());
-            b.lines()
-                .map(|l| l.get(indent..).unwrap_or(l.trim_start()))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .filter(|b| b.contains(marker))
-        .collect();
-    assert_eq!(
-        blocks.len(),
-        1,
-        "one rego block with {marker:?} in docs/deploying.md"
-    );
-    blocks[0].clone()
 }
 
 #[test]
@@ -302,48 +272,46 @@ fn docs_attestation_policy_loads_and_decides() {
     node.denied(&run, &before, "broker-denied");
 }
 
-/// The clevis pin path against the real KBS: the real `clevis` CLI runs our binary as
-/// `clevis-encrypt-trustee` / `clevis-decrypt-trustee`.
-#[test]
-fn clevis_pin_bind_pass_encrypt_decrypt() {
-    use std::io::Write;
-    let node = Node::new();
-    let kbs = kbs_for(&node);
-    node.register(&kbs);
-    let bin = tempfile::tempdir().unwrap();
-    for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
-        std::os::unix::fs::symlink(agent_bin(), bin.path().join(name)).unwrap();
+/// The real `clevis` CLI with our binary as `clevis-encrypt-trustee` / `-decrypt-trustee`,
+/// configured (TPM, retries) by a file in `$ATTEST_UNLOCK_CONFIG`.
+struct Clevis {
+    bin: tempfile::TempDir,
+    config_file: PathBuf,
+}
+
+impl Clevis {
+    fn for_node(node: &Node) -> Clevis {
+        let bin = tempfile::tempdir().unwrap();
+        for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
+            std::os::unix::fs::symlink(agent_bin(), bin.path().join(name)).unwrap();
+        }
+        let config_file = bin.path().join("attest-unlock.toml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "[tpm]\ntcti = {:?}\n[retry]\nmax_rounds = 1\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n[measure]\nlog = {:?}\n",
+                node.tpm.tcti(),
+                node.work.path().join("measurements.log").display().to_string()
+            ),
+        )
+        .unwrap();
+        Clevis { bin, config_file }
     }
-    let config_file = bin.path().join("attest-unlock.toml");
-    std::fs::write(
-        &config_file,
-        format!(
-            "[tpm]\ntcti = {:?}\n[retry]\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n[measure]\nlog = {:?}\n",
-            node.tpm.tcti(),
-            node.work.path().join("measurements.log").display().to_string()
-        ),
-    )
-    .unwrap();
-    let pin = serde_json::json!({
-        "servers": [{"url": kbs.url(), "cert": kbs.ca_pem()}],
-        "path": ROOT,
-        "initdata": null,
-        "num_retries": 1,
-        "attestation_key": null,
-    })
-    .to_string();
-    let clevis = |args: &[&str], input: &[u8]| {
+
+    /// Run `clevis ARGS` with `input` on stdin; it must succeed; its stdout.
+    fn run(&self, args: &[&str], input: &[u8]) -> Vec<u8> {
+        use std::io::Write;
         let mut child = Command::new("clevis")
             .args(args)
             .env(
                 "PATH",
                 format!(
                     "{}:{}",
-                    bin.path().display(),
+                    self.bin.path().display(),
                     std::env::var("PATH").unwrap_or_default()
                 ),
             )
-            .env("ATTEST_UNLOCK_CONFIG", &config_file)
+            .env("ATTEST_UNLOCK_CONFIG", &self.config_file)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -357,20 +325,12 @@ fn clevis_pin_bind_pass_encrypt_decrypt() {
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
-    };
-    let jwe = clevis(&["encrypt", "trustee", &pin], b"a secret");
-    assert_eq!(clevis(&["decrypt"], &jwe), b"a secret");
+    }
+}
 
-    let img = LuksImage::recovery_only();
-    let recovery = img.recovery_key.display().to_string();
-    let device = img.path.display().to_string();
-    clevis(
-        &[
-            "luks", "bind", "-y", "-k", &recovery, "-d", &device, "trustee", &pin,
-        ],
-        b"",
-    );
-    let pass = clevis(&["luks", "pass", "-d", &device, "-s", "1"], b"");
+/// Whether `pass` opens keyslot 1 of `image` (cryptsetup, the independent checker).
+fn opens_slot_1(image: &Path, pass: &[u8]) -> bool {
+    use std::io::Write;
     let mut test = Command::new("cryptsetup")
         .args([
             "open",
@@ -378,14 +338,143 @@ fn clevis_pin_bind_pass_encrypt_decrypt() {
             "--key-slot",
             "1",
             "--key-file=-",
-            &device,
         ])
+        .arg(image)
         .stdin(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    test.stdin.take().unwrap().write_all(&pass).unwrap();
+    test.stdin.take().unwrap().write_all(pass).unwrap();
+    test.wait().unwrap().success()
+}
+
+fn pin_config(kbs: &Trustee, path: &str) -> String {
+    serde_json::json!({
+        "servers": [{"url": kbs.url(), "cert": kbs.ca_pem()}],
+        "path": path,
+        "initdata": null,
+        "num_retries": 1,
+        "attestation_key": null,
+    })
+    .to_string()
+}
+
+/// The clevis pin path against the real KBS: the real `clevis` CLI runs our binary.
+#[test]
+fn clevis_pin_bind_pass_encrypt_decrypt() {
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    node.register(&kbs);
+    let clevis = Clevis::for_node(&node);
+    let pin = pin_config(&kbs, ROOT);
+    let jwe = clevis.run(&["encrypt", "trustee", &pin], b"a secret");
+    assert_eq!(clevis.run(&["decrypt"], &jwe), b"a secret");
+
+    let img = LuksImage::recovery_only();
+    let recovery = img.recovery_key.display().to_string();
+    let device = img.path.display().to_string();
+    clevis.run(
+        &[
+            "luks", "bind", "-y", "-k", &recovery, "-d", &device, "trustee", &pin,
+        ],
+        b"",
+    );
+    let pass = clevis.run(&["luks", "pass", "-d", &device, "-s", "1"], b"");
     assert!(
-        test.wait().unwrap().success(),
+        opens_slot_1(&img.path, &pass),
         "clevis luks pass opens slot 1"
     );
+}
+
+/// Trustee's provisioner plugin end to end: the operator provisions a VM; at its first boot
+/// the pin binds the disk to `kbs+provisioner:///default/<uuid>/root` (the init-data that
+/// the plugin requires is built from the path and bound into PCR 8); the next unlock reads
+/// the token and opens the keyslot. Another node (its own init-data) is refused that path,
+/// and after deprovisioning the node itself is refused.
+#[test]
+fn provisioner_plugin_bind_unlock_and_refusals() {
+    let node = Node::new();
+    let kbs = Trustee::start_with(true);
+    kbs.admin(&["set-resource-policy", "--affirming"]);
+    node.register(&kbs);
+    let (uuid, path) = kbs.provision("node-a", "ocp");
+    assert_eq!(path, format!("default/{uuid}/root"));
+    let reference = format!("kbs+provisioner:///{path}");
+
+    // First boot: bind with the pin (as Ignition's `clevis luks bind` does).
+    let clevis = Clevis::for_node(&node);
+    let img = LuksImage::recovery_only();
+    let recovery = img.recovery_key.display().to_string();
+    let device = img.path.display().to_string();
+    clevis.run(
+        &[
+            "luks",
+            "bind",
+            "-y",
+            "-k",
+            &recovery,
+            "-d",
+            &device,
+            "trustee",
+            &pin_config(&kbs, &reference),
+        ],
+        b"",
+    );
+
+    // Every later boot: the native unlock from the token.
+    let unlock_config = |n: &Node, extra: &str| {
+        let text = format!(
+            "{extra}\n[tpm]\ntcti = {:?}\n[retry]\nmax_rounds = 1\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n\
+             [luks]\ndevice = {device:?}\n[measure]\nlog = {:?}\n\
+             [[brokers]]\nurl = {:?}\nca_cert = {:?}\n",
+            n.tpm.tcti(),
+            n.work.path().join("measurements.log").display().to_string(),
+            kbs.url(),
+            kbs.ca_pem(),
+        );
+        let p = n.work.path().join("unlock.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let run = node.unlock(&unlock_config(&node, ""));
+    assert!(run.status.success(), "{}\n{}", run.stderr, kbs.log());
+    assert!(run.verdict().contains("volume=verified"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("PCR 8 already holds the init-data digest"),
+        "the bind at first boot bound the same init-data: {}",
+        run.stderr
+    );
+
+    // Another registered node whose init-data names its own VM asks for node-a's path.
+    let other = Node::new();
+    other.register(&kbs);
+    let (_, other_path) = kbs.provision("node-b", "ocp");
+    let init = format!(
+        "[init_data]\nbody = \"version = '0.1.0'\\nalgorithm = 'sha256'\\n[data]\\n'trustee.kbs.resource' = 'kbs+provisioner:///{other_path}'\\n\""
+    );
+    let before = img.digest();
+    let run = other.unlock(&unlock_config(&other, &init));
+    assert!(!run.status.success(), "{}", run.stderr);
+    assert_eq!(img.digest(), before);
+    let v = run.verdict();
+    eprintln!("other node: {v}");
+    assert!(
+        v.contains("class=broker-denied") && v.contains("step=fetch"),
+        "{v}"
+    );
+
+    // Deprovisioned: refused, nothing unlocked.
+    let (status, text) = kbs.admin_http(
+        "DELETE",
+        &format!("/kbs/v0/provisioner/provision/{uuid}"),
+        "",
+    );
+    assert!((200..300).contains(&status), "deprovision: {status} {text}");
+    node.register(&kbs);
+    let run = node.unlock(&unlock_config(&node, ""));
+    assert!(!run.status.success(), "{}", run.stderr);
+    let v = run.verdict();
+    eprintln!("deprovisioned: {v}");
+    assert!(!v.contains("volume="), "{}", run.stderr);
+    assert!(v.contains("step=fetch"), "{v}");
 }

@@ -218,26 +218,25 @@ fn test(e2e: bool) -> Result<()> {
     Ok(())
 }
 
-/// The cargo-fuzz targets (fuzz/fuzz_targets/*.rs), each a two-line call into the library.
-const FUZZ_TARGETS: &[&str] = &[
-    "jwe",
-    "kbs_reply",
-    "config",
-    "cmdline",
-    "disk_key",
-    "luks_token",
-    "clevis_jwe",
-    "snp_cert_table",
-    "snp_report",
-    "tdx_quote",
-    "event_log",
-    "ccel",
-    "hcl_report",
-    "tpms_attest",
-    "azure_imds",
-    "gce_ak_cert",
-    "hcl_ak",
-];
+/// The cargo-fuzz targets, each a two-line call into the library: the `[[bin]]` entries of
+/// fuzz/Cargo.toml, so a target added there is fuzzed without another list to keep.
+fn fuzz_targets() -> Result<Vec<String>> {
+    let manifest =
+        std::fs::read_to_string(root().join("fuzz/Cargo.toml")).context("read fuzz/Cargo.toml")?;
+    let mut targets = Vec::new();
+    let mut in_bin = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if let (true, Some(name)) = (in_bin, line.strip_prefix("name = ")) {
+            targets.push(name.trim_matches('"').to_owned());
+        }
+    }
+    if targets.is_empty() {
+        bail!("no [[bin]] targets in fuzz/Cargo.toml");
+    }
+    Ok(targets)
+}
 
 fn fuzz(secs: u64) -> Result<()> {
     let have = Command::new("cargo")
@@ -248,13 +247,13 @@ fn fuzz(secs: u64) -> Result<()> {
     if !have {
         run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    for t in FUZZ_TARGETS {
+    for t in fuzz_targets()? {
         eprintln!("xtask: fuzzing {t} for {secs}s");
         // cargo-fuzz needs nightly flags; the machine has one stable toolchain.
         run(cargo()
             .current_dir(root().join("fuzz"))
             .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", t, "--", &format!("-max_total_time={secs}")]))?;
+            .args(["fuzz", "run", &t, "--", &format!("-max_total_time={secs}")]))?;
     }
     Ok(())
 }
@@ -485,4 +484,23 @@ fn tempdir(prefix: &str, parent: &Path) -> Result<PathBuf> {
     let dir = parent.join(format!("{prefix}-{}-{nanos}", std::process::id()));
     std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every file in fuzz/fuzz_targets is a [[bin]] of fuzz/Cargo.toml, and so fuzzed.
+    #[test]
+    fn every_fuzz_target_file_is_fuzzed() {
+        let mut listed = super::fuzz_targets().unwrap();
+        listed.sort();
+        let mut files: Vec<String> = std::fs::read_dir(super::root().join("fuzz/fuzz_targets"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".rs").map(str::to_owned)
+            })
+            .collect();
+        files.sort();
+        assert_eq!(listed, files);
+    }
 }

@@ -15,6 +15,7 @@
 //! | [`tpm`] | `TPMS_ATTEST` (quote) and `TPMT_SIGNATURE` |
 //! | [`sha1`] | SHA-1, only to replay SHA-1 PCR banks of event logs |
 
+pub mod confdata;
 pub mod eventlog;
 pub mod hcl;
 mod reader;

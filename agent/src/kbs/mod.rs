@@ -203,12 +203,17 @@ impl KbsClient {
         Ok(reply.token)
     }
 
-    /// `GET /kbs/v0/resource/<path>`: the raw JWE body of one resource.
+    /// `GET /kbs/v0/resource/<path>` (or `/kbs/v0/provisioner/<path>` for a
+    /// `kbs+provisioner:///` reference): the raw JWE body of one resource.
     pub fn resource(&self, session: &Session, path: &str) -> Result<Vec<u8>, KbsError> {
         let step = "resource";
+        let url = match crate::config::provisioner_path(path) {
+            Some(inner) => format!("{}/kbs/v0/provisioner/{inner}", self.base),
+            None => format!("{}/kbs/v0/resource/{path}", self.base),
+        };
         let resp = self
             .agent
-            .get(format!("{}/kbs/v0/resource/{path}", self.base))
+            .get(url)
             .header("Cookie", &format!("{SESSION_COOKIE}={}", session.cookie))
             .call()
             .map_err(|e| self.transport(step, e))?;

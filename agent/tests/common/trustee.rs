@@ -108,7 +108,7 @@ fn make_pki(dir: &Path) {
     std::fs::write(dir.join("token-chain.pem"), chain).unwrap();
 }
 
-fn config(dir: &Path, port: u16) -> String {
+fn config(dir: &Path, port: u16, provisioner: bool) -> String {
     let p = |f: &str| dir.join(f).display().to_string();
     format!(
         r#"[http_server]
@@ -136,19 +136,29 @@ dir_path = "{}"
 [[plugins]]
 name = "resource"
 storage_backend_type = "kvstorage"
-"#,
+{}"#,
         p("server.key"),
         p("server.pem"),
         p("token-ca.pem"),
         p("token.key"),
         p("token-chain.pem"),
         p("state"),
+        if provisioner {
+            "[[plugins]]\nname = \"provisioner\"\n"
+        } else {
+            ""
+        },
     )
 }
 
 impl Trustee {
     /// Start a fresh KBS on a free loopback port.
     pub fn start() -> Trustee {
+        Trustee::start_with(false)
+    }
+
+    /// Start a fresh KBS, with Trustee's `provisioner` plugin (per-VM LUKS keys) when asked.
+    pub fn start_with(provisioner: bool) -> Trustee {
         let (kbs, _) = tools();
         let dir = tempfile::tempdir().unwrap();
         make_pki(dir.path());
@@ -160,7 +170,7 @@ impl Trustee {
                 .unwrap()
                 .port();
             let cfg = dir.path().join("kbs.toml");
-            std::fs::write(&cfg, config(dir.path(), port)).unwrap();
+            std::fs::write(&cfg, config(dir.path(), port, provisioner)).unwrap();
             let log = std::fs::File::create(dir.path().join("kbs.log")).unwrap();
             let mut child = Command::new(kbs)
                 .arg("--config-file")
@@ -253,6 +263,49 @@ impl Trustee {
         ]);
     }
 
+    /// An admin call over HTTPS (InsecureAllowAll): `method` `path` with a JSON body;
+    /// returns the status and the body.
+    pub fn admin_http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use std::sync::Arc;
+        use ureq::tls::{Certificate, RootCerts, TlsConfig};
+        let ca = Certificate::from_pem(self.ca_pem().as_bytes())
+            .unwrap()
+            .to_owned();
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .build()
+            .new_agent();
+        let url = format!("{}{path}", self.url());
+        let mut resp = match method {
+            "POST" => agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body)
+                .unwrap(),
+            "DELETE" => agent.delete(&url).call().unwrap(),
+            other => panic!("{other}"),
+        };
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_to_string().unwrap_or_default())
+    }
+
+    /// `POST /kbs/v0/provisioner/provision`: the VM's uuid and resource path.
+    pub fn provision(&self, vm_name: &str, namespace: &str) -> (String, String) {
+        let body = serde_json::json!({"vm_name": vm_name, "namespace": namespace}).to_string();
+        let (status, text) = self.admin_http("POST", "/kbs/v0/provisioner/provision", &body);
+        assert_eq!(status, 200, "provision: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        (
+            v["uuid"].as_str().unwrap().to_owned(),
+            v["resource_path"].as_str().unwrap().to_owned(),
+        )
+    }
+
     /// The KBS's own log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()
@@ -264,4 +317,34 @@ impl Drop for Trustee {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The ```rego block of docs/deploying.md that contains `marker`.
+pub fn doc_policy(marker: &str) -> String {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploying.md"))
+            .unwrap();
+    let blocks: Vec<String> = text
+        .split("```rego\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .map(|b| {
+            // Blocks inside a list are indented.
+            let indent = b
+                .lines()
+                .next()
+                .map_or(0, |l| l.len() - l.trim_start().len());
+            b.lines()
+                .map(|l| l.get(indent..).unwrap_or(l.trim_start()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|b| b.contains(marker))
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "one rego block with {marker:?} in docs/deploying.md"
+    );
+    blocks[0].clone()
 }
