@@ -304,6 +304,63 @@ pub fn init_data_for(
         .map_err(|e| crate::config::ConfigError::Invalid(format!("init-data: {e}")))
 }
 
+/// The init-data digest as Trustee computes it: the body's bytes hashed with the algorithm its
+/// `algorithm` key names (`sha256`, `sha384` or `sha512`; there is no default).
+pub fn init_data_digest(body: &str) -> Result<(crate::formats::HashAlg, Vec<u8>), Error> {
+    use crate::formats::HashAlg;
+    let bad = |why: String| crate::config::ConfigError::Invalid(format!("init-data: {why}"));
+    let doc: toml::Table = body
+        .parse()
+        .map_err(|e: toml::de::Error| bad(crate::text::value(e.message())))?;
+    let alg = match doc.get("algorithm").and_then(toml::Value::as_str) {
+        Some("sha256") => HashAlg::Sha256,
+        Some("sha384") => HashAlg::Sha384,
+        Some("sha512") => HashAlg::Sha512,
+        Some(other) => {
+            return Err(bad(format!(
+                "algorithm '{}' is not sha256, sha384 or sha512",
+                crate::text::value(other)
+            ))
+            .into())
+        }
+        None => return Err(bad("no algorithm key (sha256, sha384 or sha512)".into()).into()),
+    };
+    let digest = alg
+        .hash(body.as_bytes())
+        .ok_or_else(|| bad(format!("cannot hash with {alg}")))?;
+    Ok((alg, digest))
+}
+
+/// Check, before sending, that the init-data matches what the TEE launch bound (SNP
+/// HOST_DATA, TDX MRCONFIGID), as Trustee's verifiers compare them: the digest zero-padded
+/// or cut to the field's size. A TDX MRCONFIGID of zeros is let through with a warning
+/// (a broker may bind init-data through an RTMR 3 event instead).
+fn check_launch_init_data(
+    source: &dyn EvidenceSource,
+    init_data: Option<&str>,
+) -> Result<(), Error> {
+    use crate::evidence::{EvidenceError, LaunchInitData};
+    let (Some(body), Some(launch)) = (init_data, source.launch_init_data()) else {
+        return Ok(());
+    };
+    let (_, mut digest) = init_data_digest(body)?;
+    let field = launch.bytes();
+    digest.resize(field.len(), 0);
+    if digest == field {
+        return Ok(());
+    }
+    if matches!(launch, LaunchInitData::TdxMrConfigId(_)) && field.iter().all(|b| *b == 0) {
+        log::warn!("init-data is sent but TDX MRCONFIGID is zero: the broker must bind it another way (an RTMR 3 event), or it refuses the evidence");
+        return Ok(());
+    }
+    Err(EvidenceError::InitDataMismatch {
+        field: launch.name(),
+        found: hex::encode(field),
+        expected: hex::encode(&digest),
+    }
+    .into())
+}
+
 /// The PCR a Trustee TPM verifier compares with the init-data digest.
 pub const INIT_DATA_PCR: u32 = 8;
 
@@ -328,6 +385,14 @@ pub fn bind_init_data(
     let Some(value) = source.pcr_sha256(INIT_DATA_PCR)? else {
         return Ok(());
     };
+    // Trustee's TPM verifier takes PCR 8 = SHA-256(0^32 || digest): a 32-byte digest.
+    let (alg, _) = init_data_digest(&body)?;
+    if alg != crate::formats::HashAlg::Sha256 {
+        return Err(crate::config::ConfigError::Invalid(format!(
+            "init-data algorithm {alg}: a TPM node binds init-data into the SHA-256 PCR 8, which takes a sha256 digest"
+        ))
+        .into());
+    }
     let event = body.as_bytes();
     if value == [0u8; 32] {
         source.measure(INIT_DATA_PCR, event)?;
@@ -697,6 +762,7 @@ fn session(
             collect(source, &session.nonce, &tee_pubkey)
         })
         .map_err(|e| (Step::Evidence, e.into()))?;
+    check_launch_init_data(source, init_data).map_err(|e| (Step::Evidence, e))?;
 
     let attestation = Attestation {
         init_data: init_data.map(|body| InitData {

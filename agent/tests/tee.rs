@@ -95,6 +95,12 @@ impl World {
 
     /// Start the fake configfs-tsm tree for this world's hardware.
     fn start_tsm(&mut self, generation_race: bool) {
+        self.start_tsm_launched_with(generation_race, [0; 48]);
+    }
+
+    /// Like [`World::start_tsm`], for a VM the host launched with this init-data digest
+    /// (SNP HOST_DATA takes its first 32 bytes, TDX MRCONFIGID all 48).
+    fn start_tsm_launched_with(&mut self, generation_race: bool, launch: [u8; 48]) {
         let dir = self.root.path().join(TSM_DIR);
         let fake = match &self.hw {
             Hw::Snp(signer) => {
@@ -104,7 +110,9 @@ impl World {
                     &dir,
                     "sev_guest",
                     Box::new(move |data| {
-                        let report = signer.report(&SnpReportParams::default(), data);
+                        let mut params = SnpReportParams::default();
+                        params.host_data.copy_from_slice(&launch[..32]);
+                        let report = signer.report(&params, data);
                         (report, Some(aux.clone()))
                     }),
                     generation_race,
@@ -113,6 +121,7 @@ impl World {
             Hw::Tdx(signer) => {
                 let signer = signer.clone();
                 let mut params = TdxQuoteParams::default();
+                params.mr_config_id = launch;
                 for (i, rtmr) in OVMF_RTMRS.iter().enumerate() {
                     params.rtmrs[i].copy_from_slice(&hex::decode(rtmr).unwrap());
                 }
@@ -414,5 +423,62 @@ fn configured_tee_that_is_absent_fails_without_falling_back_to_the_tpm() {
             "broker was contacted: {:?}",
             broker.log()
         );
+    }
+}
+
+const INIT_DATA: &str = "version = '0.1.0'\nalgorithm = 'sha256'\n[data]\nuuid = 'node1'\n";
+
+/// The init-data digest as Trustee computes it, by `sha256sum` (independent of our code),
+/// zero-padded to 48 bytes.
+fn init_data_digest() -> [u8; 48] {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("init.toml");
+    std::fs::write(&f, INIT_DATA).unwrap();
+    let out = run_ok(Command::new("sha256sum").arg(&f));
+    let hexd = String::from_utf8(out.stdout).unwrap();
+    let mut d = [0u8; 48];
+    d[..32].copy_from_slice(&hex::decode(hexd.split_whitespace().next().unwrap()).unwrap());
+    d
+}
+
+fn with_init_data(mut config: AgentConfig) -> AgentConfig {
+    config.extra = format!("init_data = {{ body = {INIT_DATA:?} }}\n");
+    config
+}
+
+/// Init-data that the launch did not bind (SNP HOST_DATA, TDX MRCONFIGID) is caught before
+/// the evidence is sent, with what the report holds and what the init-data gives; the VM
+/// launched with it attests.
+#[test]
+fn init_data_is_checked_against_what_the_launch_bound() {
+    for tdx in [false, true] {
+        let mut other = [0u8; 48];
+        other[0] = 0x77;
+        let mut w = if tdx { World::tdx() } else { World::snp() };
+        w.start_tsm_launched_with(false, other);
+        let broker = Broker::start(w.broker_config()).unwrap();
+        let v = w.expect_failure(&with_init_data(w.agent_config(&broker)), "evidence");
+        let field = if tdx {
+            "TDX MRCONFIGID"
+        } else {
+            "SNP HOST_DATA"
+        };
+        assert!(
+            v.contains(&format!(
+                "does not match what this VM was launched with: {field} is 77"
+            )),
+            "{v}"
+        );
+        assert!(v.contains("step=evidence"), "{v}");
+        assert!(
+            !broker.log().iter().any(|l| l.contains("attest")),
+            "evidence sent: {:?}",
+            broker.log()
+        );
+
+        let mut w = if tdx { World::tdx() } else { World::snp() };
+        w.start_tsm_launched_with(false, init_data_digest());
+        let broker = Broker::start(w.broker_config()).unwrap();
+        w.expect_success(&with_init_data(w.agent_config(&broker)), &broker);
     }
 }

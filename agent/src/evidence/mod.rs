@@ -43,6 +43,20 @@ pub enum EvidenceError {
     /// The evidence could not be encoded.
     #[error("cannot encode evidence: {0}")]
     Encode(String),
+    /// The init-data sent does not match what the launch bound (SNP HOST_DATA, TDX
+    /// MRCONFIGID): the broker would refuse the evidence.
+    #[error(
+        "the init-data does not match what this VM was launched with: {field} is {found}, the \
+         init-data gives {expected}; the host launched it with other init-data (or none)"
+    )]
+    InitDataMismatch {
+        /// The field.
+        field: &'static str,
+        /// What the report holds, hex.
+        found: String,
+        /// What the configured init-data gives, hex.
+        expected: String,
+    },
     /// Init-data is configured, but PCR 8 already holds other measurements, so it cannot hold
     /// exactly the one extend of the init-data digest a Trustee TPM verifier requires.
     #[error(
@@ -95,9 +109,42 @@ pub trait EvidenceSource {
     /// network byte, and the post-release event after a release.
     fn measure(&mut self, pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError>;
 
+    /// The init-data digest the launch bound, as the last report this source produced shows
+    /// it (SNP HOST_DATA, TDX MRCONFIGID); `None` for a source without one.
+    fn launch_init_data(&self) -> Option<LaunchInitData> {
+        None
+    }
+
     /// The SHA-256 value of TPM PCR `pcr`, where the evidence has a TPM (`None` otherwise).
     fn pcr_sha256(&mut self, _pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
         Ok(None)
+    }
+}
+
+/// The register a TEE's launch binds the init-data digest into, with its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchInitData {
+    /// SEV-SNP HOST_DATA (32 bytes, set by the host at launch).
+    SnpHostData([u8; 32]),
+    /// TDX MRCONFIGID (48 bytes, set by the host at launch).
+    TdxMrConfigId([u8; 48]),
+}
+
+impl LaunchInitData {
+    /// The field's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LaunchInitData::SnpHostData(_) => "SNP HOST_DATA",
+            LaunchInitData::TdxMrConfigId(_) => "TDX MRCONFIGID",
+        }
+    }
+
+    /// The field's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            LaunchInitData::SnpHostData(b) => b,
+            LaunchInitData::TdxMrConfigId(b) => b,
+        }
     }
 }
 
@@ -439,6 +486,10 @@ impl EvidenceSource for Composite {
 
     fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
         self.tpm.pcr_sha256(pcr)
+    }
+
+    fn launch_init_data(&self) -> Option<LaunchInitData> {
+        self.primary.launch_init_data()
     }
 }
 

@@ -29,12 +29,18 @@ pub enum SnpBackend {
 pub struct SnpSource {
     backend: SnpBackend,
     vmpl: u32,
+    /// HOST_DATA of the last report produced.
+    host_data: Option<[u8; 32]>,
 }
 
 impl SnpSource {
     /// A source using `backend` at `vmpl`.
     pub fn new(backend: SnpBackend, vmpl: u32) -> SnpSource {
-        SnpSource { backend, vmpl }
+        SnpSource {
+            backend,
+            vmpl,
+            host_data: None,
+        }
     }
 
     fn raw(
@@ -138,7 +144,14 @@ impl EvidenceSource for SnpSource {
     fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
         let data = report_data.padded64();
         let (report, certs) = self.raw(&data)?;
+        self.host_data = crate::formats::snp::parse_report(&report)
+            .ok()
+            .map(|r| r.host_data);
         encode(&report, certs, &data)
+    }
+
+    fn launch_init_data(&self) -> Option<super::LaunchInitData> {
+        self.host_data.map(super::LaunchInitData::SnpHostData)
     }
 
     fn measure(&mut self, _pcr: u32, _event: &[u8]) -> Result<Recorded, EvidenceError> {

@@ -122,6 +122,8 @@ pub struct TdxSource {
     tsm_root: PathBuf,
     ccel: PathBuf,
     rtmr: PathBuf,
+    /// MRCONFIGID of the last quote produced.
+    mr_config_id: Option<[u8; 48]>,
 }
 
 impl TdxSource {
@@ -132,6 +134,7 @@ impl TdxSource {
             tsm_root,
             ccel,
             rtmr,
+            mr_config_id: None,
         }
     }
 }
@@ -160,7 +163,14 @@ impl EvidenceSource for TdxSource {
         } else {
             None
         };
+        self.mr_config_id = crate::formats::tdx::parse_quote(&r.outblob)
+            .ok()
+            .map(|q| q.body.mr_config_id);
         encode(&r.outblob, ccel.as_deref(), &data)
+    }
+
+    fn launch_init_data(&self) -> Option<super::LaunchInitData> {
+        self.mr_config_id.map(super::LaunchInitData::TdxMrConfigId)
     }
 
     fn measure(&mut self, _pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
