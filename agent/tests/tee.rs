@@ -120,8 +120,10 @@ impl World {
             }
             Hw::Tdx(signer) => {
                 let signer = signer.clone();
-                let mut params = TdxQuoteParams::default();
-                params.mr_config_id = launch;
+                let mut params = TdxQuoteParams {
+                    mr_config_id: launch,
+                    ..TdxQuoteParams::default()
+                };
                 for (i, rtmr) in OVMF_RTMRS.iter().enumerate() {
                     params.rtmrs[i].copy_from_slice(&hex::decode(rtmr).unwrap());
                 }
