@@ -478,3 +478,86 @@ fn provisioner_plugin_bind_unlock_and_refusals() {
     assert!(!v.contains("volume="), "{}", run.stderr);
     assert!(v.contains("step=fetch"), "{v}");
 }
+
+/// The `sh` block of docs/deploying.md that contains `marker`, continuation lines joined.
+fn doc_shell(marker: &str) -> String {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploying.md"))
+            .unwrap();
+    let blocks: Vec<&str> = text
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.contains(marker))
+        .collect();
+    assert_eq!(
+        blocks.len(),
+        1,
+        "one sh block with {marker:?} in docs/deploying.md"
+    );
+    blocks[0].to_owned()
+}
+
+/// The resource upload of docs/deploying.md runs as written (with the real `kbs-client`, its
+/// `--admin-token-file` and `--cert-file`; only the URL is this KBS's), and a node then gets
+/// both resources, the disk key in the operator's format.
+#[test]
+fn docs_resource_upload_runs_as_written() {
+    let node = Node::new();
+    let kbs = Trustee::start();
+    kbs.admin(&["set-resource-policy", "--affirming"]);
+    node.register(&kbs);
+    let dir = secret_dir();
+    std::fs::write(dir.path().join("kbs-ca.pem"), kbs.ca_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("admin-token"),
+        "not checked by InsecureAllowAll",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("bootstrap.kubeconfig"), KUBELET_TOKEN).unwrap();
+    let script = doc_shell("set-resource --path").replace(
+        "KBS=https://kbs.example.com:8080",
+        &format!("KBS={}", kbs.url()),
+    );
+    let client = common::shared_tools::unpack("trustee-kbs-78962cd", "kbs-client");
+    run_ok(
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir.path())
+            .env("UUID", "node1")
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    client.parent().unwrap().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            ),
+    );
+    // A node with both as secrets (no disk here): delivered, the key as the docs describe.
+    let root = node.secrets.path().join("root.json");
+    let text = format!(
+        "[tpm]\ntcti = {:?}\n[retry]\nmax_rounds = 1\n[measure]\nlog = {:?}\n\
+         [[brokers]]\nurl = {:?}\nca_cert = {:?}\n\
+         [[secrets]]\nresource = {KUBELET:?}\npath = {:?}\n\
+         [[secrets]]\nresource = {ROOT:?}\npath = {:?}\n",
+        node.tpm.tcti(),
+        node.work
+            .path()
+            .join("measurements.log")
+            .display()
+            .to_string(),
+        kbs.url(),
+        kbs.ca_pem(),
+        node.kubelet().display().to_string(),
+        root.display().to_string(),
+    );
+    let cfg = node.work.path().join("secrets.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let run = node.unlock(&cfg);
+    assert!(run.status.success(), "{}\n{}", run.stderr, kbs.log());
+    assert_eq!(std::fs::read(node.kubelet()).unwrap(), KUBELET_TOKEN);
+    let key: serde_json::Value = serde_json::from_slice(&std::fs::read(&root).unwrap()).unwrap();
+    assert_eq!(key["key_type"], "oct");
+    assert_eq!(key["key"].as_str().unwrap().len(), 32, "{key}");
+}
