@@ -46,6 +46,10 @@ pub enum ClevisError {
     /// Authentication failed: wrong key or altered JWE.
     #[error("clevis JWE authentication failed: wrong key from the broker, or the JWE was altered")]
     Decrypt,
+    /// What `clevis-decrypt-trustee` got on its stdin is not a trustee clevis JWE (a usage
+    /// error of the caller, not a LUKS problem).
+    #[error("input: {0}")]
+    Input(String),
     /// The LUKS2 header metadata has no usable trustee token.
     #[error("LUKS2 token: {0}")]
     Token(String),

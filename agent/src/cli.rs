@@ -237,8 +237,8 @@ fn inspect_file(
     let mut bytes = Vec::new();
     std::fs::File::open(file)
         .and_then(|f| f.take(MAX_INSPECT).read_to_end(&mut bytes))
-        .map_err(|source| ConfigError::Read {
-            path: file.to_owned(),
+        .map_err(|source| Error::Input {
+            file: file.display().to_string(),
             source,
         })?;
     let value = crate::inspect::inspect(&bytes, kind).map_err(|source| Error::Format {

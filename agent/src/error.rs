@@ -120,6 +120,15 @@ pub enum Error {
         #[source]
         source: crate::formats::FormatError,
     },
+    /// A file named on the command line (`inspect FILE`) could not be read.
+    #[error("cannot read {file}: {source}")]
+    Input {
+        /// The file.
+        file: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Writing a secret failed.
     #[error(transparent)]
     Deliver(#[from] DeliverError),
@@ -134,12 +143,13 @@ impl Error {
             Error::Kbs(e) => e.class(),
             Error::Jwe { .. } => ErrorClass::Jwe,
             Error::KeyFormat { .. } => ErrorClass::BadReply,
-            Error::Clevis(ClevisError::Config(_)) => ErrorClass::Config,
+            Error::Clevis(ClevisError::Config(_) | ClevisError::Input(_)) => ErrorClass::Config,
             Error::Clevis(ClevisError::Key(_)) => ErrorClass::BadReply,
             Error::Clevis(ClevisError::Decrypt) => ErrorClass::Jwe,
             Error::Clevis(ClevisError::Jwe(_) | ClevisError::Token(_)) => ErrorClass::Luks,
             Error::Luks(_) => ErrorClass::Luks,
             Error::Format { .. } => ErrorClass::Evidence,
+            Error::Input { .. } => ErrorClass::Config,
             Error::Deliver(_) => ErrorClass::Deliver,
         }
     }

@@ -491,7 +491,7 @@ fn event_text(e: &Event) -> Value {
     let data = e.data.as_slice();
     let text = match e.event_type {
         // Firmware writes the S-CRTM version as UCS-2 (UTF-16LE), some as ASCII.
-        EV_S_CRTM_VERSION if data.len() % 2 == 0 && data.get(1) == Some(&0) => {
+        EV_S_CRTM_VERSION if data.len().is_multiple_of(2) && data.get(1) == Some(&0) => {
             let units: Vec<u16> = data
                 .chunks_exact(2)
                 .map(|c| {

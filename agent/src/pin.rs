@@ -215,9 +215,12 @@ fn register(config: &Config, reg: &clevis::Registration) -> Result<(), Error> {
 /// `clevis-decrypt-trustee`.
 pub fn decrypt(out: &mut dyn Write) -> Result<(), Error> {
     let input = read_stdin()?;
-    let text = std::str::from_utf8(&input)
-        .map_err(|_| clevis::ClevisError::Jwe("input is not UTF-8".into()))?;
-    let jwe = ClevisJwe::parse_compact(text)?;
+    let text =
+        std::str::from_utf8(&input).map_err(|_| clevis::ClevisError::Input("not UTF-8".into()))?;
+    let jwe = ClevisJwe::parse_compact(text).map_err(|e| match e {
+        clevis::ClevisError::Jwe(m) => clevis::ClevisError::Input(m),
+        e => e,
+    })?;
     let config = resolve(&jwe.config)?;
     let (mut source, measured) = prepare(&config, &jwe.config.path)?;
     let (key, _) = fetch_key(&config, source.as_mut(), &measured, &jwe.config.path)?;

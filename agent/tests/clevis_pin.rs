@@ -442,3 +442,18 @@ fn encrypt_registers_the_ak_first() {
     let pem: String = ak.lines().skip(1).map(|l| format!("{l}\n")).collect();
     assert_eq!(body["attestation_key"].as_str().unwrap().trim(), pem.trim());
 }
+
+/// What `clevis-decrypt-trustee` gets on stdin is its caller's input: garbage there is a
+/// usage error (`class=config`), not a LUKS failure, and nothing is printed on stdout.
+#[test]
+fn malformed_jwe_on_stdin_is_an_input_error() {
+    let pin = Pin::new();
+    let mut dec = Command::new(pin.bin_dir.path().join("clevis-decrypt-trustee"));
+    dec.env("ATTEST_UNLOCK_CONFIG", &pin.config_file);
+    let out = pin.piped(dec, b"this.is.not.a.jwe");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(err.contains("class=config"), "{err}");
+    assert!(pin.broker.log().is_empty(), "{:?}", pin.broker.log());
+}

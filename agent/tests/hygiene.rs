@@ -98,7 +98,8 @@ fn secrets_appear_only_at_their_destination() {
     );
     let child = Command::new(agent_bin())
         .args([
-            "-v",
+            // The most verbose level: every library's trace output too.
+            "-vv",
             "unlock",
             "--verify-only",
             "--kernel-cmdline",
@@ -113,8 +114,23 @@ fn secrets_appear_only_at_their_destination() {
         .unwrap();
     // The agent's own argv and environment, read while it runs.
     let pid = child.id();
-    let own_cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let own_environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    // Until the exec has happened the entries are the test's own (or empty): read until
+    // the agent's argv is there, for at most two seconds.
+    let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).unwrap_or_default();
+    let started = std::time::Instant::now();
+    let (mut own_cmdline, mut own_environ) = (read("cmdline"), read("environ"));
+    while !own_cmdline.windows(6).any(|w| w == b"unlock")
+        && started.elapsed() < std::time::Duration::from_secs(2)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        own_cmdline = read("cmdline");
+        own_environ = read("environ");
+    }
+    // A search in nothing proves nothing: the reads must have worked.
+    assert!(
+        own_cmdline.windows(6).any(|w| w == b"unlock") && !own_environ.is_empty(),
+        "could not read the agent's argv/environ"
+    );
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

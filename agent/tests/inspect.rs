@@ -2124,3 +2124,18 @@ fn errors_are_one_line() {
         assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
     }
 }
+
+/// A missing file is named as what it is, not as a config file.
+#[test]
+fn missing_file_is_named_as_the_input() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attest-unlock"))
+        .args(["inspect", "/nonexistent/report.bin"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot read /nonexistent/report.bin") && !err.contains("cannot read config"),
+        "{err}"
+    );
+}

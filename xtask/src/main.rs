@@ -173,7 +173,34 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
+/// The declared MSRV (`rust-version` of the workspace) is the toolchain that builds here:
+/// `rustc` must be that major.minor version, so the claim cannot drift from what CI runs.
+fn check_msrv() -> Result<()> {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).context("read Cargo.toml")?;
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .context("no rust-version in Cargo.toml")?;
+    let out = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("--version")
+        .output()
+        .context("rustc --version")?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    let built = version.split_whitespace().nth(1).unwrap_or_default();
+    let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    if minor(built) != minor(&declared) {
+        bail!(
+            "Cargo.toml declares rust-version {declared}, but this build uses rustc {built}: \
+             build with {declared} or update the declaration"
+        );
+    }
+    eprintln!("xtask: rust-version {declared} is the toolchain in use (rustc {built})");
+    Ok(())
+}
+
 fn test(e2e: bool) -> Result<()> {
+    check_msrv()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -224,4 +224,13 @@ mod tests {
         let bad64 = br#"{"protected":"***","encrypted_key":"","iv":"","ciphertext":"","tag":""}"#;
         assert_eq!(decrypt(bad64, &key), Err(JweError::Base64("protected")));
     }
+
+    /// The AES key schedules behind AES-GCM and AES key unwrap are wiped when dropped (the
+    /// `aes` crate's `zeroize` feature; without it this does not compile).
+    #[test]
+    fn aes_key_schedules_are_wiped_on_drop() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<aes::Aes256>();
+        wiped_on_drop::<aes::Aes128>();
+    }
 }

@@ -118,12 +118,28 @@ impl KbsError {
     }
 }
 
-/// A session established by `auth`.
-#[derive(Debug, Clone)]
+/// A session established by `auth`. The cookie is the attested session's bearer: neither
+/// printed (`Debug` shows only that there is one) nor copied.
 pub struct Session {
     /// The broker's challenge nonce, as received.
     pub nonce: String,
-    cookie: String,
+    cookie: zeroize::Zeroizing<String>,
+}
+
+impl Session {
+    /// The `Cookie` header value, wiped after use.
+    fn header(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(format!("{SESSION_COOKIE}={}", *self.cookie))
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("nonce", &self.nonce)
+            .field("cookie", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A client for one broker.
@@ -176,7 +192,7 @@ impl KbsClient {
         }
         Ok(Session {
             nonce: challenge.nonce,
-            cookie,
+            cookie: zeroize::Zeroizing::new(cookie),
         })
     }
 
@@ -187,20 +203,23 @@ impl KbsClient {
             .agent
             .post(format!("{}/kbs/v0/attest", self.base))
             .header("Content-Type", "application/json")
-            .header("Cookie", &format!("{SESSION_COOKIE}={}", session.cookie))
+            .header("Cookie", session.header().as_str())
             .send(self.encode(step, attestation)?)
             .map_err(|e| self.transport(step, e))?;
         if let Some(c) = session_cookie(&resp) {
-            if c != session.cookie {
+            if c != *session.cookie {
                 return Err(self.bad(step, "broker changed the session cookie mid-session".into()));
             }
         }
-        #[derive(serde::Deserialize)]
+        // The reply holds the attestation token: its bytes are wiped once parsed.
+        #[derive(serde::Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
         struct TokenReply {
             token: String,
         }
-        let reply: TokenReply = self.read_json(step, resp)?;
-        Ok(reply.token)
+        let body = zeroize::Zeroizing::new(self.read_ok(step, resp)?);
+        let mut reply: TokenReply = serde_json::from_slice(&body)
+            .map_err(|e| self.bad(step, format!("invalid JSON: {e}")))?;
+        Ok(std::mem::take(&mut reply.token))
     }
 
     /// `GET /kbs/v0/resource/<path>` (or `/kbs/v0/provisioner/<path>` for a
@@ -214,7 +233,7 @@ impl KbsClient {
         let resp = self
             .agent
             .get(url)
-            .header("Cookie", &format!("{SESSION_COOKIE}={}", session.cookie))
+            .header("Cookie", session.header().as_str())
             .call()
             .map_err(|e| self.transport(step, e))?;
         self.read_ok(step, resp)
