@@ -24,13 +24,6 @@ pub const PIN: &str = "trustee";
 /// Our extension key inside the pin config.
 pub const EXTENSION_KEY: &str = "attest-unlock";
 
-/// Where a CA bundle is looked for when a server's `cert` is empty (the upstream pin then
-/// trusts the system roots).
-pub const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/certs/ca-certificates.crt",
-];
-
 /// A clevis/pin format problem.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClevisError {

@@ -403,7 +403,7 @@ fn prepare_disk_key(
         token.keyslot
     );
     jwe.config
-        .add_to(&mut layers, crate::pin::system_ca_bundle())
+        .add_to(&mut layers, config::system_ca_bundle())
         .map_err(|e| token_err(e.into()))?;
     let mut resolved = layers.resolve().map_err(|e| ("config", e.into()))?;
     let mut luks = resolved.luks.take().unwrap_or(luks);
@@ -433,7 +433,7 @@ fn anchors(
             if let Some(i) = &pin.initdata {
                 pin.initdata = Some(crate::clevis::initdata_document(i)?);
             }
-            pin.add_to(&mut layers, crate::pin::system_ca_bundle())?;
+            pin.add_to(&mut layers, config::system_ca_bundle())?;
             Some(pin)
         }
     };

@@ -33,6 +33,22 @@ use toml::{Table, Value};
 /// Where the config file lives in the initramfs when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/attest-unlock/config.toml";
 
+/// Where a CA bundle is looked for when a server's `cert` is empty (the upstream pin then
+/// trusts the system roots).
+pub const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/certs/ca-certificates.crt",
+];
+
+/// The system CA bundle, used for a pin server whose `cert` is empty (the upstream pin trusts
+/// the system roots then), if one of [`SYSTEM_CA_BUNDLES`] exists.
+pub fn system_ca_bundle() -> Option<&'static str> {
+    SYSTEM_CA_BUNDLES
+        .iter()
+        .copied()
+        .find(|p| Path::new(p).exists())
+}
+
 /// The kernel command line prefix of our keys.
 pub const CMDLINE_PREFIX: &str = "rd.attest_unlock.";
 
@@ -1151,7 +1167,7 @@ impl Config {
                     if let Some(bundle) = b
                         .ca_cert
                         .as_deref()
-                        .filter(|c| crate::clevis::SYSTEM_CA_BUNDLES.contains(c))
+                        .filter(|c| SYSTEM_CA_BUNDLES.contains(c))
                     {
                         log::warn!(
                             "broker {} has an empty cert in the LUKS2 token: trusting the system CA bundle {bundle} (its certificates are part of the measured trust anchors)",

@@ -6,6 +6,7 @@
 //! write nothing. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod anchors;
+pub mod class;
 pub mod clevis;
 pub mod cli;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod hw;
 pub mod inspect;
 pub mod kbs;
 pub mod luks;
+pub mod net;
 pub mod pin;
 pub mod text;
 

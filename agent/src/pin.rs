@@ -44,19 +44,10 @@ fn host() -> Host {
 /// layer (its servers used only when no measured layer names a broker).
 fn resolve(pin: &PinConfig) -> Result<Config, Error> {
     let mut layers = host().layers()?;
-    pin.add_to(&mut layers, system_ca_bundle())?;
+    pin.add_to(&mut layers, crate::config::system_ca_bundle())?;
     let config = layers.resolve()?;
     config.log_settings();
     Ok(config)
-}
-
-/// The system CA bundle, used for a pin server whose `cert` is empty (the upstream pin trusts
-/// the system roots then).
-pub(crate) fn system_ca_bundle() -> Option<&'static str> {
-    clevis::SYSTEM_CA_BUNDLES
-        .iter()
-        .copied()
-        .find(|p| Path::new(p).exists())
 }
 
 fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
@@ -182,7 +173,7 @@ fn register(config: &Config, reg: &clevis::Registration) -> Result<(), Error> {
         .into());
     }
     let ca = if reg.cert.trim().is_empty() {
-        let bundle = clevis::SYSTEM_CA_BUNDLES.iter().find_map(|p| {
+        let bundle = crate::config::SYSTEM_CA_BUNDLES.iter().find_map(|p| {
             crate::config::read_capped(Path::new(p))
                 .ok()
                 .map(|c| (p, c))

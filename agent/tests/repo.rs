@@ -343,3 +343,81 @@ fn relative_links_in_the_docs_resolve() {
         }
     }
 }
+
+/// The top-level modules of the library and the ones each names (`crate::x`), tests left out.
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let mut stack = vec![repo().join("agent/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().and_then(|e| e.to_str()) != Some("rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(repo().join("agent/src")).unwrap();
+            let top = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_owned();
+            if top == "lib" || top == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            let deps = graph.entry(top.clone()).or_default();
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != top {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// No import cycle between the library's modules (ARCHITECTURE.md), and the pure `formats`
+/// layer imports nothing of the crate.
+#[test]
+fn module_imports_have_no_cycle() {
+    let graph = module_graph();
+    fn reaches(
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        from: &str,
+        to: &str,
+        seen: &mut std::collections::BTreeSet<String>,
+    ) -> bool {
+        graph
+            .get(from)
+            .into_iter()
+            .flatten()
+            .any(|n| n == to || (seen.insert(n.clone()) && reaches(graph, n, to, seen)))
+    }
+    let mut cycles = Vec::new();
+    for (module, deps) in &graph {
+        for dep in deps {
+            if reaches(&graph, dep, module, &mut Default::default()) {
+                cycles.push(format!("{module} -> {dep}"));
+            }
+        }
+    }
+    assert!(cycles.is_empty(), "import cycles through: {cycles:?}");
+    assert!(
+        graph["formats"].is_empty(),
+        "formats imports {:?}",
+        graph["formats"]
+    );
+    assert!(graph.len() > 15, "{graph:?}");
+}

@@ -59,7 +59,7 @@ pub struct Imds {
 impl Imds {
     /// A client for `base_url` (`http://169.254.169.254` on Azure).
     pub fn new(base_url: &str, timeouts: &Timeouts) -> Imds {
-        let agent = crate::kbs::agent(ureq::tls::TlsConfig::default(), false, timeouts);
+        let agent = crate::net::agent(ureq::tls::TlsConfig::default(), false, timeouts);
         Imds {
             agent,
             base: base_url.trim_end_matches('/').to_owned(),

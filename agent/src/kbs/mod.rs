@@ -17,8 +17,9 @@ use kbs_types::{Attestation, Challenge, ErrorInformation, Request, Tee};
 use serde::de::DeserializeOwned;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
+use crate::class::ErrorClass;
 use crate::config::{Broker, Timeouts};
-use crate::error::ErrorClass;
+use crate::net::{agent, transport_message};
 
 /// The protocol version we speak; Trustee accepts exactly this.
 pub const PROTOCOL_VERSION: &str = "0.4.0";
@@ -293,28 +294,6 @@ impl KbsClient {
     }
 }
 
-fn transport_message(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::Io(io) => match io.kind() {
-            std::io::ErrorKind::ConnectionRefused => {
-                "connection refused (broker not listening?)".to_owned()
-            }
-            _ => {
-                // rustls errors reach us wrapped in io::Error; name TLS explicitly.
-                let inner = io.get_ref().map(|i| i.to_string()).unwrap_or_default();
-                if inner.is_empty() {
-                    io.to_string()
-                } else {
-                    format!("TLS/IO: {inner}")
-                }
-            }
-        },
-        ureq::Error::Rustls(t) => format!("TLS: {t}"),
-        ureq::Error::Timeout(t) => format!("timed out ({t})"),
-        e => e.to_string(),
-    }
-}
-
 /// An HTTP agent for `url` trusting only `ca_pem`: no proxy, no redirects, bounded timeouts.
 fn http_agent(
     url: &str,
@@ -343,23 +322,6 @@ fn http_agent(
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .build();
     Ok(agent(tls, url.starts_with("https://"), timeouts))
-}
-
-/// The options every HTTP client of the agent shares: no proxy (the initramfs has none to
-/// honour, and an environment proxy must not see the session), no redirects, status codes as
-/// replies, bounded timeouts.
-pub(crate) fn agent(tls: TlsConfig, https_only: bool, timeouts: &Timeouts) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .tls_config(tls)
-        .https_only(https_only)
-        .proxy(None)
-        .max_redirects(0)
-        .http_status_as_error(false)
-        .timeout_connect(Some(timeouts.connect()))
-        .timeout_per_call(Some(timeouts.request()))
-        .user_agent(concat!("attest-unlock/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
 }
 
 /// Register this node's AK at first boot: `PUT <url>` with
