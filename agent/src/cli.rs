@@ -343,16 +343,17 @@ fn unlock(
                 .timings
                 .0
                 .insert(0, (flow::Step::Detect, detect_time));
-            log::info!(
-                "verdict=ok platform={} broker={} volume={} secrets={} attempts={} {} total={:.1}ms",
-                detected.platform.as_str(),
-                crate::text::value(&report.broker),
-                report.volume,
-                report.secrets,
-                report.attempts,
-                report.timings,
-                start.elapsed().as_secs_f64() * 1e3
-            );
+            let line = crate::verdict::ok(&crate::verdict::Facts {
+                platform: Some(detected.platform.as_str()),
+                broker: Some(&report.broker),
+                volume: Some(report.volume),
+                secrets: Some(report.secrets),
+                attempts: Some(report.attempts),
+                timings: Some(report.timings.to_string()),
+                total: Some(start.elapsed()),
+                ..crate::verdict::Facts::default()
+            });
+            log::info!("{line}");
             Outcome::Success
         }
         Err(f) => fail(
@@ -533,17 +534,19 @@ fn write_failure_report(
 }
 
 fn verdict_failed(ctx: &FailureContext<'_>, start: Instant, error: &Error) {
-    log::error!(
-        "verdict=failed platform={} step={} class={} broker={} device={} attempts={} total={:.1}ms reason=\"{}\" (nothing unlocked, no secret written)",
-        ctx.platform,
-        ctx.step,
-        error.class(),
-        ctx.broker.map_or("-".into(), crate::text::value),
-        ctx.device.as_deref().map_or("-".into(), crate::text::value),
-        ctx.attempts,
-        start.elapsed().as_secs_f64() * 1e3,
-        crate::error::chain(error),
+    let line = crate::verdict::failed(
+        &crate::verdict::Facts {
+            platform: Some(ctx.platform),
+            step: Some(ctx.step),
+            broker: ctx.broker,
+            device: ctx.device.as_deref(),
+            attempts: Some(ctx.attempts),
+            total: Some(start.elapsed()),
+            ..crate::verdict::Facts::default()
+        },
+        error,
     );
+    log::error!("{line}");
 }
 
 #[cfg(test)]

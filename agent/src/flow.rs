@@ -132,8 +132,8 @@ pub struct Report {
     pub attempts: u32,
     /// Per-step timings.
     pub timings: Timings,
-    /// What was done to the volume, for the verdict (`verified` / `opened` / `none`).
-    pub volume: &'static str,
+    /// What was done to the volume.
+    pub volume: crate::verdict::Volume,
     /// Number of secrets delivered.
     pub secrets: usize,
 }
@@ -599,7 +599,7 @@ pub fn run(
         })
         .map_err(|e| fail_at(Step::Stage, e.into()))?;
 
-    let mut volume = "none";
+    let mut volume = crate::verdict::Volume::None;
     if let (Some(luks), Some(key)) = (&config.luks, &passphrase) {
         timings
             .time(Step::Unlock, || {
@@ -611,9 +611,9 @@ pub fn run(
             })
             .map_err(|e| fail_at(Step::Unlock, e.into()))?;
         volume = if opts.verify_only {
-            "verified"
+            crate::verdict::Volume::Verified
         } else {
-            "opened"
+            crate::verdict::Volume::Opened
         };
     }
 
@@ -628,7 +628,7 @@ pub fn run(
     if let Err(e) = delivered {
         // The verdict promises nothing unlocked: undo the activation.
         if let (Some(luks), false) = (&config.luks, opts.verify_only) {
-            if volume == "opened" {
+            if volume == crate::verdict::Volume::Opened {
                 if let Err(close) = cryptsetup.close(&luks.name) {
                     log::error!(
                         "delivery failed and the volume could not be closed again: {close}"

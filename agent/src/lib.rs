@@ -23,5 +23,6 @@ pub mod luks;
 pub mod net;
 pub mod pin;
 pub mod text;
+pub mod verdict;
 
 pub use error::{Error, ErrorClass};

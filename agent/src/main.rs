@@ -104,11 +104,11 @@ fn report(e: &attest_unlock::Error) -> ExitCode {
         }
         source = s.source();
     }
+    let line = attest_unlock::verdict::failed(&attest_unlock::verdict::Facts::default(), e);
     let _ = writeln!(
         std::io::stderr(),
-        "attest-unlock: verdict=failed class={} reason=\"{}\"",
-        e.class(),
-        attest_unlock::error::chain(e)
+        "attest-unlock: {}",
+        attest_unlock::text::console(&line, MAX_LINE)
     );
     ExitCode::from(if e.class() == attest_unlock::ErrorClass::Config {
         2

@@ -100,12 +100,13 @@ fn fetch_key(
         .map(|r| PinKey::from_released(path, r))
         .transpose()?
         .ok_or_else(|| clevis::ClevisError::Key("broker released nothing".into()))?;
-    log::info!(
-        "verdict=ok broker={} attempts={} {}",
-        released.broker,
-        released.attempts,
-        released.timings
-    );
+    let line = crate::verdict::ok(&crate::verdict::Facts {
+        broker: Some(&released.broker),
+        attempts: Some(released.attempts),
+        timings: Some(released.timings.to_string()),
+        ..crate::verdict::Facts::default()
+    });
+    log::info!("{line}");
     Ok((key, released.broker))
 }
 
