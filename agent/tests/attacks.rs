@@ -172,13 +172,22 @@ fn bound_disk(pin: &serde_json::Value, key_resource: &[u8]) -> LuksImage {
 }
 
 fn rand_hex() -> String {
-    use std::io::Read;
     let mut b = [0u8; 8];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut b)
-        .unwrap();
+    getrandom(&mut b);
     hex::encode(b)
+}
+
+/// A node whose config pins the real broker and names its disk key natively (`disk_key`),
+/// with a LUKS image that key opens.
+fn native_node() -> (Node, Broker, LuksImage, PathBuf) {
+    let node = Node::new();
+    let (key, passphrase) = operator_disk_key();
+    let real = real_broker(&[&node.tpm], &key, None);
+    let image = LuksImage::new(&passphrase);
+    let config = node.config(&[&real], &image.path);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("disk_key = {NODE_DISK:?}\n{text}")).unwrap();
+    (node, real, image, config)
 }
 
 fn relayed(broker: &Broker) -> usize {
@@ -342,14 +351,7 @@ fn huge_hostile_token_values_are_cut_and_escaped() {
 /// test that activated nothing while the agent said `volume=opened` and delivered.
 #[test]
 fn option_like_volume_name_from_the_kernel_command_line_is_refused() {
-    let node = Node::new();
-    let (key, passphrase) = operator_disk_key();
-    let real = real_broker(&[&node.tpm], &key, None);
-    let image = LuksImage::new(&passphrase);
-    let config = node.config(&[&real], &image.path);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text = format!("disk_key = {NODE_DISK:?}\n{text}");
-    std::fs::write(&config, text).unwrap();
+    let (node, real, _image, config) = native_node();
     let cmdline = node.work.path().join("cmdline");
     std::fs::write(
         &cmdline,
@@ -519,14 +521,7 @@ fn run_files_do_not_follow_symlinks() {
 /// anything is unlocked.
 #[test]
 fn unsafe_destination_directories_are_refused() {
-    let node = Node::new();
-    let (key, passphrase) = operator_disk_key();
-    let real = real_broker(&[&node.tpm], &key, None);
-    let image = LuksImage::new(&passphrase);
-    let config = node.config(&[&real], &image.path);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text = format!("disk_key = {NODE_DISK:?}\n{text}");
-    std::fs::write(&config, text).unwrap();
+    let (node, _real, _image, config) = native_node();
     let dir = node.kubelet_path().parent().unwrap().to_owned();
     std::fs::create_dir_all(&dir).unwrap();
     for (mode, owner) in [(0o777, None), (0o700, Some(65534))] {
@@ -553,14 +548,7 @@ fn unsafe_destination_directories_are_refused() {
 /// removed by the next run.
 #[test]
 fn sigterm_between_staging_and_delivery_leaves_no_secret() {
-    let node = Node::new();
-    let (key, passphrase) = operator_disk_key();
-    let real = real_broker(&[&node.tpm], &key, None);
-    let image = LuksImage::new(&passphrase);
-    let config = node.config(&[&real], &image.path);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text = format!("disk_key = {NODE_DISK:?}\n{text}");
-    std::fs::write(&config, text).unwrap();
+    let (node, _real, _image, config) = native_node();
     // cryptsetup that takes its time: the window between staging and delivery.
     let bin = tempfile::tempdir().unwrap();
     let slow = bin.path().join("cryptsetup");

@@ -256,7 +256,8 @@ pub fn operator_disk_key() -> (Vec<u8>, Vec<u8>) {
     (resource.into_bytes(), key.into_bytes())
 }
 
-fn getrandom(buf: &mut [u8]) {
+/// Fill `buf` from /dev/urandom.
+pub fn getrandom(buf: &mut [u8]) {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
         .unwrap()
