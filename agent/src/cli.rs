@@ -91,9 +91,10 @@ pub enum Command {
     /// Parse an attestation artefact offline (SNP report, TDX quote, TCG or CCEL event log,
     /// Azure HCL report, TPMS_ATTEST) and print its fields and replayed registers.
     Inspect {
-        /// The file.
+        /// The file (`-`: standard input), at most 64 MiB.
         file: PathBuf,
-        /// Its kind, when detection guesses wrong.
+        /// Its kind, when detection guesses wrong: snp_report, tdx_quote, hcl_report,
+        /// tpms_attest, tpmt_signature, event_log or ccel.
         #[arg(long, value_name = "KIND")]
         kind: Option<crate::inspect::Kind>,
         /// A readable table instead of JSON.
@@ -234,13 +235,28 @@ fn inspect_file(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     use std::io::Read;
+    let input_err = |source| Error::Input {
+        file: file.display().to_string(),
+        source,
+    };
     let mut bytes = Vec::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_INSPECT).read_to_end(&mut bytes))
-        .map_err(|source| Error::Input {
-            file: file.display().to_string(),
-            source,
-        })?;
+    // One byte past the cap tells a file that is too large from one that fits exactly.
+    if file.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX_INSPECT + 1)
+            .read_to_end(&mut bytes)
+            .map_err(input_err)?;
+    } else {
+        std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_INSPECT + 1).read_to_end(&mut bytes))
+            .map_err(input_err)?;
+    }
+    if bytes.len() as u64 > MAX_INSPECT {
+        return Err(input_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_INSPECT} bytes"),
+        )));
+    }
     let value = crate::inspect::inspect(&bytes, kind).map_err(|source| Error::Format {
         file: file.display().to_string(),
         source,

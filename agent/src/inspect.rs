@@ -107,6 +107,10 @@ impl FromStr for Kind {
 ///
 /// A `TPMT_SIGNATURE` has no distinguishing mark and is never guessed.
 pub fn detect(bytes: &[u8]) -> Option<Kind> {
+    // Zeros parse as legacy SHA-1 event records of type 0; they are no artefact.
+    if bytes.iter().all(|b| *b == 0) {
+        return None;
+    }
     if bytes.starts_with(hcl::SIGNATURE) {
         return Some(Kind::HclReport);
     }

@@ -84,7 +84,9 @@ fn init_logging(verbose: u8) {
     log::set_max_level(level);
 }
 
-fn report(e: &attest_unlock::Error) -> ExitCode {
+/// Print the error chain; `verdict`: also the verdict line (the boot's commands, `unlock` and
+/// the pin, not the offline tools).
+fn report(e: &attest_unlock::Error, verdict: bool) -> ExitCode {
     let message = e.to_string();
     let _ = writeln!(
         std::io::stderr(),
@@ -104,12 +106,14 @@ fn report(e: &attest_unlock::Error) -> ExitCode {
         }
         source = s.source();
     }
-    let line = attest_unlock::verdict::failed(&attest_unlock::verdict::Facts::default(), e);
-    let _ = writeln!(
-        std::io::stderr(),
-        "attest-unlock: {}",
-        attest_unlock::text::console(&line, MAX_LINE)
-    );
+    if verdict {
+        let line = attest_unlock::verdict::failed(&attest_unlock::verdict::Facts::default(), e);
+        let _ = writeln!(
+            std::io::stderr(),
+            "attest-unlock: {}",
+            attest_unlock::text::console(&line, MAX_LINE)
+        );
+    }
     ExitCode::from(if e.class() == attest_unlock::ErrorClass::Config {
         2
     } else {
@@ -155,7 +159,7 @@ fn pin_mode(argv0: &str) -> Option<ExitCode> {
     };
     Some(match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&e),
+        Err(e) => report(&e, true),
     })
 }
 
@@ -169,6 +173,6 @@ fn main() -> ExitCode {
     match cli::run(&cli, &mut stdout) {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(1),
-        Err(e) => report(&e),
+        Err(e) => report(&e, matches!(cli.command, cli::Command::Unlock { .. })),
     }
 }

@@ -2139,3 +2139,72 @@ fn missing_file_is_named_as_the_input() {
         "{err}"
     );
 }
+
+/// Runs `attest-unlock ARGS` with `stdin`; (status success, stdout, stderr).
+fn agent(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+    use std::io::Write;
+    let bin = std::env::var_os("ATTEST_UNLOCK_TEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_attest-unlock").into());
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Zeros are not an event log, whatever their length (they parsed as SHA-1 records).
+#[test]
+fn zeros_are_no_recognised_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("zeros");
+    std::fs::write(&f, [0u8; 320]).unwrap();
+    let (ok, out, err) = agent(&["inspect", f.to_str().unwrap()], b"");
+    assert!(!ok, "{out}");
+    assert!(err.contains("no recognised format"), "{err}");
+}
+
+/// A file over the cap is refused, not cut and then misreported.
+#[test]
+fn files_over_the_cap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("big");
+    let file = std::fs::File::create(&f).unwrap();
+    file.set_len((64 << 20) + 1).unwrap();
+    let (ok, _, err) = agent(&["inspect", f.to_str().unwrap()], b"");
+    assert!(!ok);
+    assert!(err.contains("larger than 67108864 bytes"), "{err}");
+}
+
+/// `-` is standard input, as for every other Unix tool.
+#[test]
+fn dash_reads_standard_input() {
+    let report = std::fs::read(format!("{TESTDATA}snp/milan-virtee-sev/report_milan.bin")).unwrap();
+    let (ok, out, err) = agent(&["inspect", "-"], &report);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"kind\": \"snp_report\""), "{out}");
+}
+
+/// `--help` lists the kinds `--kind` takes, and an offline tool prints no boot verdict.
+#[test]
+fn help_lists_the_kinds_and_failures_print_no_verdict() {
+    let (_, help, _) = agent(&["inspect", "--help"], b"");
+    for kind in Kind::ALL {
+        assert!(
+            help.contains(kind.name()),
+            "{} missing from:\n{help}",
+            kind.name()
+        );
+    }
+    let (ok, _, err) = agent(&["inspect", "/nonexistent"], b"");
+    assert!(!ok);
+    assert!(!err.contains("verdict="), "{err}");
+}
