@@ -26,8 +26,8 @@ use crate::deliver::{self, Item};
 use crate::error::{Error, ErrorClass};
 use crate::evidence::{binding, EvidenceSource};
 use crate::kbs::key::EphemeralKey;
-use crate::kbs::{jwe, KbsClient, KbsError};
-use crate::luks::Cryptsetup;
+use crate::kbs::{jwe, BrokerClient, KbsClient, KbsError};
+use crate::luks::Volume;
 
 /// The states of the flow, also the names of the timed steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -414,7 +414,7 @@ pub fn release(
     config: &Config,
     source: &mut dyn EvidenceSource,
     paths: &[&str],
-    _anchors: &AnchorsMeasured,
+    anchors: &AnchorsMeasured,
 ) -> Result<Released, Failure> {
     let fail = |step, broker, attempts, error: Error| Failure {
         step,
@@ -432,25 +432,59 @@ pub fn release(
             crate::config::ConfigError::Invalid("no broker configured".into()).into(),
         ));
     }
-    let mut clients = Vec::new();
-    for b in &config.brokers {
-        let ca = b
-            .ca_pem()
-            .map_err(|e| fail(Step::Config, None, 0, e.into()))?;
-        let client = KbsClient::new(b, ca.as_deref(), &config.timeouts)
-            .map_err(|e| fail(Step::Config, Some(b.url.clone()), 0, e.into()))?;
-        clients.push(client);
-    }
+    let clients = clients(config)?;
+    release_from(
+        config,
+        &clients,
+        source,
+        paths,
+        init_data.as_deref(),
+        anchors,
+    )
+}
 
+/// The real broker clients of the config (no network contact: TLS settings and CAs only).
+pub fn clients(config: &Config) -> Result<Vec<Box<dyn BrokerClient>>, Failure> {
+    let fail = |broker, error: Error| Failure {
+        step: Step::Config,
+        broker,
+        attempts: 0,
+        error,
+    };
+    let mut clients: Vec<Box<dyn BrokerClient>> = Vec::new();
+    for b in &config.brokers {
+        let ca = b.ca_pem().map_err(|e| fail(None, e.into()))?;
+        let client = KbsClient::new(b, ca.as_deref(), &config.timeouts)
+            .map_err(|e| fail(Some(b.url.clone()), e.into()))?;
+        clients.push(Box::new(client));
+    }
+    Ok(clients)
+}
+
+/// The retry loop of [`release`] over brokers already built (the real clients, or fakes).
+pub fn release_from(
+    config: &Config,
+    clients: &[Box<dyn BrokerClient>],
+    source: &mut dyn EvidenceSource,
+    paths: &[&str],
+    init_data: Option<&str>,
+    _anchors: &AnchorsMeasured,
+) -> Result<Released, Failure> {
+    let fail = |step, broker, attempts, error: Error| Failure {
+        step,
+        broker,
+        attempts,
+        error,
+    };
     let mut attempts = 0u32;
     let mut round = 0u32;
     let started = Instant::now();
     loop {
         let mut last = None;
-        for client in &clients {
+        for client in clients {
             attempts += 1;
             let mut timings = Timings::default();
-            match session(client, source, paths, init_data.as_deref(), &mut timings) {
+            match session(client.as_ref(), source, paths, init_data, &mut timings) {
                 Ok((resources, token)) => {
                     if config.measure.enabled {
                         timings
@@ -520,7 +554,20 @@ pub fn run(
     config: &Config,
     disk: Option<&DiskKey>,
     source: &mut dyn EvidenceSource,
-    cryptsetup: &Cryptsetup,
+    cryptsetup: &dyn Volume,
+    opts: &Options,
+) -> Result<Report, Failure> {
+    let brokers = clients(config)?;
+    run_with(config, disk, source, &brokers, cryptsetup, opts)
+}
+
+/// [`run`] with the brokers given (the real clients, or fakes in the fast tests).
+pub fn run_with(
+    config: &Config,
+    disk: Option<&DiskKey>,
+    source: &mut dyn EvidenceSource,
+    brokers: &[Box<dyn BrokerClient>],
+    cryptsetup: &dyn Volume,
     opts: &Options,
 ) -> Result<Report, Failure> {
     let early = |step, error: Error| Failure {
@@ -543,13 +590,21 @@ pub fn run(
     let measured =
         measure_anchors(config, source, &anchors).map_err(|e| early(Step::Anchors, e))?;
     let anchors_time = anchors_start.elapsed();
+    let init_data = init_data_for(config, &paths).map_err(|e| early(Step::Config, e.into()))?;
     let Released {
         broker,
         attempts,
         mut timings,
         mut resources,
         token,
-    } = release(config, source, &paths, &measured)?;
+    } = release_from(
+        config,
+        brokers,
+        source,
+        &paths,
+        init_data.as_deref(),
+        &measured,
+    )?;
     timings.0.insert(0, (Step::Anchors, anchors_time));
     let fail_at = |step, error| Failure {
         step,
@@ -745,7 +800,7 @@ pub fn collect(
 
 /// One session with one broker: everything up to decrypted resources in memory.
 fn session(
-    client: &KbsClient,
+    client: &dyn BrokerClient,
     source: &mut dyn EvidenceSource,
     paths: &[&str],
     init_data: Option<&str>,
@@ -946,5 +1001,312 @@ mod tests {
         assert_eq!(t["version"].as_str(), Some("0.1.0"));
         assert_eq!(t["data"]["trustee.kbs.resource"].as_str(), Some(reference));
         assert_eq!(init_data_for(&c, &["a/b/c"]).unwrap(), None);
+    }
+
+    // ---- the fast ring: the flow's ordering invariants with fakes at its seams, in ms ----
+
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use crate::evidence::{EvidenceError, Recorded, ReportData};
+    use crate::kbs::Session;
+    use crate::luks::LuksError;
+
+    type Calls = Rc<RefCell<Vec<String>>>;
+
+    /// Evidence that records its measurements and can fail the n-th one.
+    struct FakeSource {
+        calls: Calls,
+        fail_measure: Option<usize>,
+    }
+
+    impl EvidenceSource for FakeSource {
+        fn platform(&self) -> crate::config::Platform {
+            crate::config::Platform::Tpm
+        }
+        fn tee(&self) -> kbs_types::Tee {
+            kbs_types::Tee::Tpm
+        }
+        fn collect(&mut self, _: &ReportData) -> Result<serde_json::Value, EvidenceError> {
+            self.calls.borrow_mut().push("collect".into());
+            Ok(serde_json::json!({}))
+        }
+        fn measure(&mut self, _pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
+            let n = self
+                .calls
+                .borrow()
+                .iter()
+                .filter(|c| c.starts_with("measure"))
+                .count();
+            let first =
+                String::from_utf8_lossy(event.split(|b| *b == b'\n').next().unwrap_or_default())
+                    .into_owned();
+            self.calls.borrow_mut().push(format!("measure {first}"));
+            if self.fail_measure == Some(n) {
+                return Err(EvidenceError::Tee("injected measurement failure".into()));
+            }
+            Ok(Recorded::Registers("PCR 15 (fake)".into()))
+        }
+    }
+
+    /// A broker that serves `resources` (encrypted to the session key) or denies at attest.
+    struct FakeBroker {
+        name: String,
+        calls: Calls,
+        deny: bool,
+        resources: Vec<(String, Vec<u8>)>,
+        key: RefCell<Option<kbs_types::TeePubKey>>,
+    }
+
+    impl BrokerClient for FakeBroker {
+        fn url(&self) -> &str {
+            &self.name
+        }
+        fn auth(&self, _tee: kbs_types::Tee) -> Result<Session, KbsError> {
+            self.calls.borrow_mut().push(format!("{} auth", self.name));
+            Ok(Session::new(
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
+                "c".into(),
+            ))
+        }
+        fn attest(&self, _s: &Session, a: &Attestation) -> Result<String, KbsError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("{} attest", self.name));
+            if self.deny {
+                return Err(KbsError::Denied {
+                    broker: self.name.clone(),
+                    step: "attest",
+                    kind: "PolicyDeny".into(),
+                    detail: "no".into(),
+                });
+            }
+            *self.key.borrow_mut() = Some(a.runtime_data.tee_pubkey.clone());
+            Ok("a.b.c".into())
+        }
+        fn resource(&self, _s: &Session, path: &str) -> Result<Vec<u8>, KbsError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("{} fetch {path}", self.name));
+            let plain = &self.resources.iter().find(|(p, _)| p == path).unwrap().1;
+            Ok(jwe::encrypt_to(self.key.borrow().as_ref().unwrap(), plain))
+        }
+    }
+
+    /// A volume that records what it was asked, and what the secret destination looked like
+    /// at that moment; `open` can raise a SIGTERM (a stop request mid-unlock).
+    struct FakeVolume {
+        calls: Calls,
+        watch: PathBuf,
+        sigterm_on_open: bool,
+    }
+
+    impl Volume for FakeVolume {
+        fn test_key(
+            &self,
+            _: &std::path::Path,
+            _: Option<u32>,
+            key: &[u8],
+        ) -> Result<(), LuksError> {
+            let staged = std::fs::read_dir(self.watch.parent().unwrap())
+                .map(|d| d.count())
+                .unwrap_or(0);
+            self.calls.borrow_mut().push(format!(
+                "test_key {} dest_exists={} staged={staged}",
+                String::from_utf8_lossy(key),
+                self.watch.exists()
+            ));
+            Ok(())
+        }
+        fn open(
+            &self,
+            _: &std::path::Path,
+            _: &str,
+            _: Option<u32>,
+            _: &[u8],
+        ) -> Result<(), LuksError> {
+            self.calls.borrow_mut().push("open".into());
+            if self.sigterm_on_open {
+                nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
+            }
+            Ok(())
+        }
+        fn close(&self, _: &str) -> Result<(), LuksError> {
+            self.calls.borrow_mut().push("close".into());
+            Ok(())
+        }
+    }
+
+    struct Fast {
+        calls: Calls,
+        dir: tempfile::TempDir,
+        config: Config,
+    }
+
+    impl Fast {
+        fn new() -> Fast {
+            let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+            let mut config = Config::default();
+            config.measure.log = dir.path().join("m.log");
+            config.retry.max_rounds = Some(1);
+            // What the anchors name; the fakes stand in for the clients.
+            config.brokers = vec![crate::config::Broker {
+                url: "https://b1".into(),
+                ca_cert: None,
+            }];
+            config.disk_key = Some("default/n/root".into());
+            config.luks = Some(crate::config::Luks {
+                device: PathBuf::from("/dev/fake"),
+                name: "root".into(),
+                keyslot: Some(1),
+                device_timeout_ms: 1,
+            });
+            config.secrets = vec![crate::config::Secret {
+                resource: "default/n/kubelet".into(),
+                path: dir.path().join("out/kubelet"),
+                mode: 0o600,
+            }];
+            Fast {
+                calls: Rc::default(),
+                dir,
+                config,
+            }
+        }
+
+        fn broker(&self, name: &str, deny: bool) -> Box<dyn BrokerClient> {
+            Box::new(FakeBroker {
+                name: name.into(),
+                calls: self.calls.clone(),
+                deny,
+                resources: vec![
+                    ("default/n/root".into(), b"disk-key".to_vec()),
+                    ("default/n/kubelet".into(), b"kubelet".to_vec()),
+                ],
+                key: RefCell::new(None),
+            })
+        }
+
+        fn run(
+            &self,
+            brokers: &[Box<dyn BrokerClient>],
+            fail_measure: Option<usize>,
+            verify_only: bool,
+            sigterm_on_open: bool,
+        ) -> Result<Report, Failure> {
+            let mut source = FakeSource {
+                calls: self.calls.clone(),
+                fail_measure,
+            };
+            let volume = FakeVolume {
+                calls: self.calls.clone(),
+                watch: self.dest(),
+                sigterm_on_open,
+            };
+            let disk = DiskKey::Resource("default/n/root".into());
+            let mut config = self.config.clone();
+            config.disk_key_format = KeyFormat::Raw;
+            run_with(
+                &config,
+                Some(&disk),
+                &mut source,
+                brokers,
+                &volume,
+                &Options { verify_only },
+            )
+        }
+
+        fn dest(&self) -> PathBuf {
+            self.dir.path().join("out/kubelet")
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    #[test]
+    fn order_anchors_then_broker_then_stage_then_unlock_then_deliver() {
+        let f = Fast::new();
+        let report = f.run(&[f.broker("b1", false)], None, true, false).unwrap();
+        assert_eq!(report.volume, crate::verdict::Volume::Verified);
+        let calls = f.calls();
+        assert_eq!(
+            calls[0], "measure attest-unlock:trust-anchors:v1",
+            "{calls:?}"
+        );
+        assert_eq!(calls[1], "b1 auth");
+        let release = calls
+            .iter()
+            .position(|c| c.contains("secrets-released"))
+            .unwrap();
+        let unlock = calls
+            .iter()
+            .position(|c| c.starts_with("test_key"))
+            .unwrap();
+        assert!(calls.iter().position(|c| c.contains("fetch")).unwrap() < release);
+        assert!(release < unlock, "{calls:?}");
+        // At the unlock the secret is staged (a hidden file) but not at its destination.
+        assert_eq!(
+            calls[unlock],
+            "test_key disk-key dest_exists=false staged=1"
+        );
+        assert_eq!(std::fs::read(f.dest()).unwrap(), b"kubelet");
+    }
+
+    #[test]
+    fn nothing_contacts_a_broker_before_the_anchors_are_measured() {
+        let f = Fast::new();
+        let e = f
+            .run(&[f.broker("b1", false)], Some(0), true, false)
+            .unwrap_err();
+        assert_eq!(e.step, Step::Anchors);
+        assert!(
+            f.calls().iter().all(|c| !c.starts_with("b1")),
+            "{:?}",
+            f.calls()
+        );
+    }
+
+    #[test]
+    fn nothing_is_staged_or_unlocked_when_the_release_cannot_be_measured() {
+        let f = Fast::new();
+        let e = f
+            .run(&[f.broker("b1", false)], Some(1), true, false)
+            .unwrap_err();
+        assert_eq!(e.step, Step::Measure);
+        assert!(f
+            .calls()
+            .iter()
+            .all(|c| !c.starts_with("test_key") && c != "open"));
+        assert!(!f.dir.path().join("out").exists(), "nothing staged");
+    }
+
+    #[test]
+    fn a_denial_moves_on_to_the_next_broker_in_the_same_round() {
+        let f = Fast::new();
+        let report = f
+            .run(
+                &[f.broker("b1", true), f.broker("b2", false)],
+                None,
+                true,
+                false,
+            )
+            .unwrap();
+        assert_eq!((report.broker.as_str(), report.attempts), ("b2", 2));
+    }
+
+    /// A stop request during the unlock: the opened volume is closed again and nothing is
+    /// delivered (what a systemd stop does to the unit mid-boot).
+    #[test]
+    fn a_stop_request_after_the_open_closes_the_volume_and_delivers_nothing() {
+        let f = Fast::new();
+        let e = f
+            .run(&[f.broker("b1", false)], None, false, true)
+            .unwrap_err();
+        assert_eq!(e.step, Step::Deliver);
+        assert!(e.error.to_string().contains("SIGTERM"), "{}", e.error);
+        let calls = f.calls();
+        assert_eq!(&calls[calls.len() - 2..], ["open", "close"], "{calls:?}");
+        assert!(!f.dest().exists());
     }
 }

@@ -197,6 +197,55 @@ fn concat_kdf(z: &[u8], apu: &[u8], apv: &[u8]) -> Zeroizing<[u8; 32]> {
     key
 }
 
+/// A flattened JWE of `plaintext` to `recipient` (the fast tests' fake broker; interop with
+/// other implementations is tested against jwcrypto and the test broker).
+#[cfg(test)]
+pub(crate) fn encrypt_to(recipient: &kbs_types::TeePubKey, plaintext: &[u8]) -> Vec<u8> {
+    use aes_gcm::aead::AeadInPlace;
+    use rand_core::RngCore;
+    let kbs_types::TeePubKey::EC { x, y, .. } = recipient else {
+        panic!("not an EC key");
+    };
+    let sender = EphemeralKey::generate();
+    let z = sender
+        .agree(
+            &URL_SAFE_NO_PAD.decode(x).unwrap(),
+            &URL_SAFE_NO_PAD.decode(y).unwrap(),
+        )
+        .unwrap();
+    let kek = concat_kdf(&z, &[], &[]);
+    let mut cek = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut cek);
+    let mut wrapped = [0u8; 40];
+    aes_kw::KekAes256::from(*kek)
+        .wrap(&cek, &mut wrapped)
+        .unwrap();
+    let kbs_types::TeePubKey::EC { x: ex, y: ey, .. } = sender.tee_pubkey() else {
+        panic!("not an EC key");
+    };
+    let header = serde_json::json!({
+        "alg": ALG, "enc": "A256GCM",
+        "epk": {"kty": "EC", "crv": "P-256", "x": ex, "y": ey},
+    });
+    let protected = URL_SAFE_NO_PAD.encode(header.to_string());
+    let mut iv = [0u8; 12];
+    rand_core::OsRng.fill_bytes(&mut iv);
+    let mut ciphertext = plaintext.to_vec();
+    let tag = Aes256Gcm::new_from_slice(&cek)
+        .unwrap()
+        .encrypt_in_place_detached(&Nonce::from(iv), protected.as_bytes(), &mut ciphertext)
+        .unwrap();
+    serde_json::json!({
+        "protected": protected,
+        "encrypted_key": URL_SAFE_NO_PAD.encode(wrapped),
+        "iv": URL_SAFE_NO_PAD.encode(iv),
+        "ciphertext": URL_SAFE_NO_PAD.encode(&ciphertext),
+        "tag": URL_SAFE_NO_PAD.encode(tag),
+    })
+    .to_string()
+    .into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -143,6 +143,44 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// What the flow needs of one broker: the seam at the network, so the flow's ordering rules
+/// are tested in milliseconds with a fake (the real parts stay the outer ring of tests).
+pub trait BrokerClient {
+    /// The broker URL, for messages.
+    fn url(&self) -> &str;
+    /// `POST /kbs/v0/auth`: open a session and get the challenge nonce.
+    fn auth(&self, tee: Tee) -> Result<Session, KbsError>;
+    /// `POST /kbs/v0/attest`: send the evidence; returns the attestation token.
+    fn attest(&self, session: &Session, attestation: &Attestation) -> Result<String, KbsError>;
+    /// `GET` one resource: the raw JWE body.
+    fn resource(&self, session: &Session, path: &str) -> Result<Vec<u8>, KbsError>;
+}
+
+impl BrokerClient for KbsClient {
+    fn url(&self) -> &str {
+        KbsClient::url(self)
+    }
+    fn auth(&self, tee: Tee) -> Result<Session, KbsError> {
+        KbsClient::auth(self, tee)
+    }
+    fn attest(&self, session: &Session, attestation: &Attestation) -> Result<String, KbsError> {
+        KbsClient::attest(self, session, attestation)
+    }
+    fn resource(&self, session: &Session, path: &str) -> Result<Vec<u8>, KbsError> {
+        KbsClient::resource(self, session, path)
+    }
+}
+
+impl Session {
+    /// A session with this nonce and cookie (what `auth` returns; fakes make their own).
+    pub fn new(nonce: String, cookie: String) -> Session {
+        Session {
+            nonce,
+            cookie: zeroize::Zeroizing::new(cookie),
+        }
+    }
+}
+
 /// A client for one broker.
 pub struct KbsClient {
     agent: ureq::Agent,

@@ -47,6 +47,41 @@ pub enum LuksError {
     },
 }
 
+/// What the flow needs of the volume: the seam at cryptsetup, so the flow's ordering rules are
+/// tested with a fake.
+pub trait Volume {
+    /// Check that `key` opens `keyslot` of `device`; activate nothing.
+    fn test_key(&self, device: &Path, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError>;
+    /// Activate `device` as `name` with `key`.
+    fn open(
+        &self,
+        device: &Path,
+        name: &str,
+        keyslot: Option<u32>,
+        key: &[u8],
+    ) -> Result<(), LuksError>;
+    /// Deactivate `name`.
+    fn close(&self, name: &str) -> Result<(), LuksError>;
+}
+
+impl Volume for Cryptsetup {
+    fn test_key(&self, device: &Path, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError> {
+        Cryptsetup::test_key(self, device, keyslot, key)
+    }
+    fn open(
+        &self,
+        device: &Path,
+        name: &str,
+        keyslot: Option<u32>,
+        key: &[u8],
+    ) -> Result<(), LuksError> {
+        Cryptsetup::open(self, device, name, keyslot, key)
+    }
+    fn close(&self, name: &str) -> Result<(), LuksError> {
+        Cryptsetup::close(self, name)
+    }
+}
+
 /// How to run cryptsetup.
 #[derive(Debug, Clone)]
 pub struct Cryptsetup {
