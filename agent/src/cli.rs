@@ -455,14 +455,13 @@ fn anchors(
         }
     };
     let config = layers.resolve()?;
-    let mut paths: Vec<&str> = Vec::new();
-    if let Some(p) = &pin {
-        paths.push(&p.path);
-    } else if let Some(k) = &config.disk_key {
-        paths.push(k);
-    }
-    paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
-    let anchors = flow::trust_anchors(&config, &paths)?;
+    let disk = pin
+        .as_ref()
+        .map(|p| p.path.as_str())
+        .or(config.disk_key.as_deref());
+    let paths = flow::resource_paths(&config, disk);
+    let init_data = flow::init_data_for(&config, &paths)?;
+    let anchors = flow::trust_anchors(&config, &paths, init_data.as_deref())?;
     let values = anchors.register_values(config.measure.pcr);
     if json {
         let regs: serde_json::Map<String, serde_json::Value> = values

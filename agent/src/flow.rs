@@ -196,15 +196,26 @@ pub struct Released {
 #[derive(Debug)]
 pub struct AnchorsMeasured(());
 
+/// What a run fetches, in order: the disk key (if any), then the secrets. The trust-anchor
+/// event names them in this order, so `unlock` and `anchors` must both build it here.
+pub fn resource_paths<'a>(config: &'a Config, disk: Option<&'a str>) -> Vec<&'a str> {
+    disk.into_iter()
+        .chain(config.secrets.iter().map(|s| s.resource.as_str()))
+        .collect()
+}
+
 /// The trust anchors of this run: the config's brokers and their CA fingerprints, the
-/// resources to fetch, the init-data body.
-pub fn trust_anchors(config: &Config, paths: &[&str]) -> Result<TrustAnchors, Error> {
+/// resources to fetch, the init-data body ([`init_data_for`]).
+pub fn trust_anchors(
+    config: &Config,
+    paths: &[&str],
+    init_data: Option<&str>,
+) -> Result<TrustAnchors, Error> {
     let mut brokers = Vec::new();
     for b in &config.brokers {
         brokers.push((b.url.as_str(), b.ca_fingerprints()?));
     }
-    let init_data = init_data_for(config, paths)?;
-    Ok(TrustAnchors::new(&brokers, paths, init_data.as_deref()))
+    Ok(TrustAnchors::new(&brokers, paths, init_data))
 }
 
 /// Extend the trust-anchor event into the evidence's register before any network contact.
@@ -371,12 +382,11 @@ pub const INIT_DATA_PCR: u32 = 8;
 /// PCR 8) fails closed with what to do. TEE platforms bind init-data at launch (HOST_DATA,
 /// MRCONFIGID): nothing to do here.
 pub fn bind_init_data(
-    config: &Config,
     source: &mut dyn EvidenceSource,
-    paths: &[&str],
+    init_data: Option<&str>,
 ) -> Result<(), Error> {
     use crate::evidence::EvidenceError;
-    let Some(body) = init_data_for(config, paths)? else {
+    let Some(body) = init_data else {
         return Ok(());
     };
     if source.tee() != kbs_types::Tee::Tpm {
@@ -386,7 +396,7 @@ pub fn bind_init_data(
         return Ok(());
     };
     // Trustee's TPM verifier takes PCR 8 = SHA-256(0^32 || digest): a 32-byte digest.
-    let (alg, _) = init_data_digest(&body)?;
+    let (alg, _) = init_data_digest(body)?;
     if alg != crate::formats::HashAlg::Sha256 {
         return Err(crate::config::ConfigError::Invalid(format!(
             "init-data algorithm {alg}: a TPM node binds init-data into the SHA-256 PCR 8, which takes a sha256 digest"
@@ -409,38 +419,16 @@ pub fn bind_init_data(
     }
 }
 
-/// Attest and fetch `paths`, retrying across brokers and rounds per the config's policy.
+/// Attest and fetch `paths` (sending `init_data`, [`init_data_for`]) from the config's
+/// brokers, retrying across brokers and rounds per the config's policy.
 pub fn release(
     config: &Config,
     source: &mut dyn EvidenceSource,
     paths: &[&str],
+    init_data: Option<&str>,
     anchors: &AnchorsMeasured,
 ) -> Result<Released, Failure> {
-    let fail = |step, broker, attempts, error: Error| Failure {
-        step,
-        broker,
-        attempts,
-        error,
-    };
-    let init_data =
-        init_data_for(config, paths).map_err(|e| fail(Step::Config, None, 0, e.into()))?;
-    if config.brokers.is_empty() {
-        return Err(fail(
-            Step::Config,
-            None,
-            0,
-            crate::config::ConfigError::Invalid("no broker configured".into()).into(),
-        ));
-    }
-    let clients = clients(config)?;
-    release_from(
-        config,
-        &clients,
-        source,
-        paths,
-        init_data.as_deref(),
-        anchors,
-    )
+    release_from(config, &clients(config)?, source, paths, init_data, anchors)
 }
 
 /// The real broker clients of the config (no network contact: TLS settings and CAs only).
@@ -518,7 +506,7 @@ pub fn release_from(
         round += 1;
         let Some((step, url, error)) = last else {
             return Err(fail(
-                Step::Detect,
+                Step::Config,
                 None,
                 attempts,
                 crate::config::ConfigError::Invalid("no broker configured".into()).into(),
@@ -579,18 +567,16 @@ pub fn run_with(
     config
         .validate_for_unlock(disk.is_some())
         .map_err(|e| early(Step::Config, e.into()))?;
-    let mut paths: Vec<&str> = Vec::new();
-    if let Some(d) = disk {
-        paths.push(d.resource());
-    }
-    paths.extend(config.secrets.iter().map(|s| s.resource.as_str()));
-    let anchors = trust_anchors(config, &paths).map_err(|e| early(Step::Config, e))?;
+    let paths = resource_paths(config, disk.map(DiskKey::resource));
+    // Read once: the anchors name its digest, PCR 8 binds it, the broker gets it.
+    let init_data = init_data_for(config, &paths).map_err(|e| early(Step::Config, e.into()))?;
+    let anchors =
+        trust_anchors(config, &paths, init_data.as_deref()).map_err(|e| early(Step::Config, e))?;
     let anchors_start = Instant::now();
-    bind_init_data(config, source, &paths).map_err(|e| early(Step::Anchors, e))?;
+    bind_init_data(source, init_data.as_deref()).map_err(|e| early(Step::Anchors, e))?;
     let measured =
         measure_anchors(config, source, &anchors).map_err(|e| early(Step::Anchors, e))?;
     let anchors_time = anchors_start.elapsed();
-    let init_data = init_data_for(config, &paths).map_err(|e| early(Step::Config, e.into()))?;
     let Released {
         broker,
         attempts,

@@ -61,26 +61,37 @@ fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
 
 /// Detect the platform and measure the trust anchors for fetching `path`: what must happen
 /// before the pin's first network byte (the AK registration included).
-fn prepare(
-    config: &Config,
-    path: &str,
-) -> Result<(Box<dyn evidence::EvidenceSource>, flow::AnchorsMeasured), Error> {
+fn prepare(config: &Config, path: &str) -> Result<Prepared, Error> {
     let detected = evidence::detect(config, Path::new("/"))?;
     let mut source = evidence::source_for(&detected, config, Path::new("/"));
-    let anchors = flow::trust_anchors(config, &[path])?;
-    flow::bind_init_data(config, source.as_mut(), &[path])?;
+    let init_data = flow::init_data_for(config, &[path])?;
+    let anchors = flow::trust_anchors(config, &[path], init_data.as_deref())?;
+    flow::bind_init_data(source.as_mut(), init_data.as_deref())?;
     let measured = flow::measure_anchors(config, source.as_mut(), &anchors)?;
-    Ok((source, measured))
+    Ok(Prepared {
+        source,
+        init_data,
+        measured,
+    })
+}
+
+/// What [`prepare`] leaves for the fetch.
+struct Prepared {
+    source: Box<dyn evidence::EvidenceSource>,
+    init_data: Option<String>,
+    measured: flow::AnchorsMeasured,
 }
 
 /// Attest and fetch the pin's key resource. A failure is reported by `main` (one verdict).
-fn fetch_key(
-    config: &Config,
-    source: &mut dyn evidence::EvidenceSource,
-    measured: &flow::AnchorsMeasured,
-    path: &str,
-) -> Result<(PinKey, String), Error> {
-    let released = flow::release(config, source, &[path], measured).map_err(
+fn fetch_key(config: &Config, prepared: &mut Prepared, path: &str) -> Result<PinKey, Error> {
+    let released = flow::release(
+        config,
+        prepared.source.as_mut(),
+        &[path],
+        prepared.init_data.as_deref(),
+        &prepared.measured,
+    )
+    .map_err(
         |Failure {
              step,
              broker,
@@ -107,7 +118,7 @@ fn fetch_key(
         ..crate::verdict::Facts::default()
     });
     log::info!("{line}");
-    Ok((key, released.broker))
+    Ok(key)
 }
 
 /// `clevis-encrypt-trustee CONFIG`.
@@ -128,7 +139,7 @@ pub fn encrypt(config_json: &str, out: &mut dyn Write) -> Result<(), Error> {
     clevis_header["pin"] = serde_json::Value::String(clevis::PIN.to_owned());
     clevis_header[clevis::PIN] = nested;
     let config = resolve(&pin)?;
-    let (mut source, measured) = prepare(&config, &pin.path)?;
+    let mut prepared = prepare(&config, &pin.path)?;
     if let Some(reg) = pin
         .attestation_key
         .as_ref()
@@ -136,7 +147,7 @@ pub fn encrypt(config_json: &str, out: &mut dyn Write) -> Result<(), Error> {
     {
         register(&config, reg)?;
     }
-    let (key, _) = fetch_key(&config, source.as_mut(), &measured, &pin.path)?;
+    let key = fetch_key(&config, &mut prepared, &pin.path)?;
     let jwe = clevis::encrypt(&key, clevis_header, &plaintext)?;
     out.write_all(jwe.as_bytes())
         .map_err(|e| clevis::ClevisError::Jwe(format!("cannot write stdout: {e}")))?;
@@ -214,8 +225,8 @@ pub fn decrypt(out: &mut dyn Write) -> Result<(), Error> {
         e => e,
     })?;
     let config = resolve(&jwe.config)?;
-    let (mut source, measured) = prepare(&config, &jwe.config.path)?;
-    let (key, _) = fetch_key(&config, source.as_mut(), &measured, &jwe.config.path)?;
+    let mut prepared = prepare(&config, &jwe.config.path)?;
+    let key = fetch_key(&config, &mut prepared, &jwe.config.path)?;
     let plaintext = jwe.decrypt(&key)?;
     out.write_all(&plaintext)
         .map_err(|e| clevis::ClevisError::Jwe(format!("cannot write stdout: {e}")))?;

@@ -125,10 +125,13 @@ fn release(
         attempts: 0,
         error,
     };
-    let anchors = attest_unlock::flow::trust_anchors(config, &[RESOURCE]).map_err(failure)?;
+    let init_data =
+        attest_unlock::flow::init_data_for(config, &[RESOURCE]).map_err(|e| failure(e.into()))?;
+    let anchors = attest_unlock::flow::trust_anchors(config, &[RESOURCE], init_data.as_deref())
+        .map_err(failure)?;
     let measured =
         attest_unlock::flow::measure_anchors(config, source, &anchors).map_err(failure)?;
-    attest_unlock::flow::release(config, source, &[RESOURCE], &measured)
+    attest_unlock::flow::release(config, source, &[RESOURCE], init_data.as_deref(), &measured)
 }
 
 /// The simulated chip every node uses (one chain is enough: the broker's cost per
