@@ -128,6 +128,14 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session with this nonce and cookie (what `auth` returns; fakes make their own).
+    pub fn new(nonce: String, cookie: String) -> Session {
+        Session {
+            nonce,
+            cookie: zeroize::Zeroizing::new(cookie),
+        }
+    }
+
     /// The `Cookie` header value, wiped after use.
     fn header(&self) -> zeroize::Zeroizing<String> {
         zeroize::Zeroizing::new(format!("{SESSION_COOKIE}={}", *self.cookie))
@@ -156,31 +164,6 @@ pub trait BrokerClient {
     fn resource(&self, session: &Session, path: &str) -> Result<Vec<u8>, KbsError>;
 }
 
-impl BrokerClient for KbsClient {
-    fn url(&self) -> &str {
-        KbsClient::url(self)
-    }
-    fn auth(&self, tee: Tee) -> Result<Session, KbsError> {
-        KbsClient::auth(self, tee)
-    }
-    fn attest(&self, session: &Session, attestation: &Attestation) -> Result<String, KbsError> {
-        KbsClient::attest(self, session, attestation)
-    }
-    fn resource(&self, session: &Session, path: &str) -> Result<Vec<u8>, KbsError> {
-        KbsClient::resource(self, session, path)
-    }
-}
-
-impl Session {
-    /// A session with this nonce and cookie (what `auth` returns; fakes make their own).
-    pub fn new(nonce: String, cookie: String) -> Session {
-        Session {
-            nonce,
-            cookie: zeroize::Zeroizing::new(cookie),
-        }
-    }
-}
-
 /// A client for one broker.
 pub struct KbsClient {
     agent: ureq::Agent,
@@ -197,85 +180,6 @@ impl KbsClient {
         let base = broker.url.trim_end_matches('/').to_owned();
         let agent = http_agent(&base, ca_pem, timeouts)?;
         Ok(KbsClient { agent, base })
-    }
-
-    /// The broker URL, for messages.
-    pub fn url(&self) -> &str {
-        &self.base
-    }
-
-    /// `POST /kbs/v0/auth`: open a session and get the challenge nonce.
-    pub fn auth(&self, tee: Tee) -> Result<Session, KbsError> {
-        let step = "auth";
-        let req = Request {
-            version: PROTOCOL_VERSION.to_owned(),
-            tee,
-            extra_params: serde_json::Value::Object(serde_json::Map::new()),
-        };
-        let resp = self
-            .agent
-            .post(format!("{}/kbs/v0/auth", self.base))
-            .header("Content-Type", "application/json")
-            .send(self.encode(step, &req)?)
-            .map_err(|e| self.transport(step, e))?;
-        let cookie = session_cookie(&resp);
-        // Status first: an error reply carries no cookie, and its detail is what matters.
-        let challenge: Challenge = self.read_json(step, resp)?;
-        let cookie =
-            cookie.ok_or_else(|| self.bad(step, "no kbs-session-id cookie in reply".into()))?;
-        let raw = STANDARD
-            .decode(&challenge.nonce)
-            .map_err(|_| self.bad(step, "nonce is not standard base64".into()))?;
-        if raw.len() < 16 {
-            return Err(self.bad(step, format!("nonce is {} bytes, fewer than 16", raw.len())));
-        }
-        Ok(Session {
-            nonce: challenge.nonce,
-            cookie: zeroize::Zeroizing::new(cookie),
-        })
-    }
-
-    /// `POST /kbs/v0/attest`: send the evidence; returns the attestation token (EAR JWT).
-    pub fn attest(&self, session: &Session, attestation: &Attestation) -> Result<String, KbsError> {
-        let step = "attest";
-        let resp = self
-            .agent
-            .post(format!("{}/kbs/v0/attest", self.base))
-            .header("Content-Type", "application/json")
-            .header("Cookie", session.header().as_str())
-            .send(self.encode(step, attestation)?)
-            .map_err(|e| self.transport(step, e))?;
-        if let Some(c) = session_cookie(&resp) {
-            if c != *session.cookie {
-                return Err(self.bad(step, "broker changed the session cookie mid-session".into()));
-            }
-        }
-        // The reply holds the attestation token: its bytes are wiped once parsed.
-        #[derive(serde::Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
-        struct TokenReply {
-            token: String,
-        }
-        let body = zeroize::Zeroizing::new(self.read_ok(step, resp)?);
-        let mut reply: TokenReply = serde_json::from_slice(&body)
-            .map_err(|e| self.bad(step, format!("invalid JSON: {e}")))?;
-        Ok(std::mem::take(&mut reply.token))
-    }
-
-    /// `GET /kbs/v0/resource/<path>` (or `/kbs/v0/provisioner/<path>` for a
-    /// `kbs+provisioner:///` reference): the raw JWE body of one resource.
-    pub fn resource(&self, session: &Session, path: &str) -> Result<Vec<u8>, KbsError> {
-        let step = "resource";
-        let url = match crate::config::provisioner_path(path) {
-            Some(inner) => format!("{}/kbs/v0/provisioner/{inner}", self.base),
-            None => format!("{}/kbs/v0/resource/{path}", self.base),
-        };
-        let resp = self
-            .agent
-            .get(url)
-            .header("Cookie", session.header().as_str())
-            .call()
-            .map_err(|e| self.transport(step, e))?;
-        self.read_ok(step, resp)
     }
 
     fn encode<T: serde::Serialize>(&self, step: &'static str, v: &T) -> Result<Vec<u8>, KbsError> {
@@ -329,6 +233,84 @@ impl KbsClient {
             step,
             message,
         }
+    }
+}
+
+impl BrokerClient for KbsClient {
+    /// The broker URL, for messages.
+    fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST /kbs/v0/auth`: open a session and get the challenge nonce.
+    fn auth(&self, tee: Tee) -> Result<Session, KbsError> {
+        let step = "auth";
+        let req = Request {
+            version: PROTOCOL_VERSION.to_owned(),
+            tee,
+            extra_params: serde_json::Value::Object(serde_json::Map::new()),
+        };
+        let resp = self
+            .agent
+            .post(format!("{}/kbs/v0/auth", self.base))
+            .header("Content-Type", "application/json")
+            .send(self.encode(step, &req)?)
+            .map_err(|e| self.transport(step, e))?;
+        let cookie = session_cookie(&resp);
+        // Status first: an error reply carries no cookie, and its detail is what matters.
+        let challenge: Challenge = self.read_json(step, resp)?;
+        let cookie =
+            cookie.ok_or_else(|| self.bad(step, "no kbs-session-id cookie in reply".into()))?;
+        let raw = STANDARD
+            .decode(&challenge.nonce)
+            .map_err(|_| self.bad(step, "nonce is not standard base64".into()))?;
+        if raw.len() < 16 {
+            return Err(self.bad(step, format!("nonce is {} bytes, fewer than 16", raw.len())));
+        }
+        Ok(Session::new(challenge.nonce, cookie))
+    }
+
+    /// `POST /kbs/v0/attest`: send the evidence; returns the attestation token (EAR JWT).
+    fn attest(&self, session: &Session, attestation: &Attestation) -> Result<String, KbsError> {
+        let step = "attest";
+        let resp = self
+            .agent
+            .post(format!("{}/kbs/v0/attest", self.base))
+            .header("Content-Type", "application/json")
+            .header("Cookie", session.header().as_str())
+            .send(self.encode(step, attestation)?)
+            .map_err(|e| self.transport(step, e))?;
+        if let Some(c) = session_cookie(&resp) {
+            if c != *session.cookie {
+                return Err(self.bad(step, "broker changed the session cookie mid-session".into()));
+            }
+        }
+        // The reply holds the attestation token: its bytes are wiped once parsed.
+        #[derive(serde::Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+        struct TokenReply {
+            token: String,
+        }
+        let body = zeroize::Zeroizing::new(self.read_ok(step, resp)?);
+        let mut reply: TokenReply = serde_json::from_slice(&body)
+            .map_err(|e| self.bad(step, format!("invalid JSON: {e}")))?;
+        Ok(std::mem::take(&mut reply.token))
+    }
+
+    /// `GET /kbs/v0/resource/<path>` (or `/kbs/v0/provisioner/<path>` for a
+    /// `kbs+provisioner:///` reference): the raw JWE body of one resource.
+    fn resource(&self, session: &Session, path: &str) -> Result<Vec<u8>, KbsError> {
+        let step = "resource";
+        let url = match crate::config::provisioner_path(path) {
+            Some(inner) => format!("{}/kbs/v0/provisioner/{inner}", self.base),
+            None => format!("{}/kbs/v0/resource/{path}", self.base),
+        };
+        let resp = self
+            .agent
+            .get(url)
+            .header("Cookie", session.header().as_str())
+            .call()
+            .map_err(|e| self.transport(step, e))?;
+        self.read_ok(step, resp)
     }
 }
 

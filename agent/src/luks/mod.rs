@@ -64,24 +64,6 @@ pub trait Volume {
     fn close(&self, name: &str) -> Result<(), LuksError>;
 }
 
-impl Volume for Cryptsetup {
-    fn test_key(&self, device: &Path, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError> {
-        Cryptsetup::test_key(self, device, keyslot, key)
-    }
-    fn open(
-        &self,
-        device: &Path,
-        name: &str,
-        keyslot: Option<u32>,
-        key: &[u8],
-    ) -> Result<(), LuksError> {
-        Cryptsetup::open(self, device, name, keyslot, key)
-    }
-    fn close(&self, name: &str) -> Result<(), LuksError> {
-        Cryptsetup::close(self, name)
-    }
-}
-
 /// How to run cryptsetup.
 #[derive(Debug, Clone)]
 pub struct Cryptsetup {
@@ -106,14 +88,11 @@ impl Cryptsetup {
     pub fn with_binary(binary: PathBuf) -> Cryptsetup {
         Cryptsetup { binary }
     }
+}
 
+impl Volume for Cryptsetup {
     /// Check that `key` opens `keyslot` of `device` without activating anything.
-    pub fn test_key(
-        &self,
-        device: &Path,
-        keyslot: Option<u32>,
-        key: &[u8],
-    ) -> Result<(), LuksError> {
+    fn test_key(&self, device: &Path, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError> {
         let mut args = vec!["open".to_owned(), "--test-passphrase".to_owned()];
         args.extend(slot_args(keyslot));
         // `--` ends the options: nothing after it is taken for one, whatever its spelling.
@@ -126,7 +105,7 @@ impl Cryptsetup {
     }
 
     /// Activate `device` as `/dev/mapper/<name>` with `key`.
-    pub fn open(
+    fn open(
         &self,
         device: &Path,
         name: &str,
@@ -144,6 +123,30 @@ impl Cryptsetup {
         self.run("open", device, keyslot, &args, key)
     }
 
+    /// Deactivate `/dev/mapper/<name>` (undo an `open` when a later step failed).
+    fn close(&self, name: &str) -> Result<(), LuksError> {
+        let out = Command::new(&self.binary)
+            .args(["close", "--", name])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| LuksError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(LuksError::Failed {
+                op: "close",
+                device: PathBuf::from(format!("/dev/mapper/{name}")),
+                code: out.status.code().unwrap_or(-1),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    }
+}
+
+impl Cryptsetup {
     fn run(
         &self,
         op: &'static str,
@@ -190,30 +193,6 @@ impl Cryptsetup {
                 code: code.unwrap_or(-1),
                 message: first_line(&out.stderr, "no message"),
             }),
-        }
-    }
-}
-
-impl Cryptsetup {
-    /// Deactivate `/dev/mapper/<name>` (undo an `open` when a later step failed).
-    pub fn close(&self, name: &str) -> Result<(), LuksError> {
-        let out = Command::new(&self.binary)
-            .args(["close", "--", name])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| LuksError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(LuksError::Failed {
-                op: "close",
-                device: PathBuf::from(format!("/dev/mapper/{name}")),
-                code: out.status.code().unwrap_or(-1),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            })
         }
     }
 
