@@ -233,20 +233,7 @@ fn token_cannot_redirect_a_node_with_measured_brokers() {
 /// whose initramfs config names no broker (a pure clevis drop-in).
 fn drop_in_pcr15(node: &Node, pin: &serde_json::Value) -> String {
     let config = node.config(&[], Path::new("/dev/null"));
-    let run = collect(
-        Command::new(agent_bin())
-            .args([
-                "anchors",
-                "--json",
-                "--kernel-cmdline",
-                "/dev/null",
-                "--config",
-            ])
-            .arg(&config)
-            .args(["--pin-config", &pin.to_string()]),
-    );
-    assert!(run.status.success(), "{}", run.stderr);
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let doc = anchors_json(&config, &["--pin-config", &pin.to_string()]);
     assert_eq!(doc["brokers_from"], "LUKS2 token");
     doc["registers"]["pcr15:sha256"]
         .as_str()

@@ -240,21 +240,7 @@ fn clevis_luks_bind_pass_and_native_unlock_from_the_token() {
             .arg(&img.path)
             .args(["-s", "1"]),
     );
-    let mut test = Command::new("cryptsetup");
-    test.args([
-        "open",
-        "--test-passphrase",
-        "--key-slot",
-        "1",
-        "--key-file=-",
-    ])
-    .arg(&img.path);
-    let out = pin.piped(test, &pass.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(opens_keyslot(&img.path, 1, &pass.stdout));
 
     // Native unlock: the agent reads the clevis token itself, attests and checks slot 1.
     let before = img.digest();

@@ -178,26 +178,7 @@ fn released_key_opens_keyslot_and_secret_is_delivered() {
     assert_eq!(broker.released(), vec![DISK.to_owned(), KUBELET.to_owned()]);
 
     // The released passphrase is the one in keyslot 1: check with cryptsetup directly.
-    let mut child = std::process::Command::new("cryptsetup")
-        .args([
-            "open",
-            "--test-passphrase",
-            "--key-slot",
-            "1",
-            "--key-file=-",
-        ])
-        .arg(&w.image.path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&w.passphrase)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(opens_keyslot(&w.image.path, 1, &w.passphrase));
 }
 
 #[test]

@@ -328,25 +328,6 @@ impl Clevis {
     }
 }
 
-/// Whether `pass` opens keyslot 1 of `image` (cryptsetup, the independent checker).
-fn opens_slot_1(image: &Path, pass: &[u8]) -> bool {
-    use std::io::Write;
-    let mut test = Command::new("cryptsetup")
-        .args([
-            "open",
-            "--test-passphrase",
-            "--key-slot",
-            "1",
-            "--key-file=-",
-        ])
-        .arg(image)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    test.stdin.take().unwrap().write_all(pass).unwrap();
-    test.wait().unwrap().success()
-}
-
 fn pin_config(kbs: &Trustee, path: &str) -> String {
     serde_json::json!({
         "servers": [{"url": kbs.url(), "cert": kbs.ca_pem()}],
@@ -380,7 +361,7 @@ fn clevis_pin_bind_pass_encrypt_decrypt() {
     );
     let pass = clevis.run(&["luks", "pass", "-d", &device, "-s", "1"], b"");
     assert!(
-        opens_slot_1(&img.path, &pass),
+        opens_keyslot(&img.path, 1, &pass),
         "clevis luks pass opens slot 1"
     );
 }

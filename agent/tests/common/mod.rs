@@ -167,8 +167,9 @@ pub fn extend_by_hashlib(alg: &str, old: &str, events: &[&[u8]]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// The trust-anchor event `attest-unlock anchors` reports for the config file `cfg`.
-pub fn anchors_event(cfg: &Path) -> String {
+/// What `attest-unlock anchors --json` reports for the config file `cfg` (and `extra`
+/// arguments, e.g. `--pin-config JSON`).
+pub fn anchors_json(cfg: &Path, extra: &[&str]) -> serde_json::Value {
     let out = run_ok(
         Command::new(agent_bin())
             .args([
@@ -178,10 +179,32 @@ pub fn anchors_event(cfg: &Path) -> String {
                 "/dev/null",
                 "--config",
             ])
-            .arg(cfg),
+            .arg(cfg)
+            .args(extra),
     );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc["event"].as_str().unwrap().to_owned()
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The trust-anchor event `attest-unlock anchors` reports for the config file `cfg`.
+pub fn anchors_event(cfg: &Path) -> String {
+    anchors_json(cfg, &[])["event"].as_str().unwrap().to_owned()
+}
+
+/// Whether `passphrase` opens keyslot `slot` of `image`, asked of cryptsetup itself
+/// (`open --test-passphrase`: no device-mapper needed), the key on its stdin.
+pub fn opens_keyslot(image: &Path, slot: u32, passphrase: &[u8]) -> bool {
+    use std::io::Write;
+    let mut child = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-slot"])
+        .arg(slot.to_string())
+        .arg("--key-file=-")
+        .arg(image)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(passphrase).unwrap();
+    child.wait().unwrap().success()
 }
 
 /// A LUKS2 image whose slot 0 holds a recovery key and slot 1 the broker key, both PBKDF2-1000

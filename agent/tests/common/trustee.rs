@@ -266,20 +266,7 @@ impl Trustee {
     /// An admin call over HTTPS (InsecureAllowAll): `method` `path` with a JSON body;
     /// returns the status and the body.
     pub fn admin_http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        use std::sync::Arc;
-        use ureq::tls::{Certificate, RootCerts, TlsConfig};
-        let ca = Certificate::from_pem(self.ca_pem().as_bytes())
-            .unwrap()
-            .to_owned();
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .build()
-            .new_agent();
+        let agent = test_kbs::https_client(&self.ca_pem()).unwrap();
         let url = format!("{}{path}", self.url());
         let mut resp = match method {
             "POST" => agent

@@ -144,3 +144,26 @@ impl Default for BrokerConfig {
         }
     }
 }
+
+/// An HTTPS client that trusts only `ca_pem` (ring, as the agent uses), with no proxy, no
+/// redirects, statuses as replies and a 30 s bound per call: how the relay, and tests that
+/// talk to a broker directly, reach it.
+pub fn https_client(ca_pem: &str) -> anyhow::Result<ureq::Agent> {
+    use std::sync::Arc;
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let ca = Certificate::from_pem(ca_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("CA certificate: {e}"))?
+        .to_owned();
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls)
+        .proxy(None)
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .new_agent())
+}

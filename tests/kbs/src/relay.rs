@@ -9,8 +9,7 @@
 //! exist, and otherwise measures the brokers it uses so the real broker refuses the evidence.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{anyhow, Context};
 use serde_json::Value;
@@ -47,22 +46,7 @@ pub(crate) struct Relay {
 
 impl Relay {
     pub(crate) fn new(config: RelayConfig) -> anyhow::Result<Relay> {
-        use ureq::tls::{Certificate, RootCerts, TlsConfig};
-        let ca = Certificate::from_pem(config.upstream_ca_pem.as_bytes())
-            .context("upstream CA")?
-            .to_owned();
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .proxy(None)
-            .max_redirects(0)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .new_agent();
+        let agent = crate::https_client(&config.upstream_ca_pem).context("upstream CA")?;
         Ok(Relay {
             config,
             agent,

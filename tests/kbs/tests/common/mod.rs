@@ -4,8 +4,6 @@
 // Each test binary uses a different subset of these helpers, and all of them are test code.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
@@ -28,17 +26,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(broker: &Broker) -> Client {
-        let ca = ureq::tls::Certificate::from_pem(broker.ca_pem().as_bytes()).unwrap();
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::Specific(Arc::new(vec![ca])))
-            // The workspace builds ureq without a default provider; ring is what the agent uses.
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = test_kbs::https_client(&broker.ca_pem()).unwrap();
         Client {
             agent,
             base: broker.url(),
