@@ -242,11 +242,6 @@ pub fn measure_anchors(
         log::warn!("measure.enabled = false: the trust anchors are not measured");
         return Ok(AnchorsMeasured(()));
     }
-    let values = anchors.register_values(pcr);
-    let sha256 = values
-        .iter()
-        .find(|(r, _)| r.ends_with(":sha256"))
-        .map_or("-", |(_, v)| v.as_str());
     if holds_only(source, pcr, anchors.event())? {
         log::info!(
             "PCR {pcr} already holds the trust anchors (a rerun in this boot): not extended again"
@@ -255,6 +250,9 @@ pub fn measure_anchors(
     }
     match source.measure(pcr, anchors.event())? {
         Recorded::Registers(registers) => {
+            let sha256 = crate::anchors::extended_once(crate::formats::HashAlg::Sha256, anchors.event())
+                .map(hex::encode)
+                .unwrap_or_default();
             log::info!(
                 "measured the trust anchors into {registers} before contacting any broker (PCR {pcr} from zero: sha256 {sha256}; `attest-unlock anchors` prints the event)"
             );

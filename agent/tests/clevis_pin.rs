@@ -85,6 +85,16 @@ impl Pin {
         c
     }
 
+    /// `clevis encrypt trustee` of a secret with AK registration at `url` (uuid node-uuid-1).
+    fn encrypt_registering(&self, url: &str) -> std::process::Output {
+        let mut config: serde_json::Value = serde_json::from_str(&self.config()).unwrap();
+        config["attestation_key"] =
+            serde_json::json!({"registration": {"url": url, "cert": "", "uuid": "node-uuid-1"}});
+        let mut enc = self.cmd("clevis");
+        enc.args(["encrypt", "trustee", &config.to_string()]);
+        self.piped(enc, b"secret")
+    }
+
     fn piped(&self, mut cmd: Command, input: &[u8]) -> std::process::Output {
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -355,12 +365,7 @@ fn registration_over_plain_http_needs_an_explicit_opt_in() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}/register", listener.local_addr().unwrap());
-    let mut config: serde_json::Value = serde_json::from_str(&pin.config()).unwrap();
-    config["attestation_key"] =
-        serde_json::json!({"registration": {"url": url, "cert": "", "uuid": "node-uuid-1"}});
-    let mut enc = pin.cmd("clevis");
-    enc.args(["encrypt", "trustee", &config.to_string()]);
-    let out = pin.piped(enc, b"secret");
+    let out = pin.encrypt_registering(&url);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -400,12 +405,7 @@ fn encrypt_registers_the_ak_first() {
     )
     .unwrap();
     let (url, server) = registration_server();
-    let mut config: serde_json::Value = serde_json::from_str(&pin.config()).unwrap();
-    config["attestation_key"] =
-        serde_json::json!({"registration": {"url": url, "cert": "", "uuid": "node-uuid-1"}});
-    let mut enc = pin.cmd("clevis");
-    enc.args(["encrypt", "trustee", &config.to_string()]);
-    let out = pin.piped(enc, b"secret");
+    let out = pin.encrypt_registering(&url);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
