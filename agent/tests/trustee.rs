@@ -181,7 +181,11 @@ fn missing_resource_is_refused_with_nothing_written() {
     let before = node.image.digest();
     let run = node.unlock(&node.config(&kbs.url(), &kbs.ca_pem(), ""));
     let v = node.denied(&run, &before, "broker-denied");
-    assert!(v.contains("step=fetch"), "{v}");
+    // What docs/troubleshooting.md says a missing resource looks like.
+    assert!(
+        v.contains("step=fetch") && v.contains("PluginInternalError"),
+        "{v}"
+    );
 }
 
 /// Init-data on a TPM node: PCR 8 gets exactly the one extend Trustee's TPM verifier requires,
@@ -440,7 +444,9 @@ fn provisioner_plugin_bind_unlock_and_refusals() {
     let v = run.verdict();
     eprintln!("other node: {v}");
     assert!(
-        v.contains("class=broker-denied") && v.contains("step=fetch"),
+        v.contains("class=broker-denied")
+            && v.contains("step=fetch")
+            && v.contains("PluginInternalError"),
         "{v}"
     );
 
@@ -457,7 +463,10 @@ fn provisioner_plugin_bind_unlock_and_refusals() {
     let v = run.verdict();
     eprintln!("deprovisioned: {v}");
     assert!(!v.contains("volume="), "{}", run.stderr);
-    assert!(v.contains("step=fetch"), "{v}");
+    assert!(
+        v.contains("step=fetch") && v.contains("PluginInternalError"),
+        "deprovisioned, as docs/deploying.md says: {v}"
+    );
 }
 
 /// The `sh` block of docs/deploying.md that contains `marker`, continuation lines joined.
