@@ -327,6 +327,14 @@ fn native_unlock_without_token_fails_closed_with_a_clear_reason() {
 /// A one-request HTTP server on 127.0.0.1 that records what it was sent and answers 201, like
 /// the trusted-execution-clusters registration server.
 fn registration_server() -> (String, std::thread::JoinHandle<String>) {
+    registration_server_answering("201 Created", "")
+}
+
+/// [`registration_server`] answering `status` with `answer`.
+fn registration_server_answering(
+    status: &'static str,
+    answer: &'static str,
+) -> (String, std::thread::JoinHandle<String>) {
     use std::io::{BufRead, BufReader, Read};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/register", listener.local_addr().unwrap());
@@ -349,9 +357,11 @@ fn registration_server() -> (String, std::thread::JoinHandle<String>) {
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body).unwrap();
         let mut stream = stream;
-        stream
-            .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .unwrap();
+        let reply = format!(
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            answer.len()
+        );
+        stream.write_all(reply.as_bytes()).unwrap();
         format!("{head}{}", String::from_utf8(body).unwrap())
     });
     (url, handle)
@@ -427,6 +437,32 @@ fn encrypt_registers_the_ak_first() {
     let ak = String::from_utf8(ak.stdout).unwrap();
     let pem: String = ak.lines().skip(1).map(|l| format!("{l}\n")).collect();
     assert_eq!(body["attestation_key"].as_str().unwrap().trim(), pem.trim());
+}
+
+/// A registration server that refuses the node (another AK is registered for its uuid: a
+/// reinstalled node or a swapped TPM) is a denial the operator must act on, reported as
+/// `broker-denied` with the server's words, not as a malformed reply; no key is fetched.
+#[test]
+fn refused_registration_is_a_denial() {
+    let pin = Pin::new();
+    let text = std::fs::read_to_string(&pin.config_file).unwrap();
+    std::fs::write(
+        &pin.config_file,
+        format!("insecure_allow_http = true\n{text}"),
+    )
+    .unwrap();
+    let (url, server) =
+        registration_server_answering("409 Conflict", "node already registered with another AK");
+    let out = pin.encrypt_registering(&url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(
+        err.contains("class=broker-denied") && err.contains("node already registered"),
+        "{err}"
+    );
+    server.join().unwrap();
+    assert!(pin.broker.log().is_empty(), "{:?}", pin.broker.log());
 }
 
 /// What `clevis-decrypt-trustee` gets on stdin is its caller's input: garbage there is a

@@ -382,6 +382,14 @@ pub fn register_ak(
             step,
             status,
         }),
+        // The registration server refused this node (not allowed, or another AK is already
+        // registered for its uuid): a decision the operator acts on, not a malformed reply.
+        401 | 403 | 409 => Err(KbsError::Denied {
+            broker: url.to_owned(),
+            step,
+            kind: format!("HTTP {status}"),
+            detail: one_line(&text),
+        }),
         _ => Err(KbsError::BadReply {
             broker: url.to_owned(),
             step,
