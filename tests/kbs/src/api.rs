@@ -38,6 +38,10 @@ struct Policy {
     tdx: crate::tdx::TdxPolicy,
     azure: crate::azure::AzurePolicy,
     gce: crate::gce::GcePolicy,
+    /// [`BrokerConfig::registration`].
+    registration: Option<String>,
+    /// Node uuid to the AK (DER SubjectPublicKeyInfo) registered for it.
+    registered: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl Policy {
@@ -63,6 +67,8 @@ impl Policy {
             tdx: config.tdx,
             azure: config.azure,
             gce: config.gce,
+            registration: config.registration,
+            registered: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -76,6 +82,16 @@ fn decode_aks(aks: &[String]) -> anyhow::Result<Vec<Vec<u8>>> {
                 .with_context(|| format!("trusted AK {ak:?} is not standard base64"))
         })
         .collect()
+}
+
+/// The DER SubjectPublicKeyInfo inside a `-----BEGIN PUBLIC KEY-----` PEM block.
+fn pem_public_key(pem: &str) -> Option<Vec<u8>> {
+    let body = pem
+        .trim()
+        .strip_prefix("-----BEGIN PUBLIC KEY-----")?
+        .strip_suffix("-----END PUBLIC KEY-----")?;
+    let b64: String = body.split_whitespace().collect();
+    STANDARD.decode(b64).ok().filter(|der| !der.is_empty())
 }
 
 /// One RCAR session, keyed by its cookie.
@@ -240,6 +256,9 @@ impl Kbs {
     /// Routes one request the way Trustee's KBS does: the first path segment after `/kbs/v0`
     /// names the handler, and anything unknown is a 404.
     pub fn handle(&self, request: &Request) -> Response {
+        if self.policy.registration.as_deref() == Some(request.path.as_str()) {
+            return self.register(request);
+        }
         let Some(rest) = request.path.strip_prefix("/kbs/v0/") else {
             return error(
                 404,
@@ -254,6 +273,57 @@ impl Kbs {
             ("resource", "GET") => self.resource(request, tail),
             _ => error(404, "PluginNotFound", &format!("Plugin {plugin} not found")),
         }
+    }
+
+    /// AK registration, trust on first use per node uuid (see [`BrokerConfig::registration`]).
+    fn register(&self, request: &Request) -> Response {
+        if request.method != "PUT" {
+            return error(405, "InvalidRequest", "registration takes PUT");
+        }
+        let parsed = serde_json::from_slice::<Value>(&request.body)
+            .ok()
+            .and_then(|v| {
+                let pem = v.get("attestation_key")?.as_str()?.to_owned();
+                let uuid = v.get("uuid")?.as_str()?.to_owned();
+                Some((pem, uuid))
+            });
+        let Some((pem, uuid)) = parsed else {
+            self.record("registration: rejected: not {attestation_key, uuid}".into());
+            return error(400, "InvalidRequest", "expected {attestation_key, uuid}");
+        };
+        let Some(der) = pem_public_key(&pem) else {
+            self.record(format!(
+                "registration: rejected for node {uuid}: not a PEM public key"
+            ));
+            return error(
+                400,
+                "InvalidRequest",
+                "attestation_key is not a PEM public key",
+            );
+        };
+        {
+            let mut registered = lock(&self.policy.registered);
+            if let Some(existing) = registered.get(&uuid) {
+                if *existing != der {
+                    drop(registered);
+                    self.record(format!(
+                        "registration: refused for node {uuid}: another AK is registered"
+                    ));
+                    return error(409, "InvalidRequest", "node already registered");
+                }
+            }
+            registered.insert(uuid.clone(), der.clone());
+        }
+        let mut trusted = lock(&self.policy.trusted_aks);
+        if !trusted.contains(&der) {
+            trusted.push(der.clone());
+        }
+        drop(trusted);
+        self.record(format!(
+            "registration: AK {} registered for node {uuid}",
+            STANDARD.encode(&der)
+        ));
+        Response::json(201, &json!({}))
     }
 
     fn auth(&self, request: &Request) -> Response {
@@ -617,5 +687,55 @@ mod tests {
             ..Default::default()
         };
         assert!(Kbs::new(config).is_err());
+    }
+
+    #[test]
+    fn registration_trusts_the_first_ak_of_a_node_only() {
+        let kbs = Kbs::new(BrokerConfig {
+            registration: Some("/ak".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let put = |pem: &str, uuid: &str| {
+            kbs.handle(&Request {
+                method: "PUT".into(),
+                path: "/ak".into(),
+                headers: Vec::new(),
+                body: json!({"attestation_key": pem, "uuid": uuid})
+                    .to_string()
+                    .into_bytes(),
+            })
+            .status
+        };
+        let pem = |der: &[u8]| {
+            format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                STANDARD.encode(der)
+            )
+        };
+        assert_eq!(put(&pem(b"ak-one"), "node-1"), 201);
+        assert_eq!(
+            put(&pem(b"ak-one"), "node-1"),
+            201,
+            "the same AK again is fine"
+        );
+        assert_eq!(
+            put(&pem(b"ak-two"), "node-1"),
+            409,
+            "another AK for the node"
+        );
+        assert_eq!(put("not pem", "node-2"), 400);
+        assert_eq!(*lock(&kbs.policy.trusted_aks), vec![b"ak-one".to_vec()]);
+        // Without the option the path is not served.
+        let plain = Kbs::new(BrokerConfig::default()).unwrap();
+        let status = plain
+            .handle(&Request {
+                method: "PUT".into(),
+                path: "/ak".into(),
+                headers: Vec::new(),
+                body: Vec::new(),
+            })
+            .status;
+        assert_eq!(status, 404);
     }
 }

@@ -98,6 +98,11 @@ pub struct BrokerConfig {
     /// Hostile-disk tests only: relay every request to another broker, serving only
     /// [`RelayConfig::own`] itself (the attacker's broker in the middle).
     pub relay: Option<RelayConfig>,
+    /// First-boot tests: also serve AK registration at this path (`PUT` with
+    /// `{"attestation_key": <PEM>, "uuid": <uuid>}`, as the pin sends it), trust on first use
+    /// per node uuid: a registered AK is trusted from then on, and another AK for the same uuid
+    /// is refused with 409. `None` (the default): no registration endpoint.
+    pub registration: Option<String>,
 }
 
 /// Shows resource paths and sizes but never their bytes, so a logged configuration cannot leak
@@ -122,6 +127,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("gce", &self.gce)
             .field("admission", &self.admission)
             .field("relay", &self.relay)
+            .field("registration", &self.registration)
             .finish()
     }
 }
@@ -141,6 +147,7 @@ impl Default for BrokerConfig {
             gce: GcePolicy::default(),
             admission: None,
             relay: None,
+            registration: None,
         }
     }
 }
