@@ -19,8 +19,10 @@ install() {
     # The binary; ATTEST_UNLOCK_BINDIR lets a test build use target/release.
     local bindir="${ATTEST_UNLOCK_BINDIR:-/usr/bin}"
     inst_simple "$bindir/attest-unlock" /usr/bin/attest-unlock
-    # The clevis pin names, so clevis tooling in the initramfs finds the pin too.
+    # The clevis pin names, so clevis tooling in the initramfs finds the pin too: decrypt for
+    # `clevis luks unlock`, encrypt for Ignition's first boot (`clevis luks bind ... trustee`).
     ln_r /usr/bin/attest-unlock /usr/bin/clevis-decrypt-trustee
+    ln_r /usr/bin/attest-unlock /usr/bin/clevis-encrypt-trustee
 
     inst_multiple cryptsetup cat
 
