@@ -117,7 +117,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask e2e [--measure N] [--boot-timeout SECS]`.
+/// `cargo xtask e2e [--measure N] [--boot-timeout SECS] [--first-boot-only]`.
 pub fn e2e(args: &[String]) -> Result<()> {
     #[cfg(feature = "e2e")]
     {
@@ -152,6 +152,8 @@ pub fn e2e(args: &[String]) -> Result<()> {
 
 #[cfg(feature = "e2e")]
 mod boot {
+    mod firstboot;
+
     use std::collections::BTreeMap;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::fs::PermissionsExt;
@@ -182,17 +184,22 @@ mod boot {
     const EXPLAINER: &str = "attest-unlock: boot stopped";
     /// Where the key file sits in the baseline initramfs.
     const KEY_IN_INITRD: &str = "etc/e2e.key";
+    /// systemd refuses to switch to a root without os-release.
+    const OS_RELEASE: &str = "ID=attest-unlock-e2e\nNAME=\"attest-unlock e2e root\"\n";
     /// Lines of serial log shown with a failure.
     const TAIL: usize = 60;
 
     struct Options {
         measure: usize,
+        /// Only the Ignition first-boot sequence (`--first-boot-only`).
+        first_boot_only: bool,
         boot_timeout: Duration,
     }
 
     fn parse(args: &[String]) -> Result<Options> {
         let mut o = Options {
             measure: 1,
+            first_boot_only: false,
             boot_timeout: Duration::from_secs(240),
         };
         let mut it = args.iter();
@@ -206,8 +213,9 @@ mod boot {
             match a.as_str() {
                 "--measure" => o.measure = usize::try_from(value("--measure")?)?.max(1),
                 "--boot-timeout" => o.boot_timeout = Duration::from_secs(value("--boot-timeout")?),
+                "--first-boot-only" => o.first_boot_only = true,
                 other => bail!(
-                    "e2e: unknown argument {other:?} (usage: e2e [--measure N] [--boot-timeout SECS])"
+                    "e2e: unknown argument {other:?} (usage: e2e [--measure N] [--boot-timeout SECS] [--first-boot-only])"
                 ),
             }
         }
@@ -262,6 +270,43 @@ mod boot {
             secs(t.elapsed())
         );
 
+        let (attested, baseline) = if opts.first_boot_only {
+            (Vec::new(), Vec::new())
+        } else {
+            classic(&work, &dist, &kernel, &opts)?
+        };
+        let first = firstboot::first_boot(&work, &dist, &kernel, opts.boot_timeout)?;
+
+        step("e2e: passed");
+        if !opts.first_boot_only {
+            eprintln!(
+                "time to root marker (QEMU start to {MARKER}, median of {}): attested {} [{}], key file {} [{}]",
+                opts.measure,
+                secs(median(&mut attested.clone())),
+                list(&attested),
+                secs(median(&mut baseline.clone())),
+                list(&baseline),
+            );
+        }
+        eprintln!(
+            "first boot with Ignition (QEMU start to {MARKER}): provisioning {}, the next boot's unlock {}",
+            secs(first.provision),
+            secs(first.unlock)
+        );
+        eprintln!("e2e: total {}", secs(started.elapsed()));
+        Ok(())
+    }
+
+    /// The boots of an image bound on the host: attested (`--measure` times), denied, and the
+    /// key-file baseline (`--measure` times). Returns the attested and baseline times.
+    fn classic(
+        work: &Path,
+        dist: &Path,
+        kernel: &Kernel,
+        opts: &Options,
+    ) -> Result<(Vec<Duration>, Vec<Duration>)> {
+        let work = work.to_path_buf();
+        let repo = root();
         let key_file = work.join("e2e.key");
         write_secret(&key_file, hex(&random::<32>()?).as_bytes())?;
         let disk_key = base64::engine::general_purpose::STANDARD.encode(random::<24>()?);
@@ -398,7 +443,7 @@ mod boot {
         step("e2e: initramfs (dracut with our module, systemd, crypt, networkd)");
         let t = Instant::now();
         let initrd = work.join("initrd.img");
-        build_initramfs(&work, &dist, &kernel, &initrd)?;
+        build_initramfs(&work, dist, kernel, &initrd, &PLAIN)?;
         // The baseline initramfs: the same image with the key file appended as a second cpio
         // archive (the kernel unpacks concatenated archives in order).
         let initrd_key = work.join("initrd-key.img");
@@ -418,9 +463,12 @@ mod boot {
         );
         let vm = Vm {
             work: &work,
-            kernel: &kernel,
+            kernel,
             image: &image,
+            persistent: false,
             tpm_state: &tpm_state,
+            ignition_config: None,
+            memory_mb: 1024,
             timeout: opts.boot_timeout,
         };
 
@@ -476,18 +524,7 @@ mod boot {
             baseline_times.push(at);
         }
         drop(broker);
-
-        step("e2e: passed");
-        eprintln!(
-            "time to root marker (QEMU start to {MARKER}, median of {}): attested {} [{}], key file {} [{}]",
-            opts.measure,
-            secs(median(&mut attested_times)),
-            list(&attested_times),
-            secs(median(&mut baseline_times)),
-            list(&baseline_times),
-        );
-        eprintln!("e2e: total {}", secs(started.elapsed()));
-        Ok(())
+        Ok((attested_times, baseline_times))
     }
 
     /// The pin config JSON of the bind (the token carries it): the host's URL of the broker
@@ -506,128 +543,170 @@ mod boot {
 
     // ---------------------------------------------------------------- expectations
 
-    fn check_attested(boot: &Boot, token: &str, released: &[String]) -> Result<()> {
-        let mut missing = Vec::new();
-        let mut expect = |what: &str, ok: bool| {
-            if !ok {
-                missing.push(what.to_owned());
+    /// The expectations of one boot, each with what it looks for; all are checked, and the
+    /// failure lists every one that did not hold.
+    struct Checks {
+        boot: &'static str,
+        failed: Vec<String>,
+    }
+
+    impl Checks {
+        fn new(boot: &'static str) -> Checks {
+            Checks {
+                boot,
+                failed: Vec::new(),
             }
-        };
-        expect("the agent's verdict=ok line", boot.has("verdict=ok"));
-        expect("no verdict=failed", !boot.has("verdict=failed"));
-        expect("Mounted sysroot.mount", boot.has("Mounted sysroot.mount"));
-        expect(
+        }
+
+        fn expect(&mut self, what: &str, ok: bool) {
+            if !ok {
+                self.failed.push(what.to_owned());
+            }
+        }
+
+        fn done(self) -> Result<()> {
+            if self.failed.is_empty() {
+                Ok(())
+            } else {
+                bail!("{} boot: expected {}", self.boot, self.failed.join("; "))
+            }
+        }
+    }
+
+    fn check_attested(boot: &Boot, token: &str, released: &[String]) -> Result<()> {
+        check_unlocked(
+            boot,
+            "attested",
+            (KUBELET_PATH, token),
+            released,
+            &[ROOT_RESOURCE, KUBELET_RESOURCE],
+        )
+    }
+
+    /// A boot that unlocked the root with the agent, switched to it and found `secret` (path,
+    /// content) delivered with mode 0600, after the broker released each of `resources`.
+    fn check_unlocked(
+        boot: &Boot,
+        name: &'static str,
+        (path, secret): (&str, &str),
+        released: &[String],
+        resources: &[&str],
+    ) -> Result<()> {
+        let mut c = Checks::new(name);
+        c.expect("the agent's verdict=ok line", boot.has("verdict=ok"));
+        c.expect("no verdict=failed", !boot.has("verdict=failed"));
+        c.expect("Mounted sysroot.mount", boot.has("Mounted sysroot.mount"));
+        c.expect(
             "the switch to the real root (initrd-switch-root.service)",
             boot.has("initrd-switch-root.service"),
         );
-        expect(
+        reached_root(&mut c, boot);
+        c.expect(
+            &format!("the secret read from {path} by the root's init"),
+            boot.has(&format!("E2E-SECRET {path}: {secret}")),
+        );
+        c.expect(
+            &format!("{path} with mode 0600 (ls -l)"),
+            boot.lines
+                .iter()
+                .any(|(_, l)| l.starts_with("-rw-------") && l.ends_with(path)),
+        );
+        c.expect(
+            &format!("the broker released {resources:?} (released {released:?})"),
+            resources.iter().all(|r| released.iter().any(|x| x == r)),
+        );
+        c.done()
+    }
+
+    /// The root's init ran to its end and powered off, and the boot never stopped.
+    fn reached_root(c: &mut Checks, boot: &Boot) {
+        c.expect(
             &format!("the root's marker {MARKER}"),
             boot.marker_at.is_some(),
         );
-        expect(
-            &format!("the kubelet token read from {KUBELET_PATH} by the root's init"),
-            boot.has(&format!("E2E-SECRET {KUBELET_PATH}: {token}")),
-        );
-        expect(
-            &format!("{KUBELET_PATH} with mode 0600 (ls -l)"),
-            boot.lines
-                .iter()
-                .any(|(_, l)| l.starts_with("-rw-------") && l.ends_with(KUBELET_PATH)),
-        );
-        expect(&format!("the root's {DONE}"), boot.has(DONE));
-        expect("no emergency mode", boot.stop_at.is_none());
-        expect(
+        c.expect(&format!("the root's {DONE}"), boot.has(DONE));
+        c.expect("no emergency mode", boot.stop_at.is_none());
+        c.expect(
             "a clean power-off (QEMU exited by itself)",
             boot.exited && !boot.timed_out,
         );
-        expect(
-            &format!("the broker released {ROOT_RESOURCE} and {KUBELET_RESOURCE}"),
-            released.iter().any(|r| r == ROOT_RESOURCE)
-                && released.iter().any(|r| r == KUBELET_RESOURCE),
-        );
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            bail!("attested boot: missing {}", missing.join("; "))
-        }
     }
 
     fn check_denied(boot: &Boot, token: &str, released: &[String], log: &[String]) -> Result<()> {
-        let mut wrong = Vec::new();
-        let mut expect = |what: &str, ok: bool| {
-            if !ok {
-                wrong.push(what.to_owned());
-            }
-        };
-        expect(
-            "the agent's verdict=failed with class=broker-denied",
-            boot.lines
-                .iter()
-                .any(|(_, l)| l.contains("verdict=failed") && l.contains("class=broker-denied")),
+        check_stopped(
+            boot,
+            "deny",
+            "broker-denied",
+            token,
+            released,
+            log,
+            Some("AK not in trusted_aks"),
+        )
+    }
+
+    /// A boot that the agent stopped with `class` before the root: verdict, explainer and
+    /// emergency target on the console, no root, `secret` nowhere, nothing released, and
+    /// `broker_says` (if any) in the broker's log.
+    fn check_stopped(
+        boot: &Boot,
+        name: &'static str,
+        class: &str,
+        secret: &str,
+        released: &[String],
+        log: &[String],
+        broker_says: Option<&str>,
+    ) -> Result<()> {
+        let mut c = Checks::new(name);
+        c.expect(
+            &format!("the agent's verdict=failed with class={class}"),
+            boot.lines.iter().any(|(_, l)| {
+                l.contains("verdict=failed") && l.contains(&format!("class={class} "))
+            }),
         );
-        expect("no verdict=ok", !boot.has("verdict=ok"));
-        expect(
+        c.expect("no verdict=ok", !boot.has("verdict=ok"));
+        c.expect(
             &format!("the explainer ({EXPLAINER}) on the console"),
             boot.has(EXPLAINER),
         );
-        expect(
+        c.expect(
             "the emergency target (Reached target emergency.target / Entering emergency mode)",
             boot.has("Reached target emergency.target") || boot.has("Entering emergency mode"),
         );
-        expect(
+        c.expect(
             &format!("no root marker {MARKER}"),
             boot.marker_at.is_none(),
         );
-        expect(
+        c.expect(
             "no Mounted sysroot.mount",
             !boot.has("Mounted sysroot.mount"),
         );
-        expect("the kubelet token nowhere on the console", !boot.has(token));
-        expect(
+        c.expect("the secret nowhere on the console", !boot.has(secret));
+        c.expect(
             &format!("the broker released nothing (released {released:?})"),
             released.is_empty(),
         );
-        expect(
-            "the broker's log: AK not in trusted_aks",
-            log.iter().any(|l| l.contains("AK not in trusted_aks")),
-        );
-        if wrong.is_empty() {
-            Ok(())
-        } else {
-            bail!("deny boot: expected {}", wrong.join("; "))
+        if let Some(needle) = broker_says {
+            c.expect(
+                &format!("the broker's log: {needle}"),
+                log.iter().any(|l| l.contains(needle)),
+            );
         }
+        c.done()
     }
 
     fn check_baseline(boot: &Boot) -> Result<()> {
-        let mut missing = Vec::new();
-        let mut expect = |what: &str, ok: bool| {
-            if !ok {
-                missing.push(what.to_owned());
-            }
-        };
-        expect(
+        let mut c = Checks::new("baseline");
+        c.expect(
             "no verdict line (rd.attest_unlock.disable skips the unit)",
             !boot.has("verdict="),
         );
-        expect("Mounted sysroot.mount", boot.has("Mounted sysroot.mount"));
-        expect(
-            &format!("the root's marker {MARKER}"),
-            boot.marker_at.is_some(),
-        );
-        expect(
+        c.expect("Mounted sysroot.mount", boot.has("Mounted sysroot.mount"));
+        c.expect(
             "no secret under /run/attest-unlock-e2e",
             !boot.has("E2E-SECRET "),
         );
-        expect("no emergency mode", boot.stop_at.is_none());
-        expect(
-            "a clean power-off (QEMU exited by itself)",
-            boot.exited && !boot.timed_out,
-        );
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            bail!("baseline boot: missing {}", missing.join("; "))
-        }
+        reached_root(&mut c, boot);
+        c.done()
     }
 
     // ---------------------------------------------------------------- the guest kernel
@@ -743,30 +822,10 @@ mod boot {
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))?;
         std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh"))?;
         // systemd refuses to switch to a root without os-release.
-        std::fs::write(
-            rootfs.join("usr/lib/os-release"),
-            "ID=attest-unlock-e2e\nNAME=\"attest-unlock e2e root\"\n",
-        )?;
+        std::fs::write(rootfs.join("usr/lib/os-release"), OS_RELEASE)?;
         std::os::unix::fs::symlink("../usr/lib/os-release", rootfs.join("etc/os-release"))?;
         let init = rootfs.join("sbin/init");
-        std::fs::write(
-            &init,
-            format!(
-                "#!/bin/busybox sh\n\
-                 # attest-unlock e2e: the real root's init.\n\
-                 exec >/dev/console 2>&1\n\
-                 B=/bin/busybox\n\
-                 echo {MARKER}\n\
-                 for f in /run/attest-unlock-e2e/*; do\n\
-                 \x20 [ -e \"$f\" ] || continue\n\
-                 \x20 echo \"E2E-SECRET $f: $($B cat \"$f\")\"\n\
-                 \x20 $B ls -l \"$f\"\n\
-                 done\n\
-                 echo {DONE}\n\
-                 $B sync\n\
-                 $B poweroff -f\n"
-            ),
-        )?;
+        std::fs::write(&init, root_init(&["/run/attest-unlock-e2e"]))?;
         std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
         std::fs::File::create(image)?.set_len(64 << 20)?;
         run(Command::new("mkfs.ext4")
@@ -794,10 +853,59 @@ mod boot {
         Ok(())
     }
 
+    /// What an initramfs carries beyond dracut's base.
+    struct Flavour<'a> {
+        /// Names its dracut directories and log under the work directory.
+        name: &'a str,
+        modules: &'a str,
+        drivers: &'a str,
+        /// More binaries (`dracut --install`).
+        install: &'a [&'a str],
+        /// Changes to the copy of the dracut tree (modules.d) before dracut runs.
+        prepare: &'a dyn Fn(&Path) -> Result<()>,
+    }
+
+    /// The initramfs of the e2e boots: systemd, crypt, networkd and our module.
+    const PLAIN: Flavour<'static> = Flavour {
+        name: "dracut",
+        modules: DRACUT_MODULES,
+        drivers: DRACUT_DRIVERS,
+        install: &[],
+        prepare: &|_| Ok(()),
+    };
+
+    /// The real root's init (busybox sh): the marker, then every file under `secret_dirs` with
+    /// its content and `ls -l`, then power off.
+    fn root_init(secret_dirs: &[&str]) -> String {
+        let globs: Vec<String> = secret_dirs.iter().map(|d| format!("{d}/*")).collect();
+        format!(
+            "#!/bin/busybox sh\n\
+             # attest-unlock e2e: the real root's init.\n\
+             exec >/dev/console 2>&1\n\
+             B=/bin/busybox\n\
+             echo {MARKER}\n\
+             for f in {}; do\n\
+             \x20 [ -f \"$f\" ] || continue\n\
+             \x20 echo \"E2E-SECRET $f: $($B cat \"$f\")\"\n\
+             \x20 $B ls -l \"$f\"\n\
+             done\n\
+             echo {DONE}\n\
+             $B sync\n\
+             $B poweroff -f\n",
+            globs.join(" ")
+        )
+    }
+
     /// dracut from a copy of /usr/lib/dracut with our module (from the dist layout) added;
     /// nothing of the host's configuration.
-    fn build_initramfs(work: &Path, dist: &Path, kernel: &Kernel, out: &Path) -> Result<()> {
-        let basedir = work.join("dracut");
+    fn build_initramfs(
+        work: &Path,
+        dist: &Path,
+        kernel: &Kernel,
+        out: &Path,
+        flavour: &Flavour<'_>,
+    ) -> Result<()> {
+        let basedir = work.join(flavour.name);
         run(Command::new("cp")
             .args(["-a", "/usr/lib/dracut"])
             .arg(&basedir))?;
@@ -805,12 +913,14 @@ mod boot {
             &dist.join("usr/lib/dracut/modules.d/90attest-unlock"),
             &basedir.join("modules.d/90attest-unlock"),
         )?;
-        let confdir = work.join("dracut.conf.d");
-        let tmpdir = work.join("dracut-tmp");
+        (flavour.prepare)(&basedir)?;
+        let confdir = work.join(format!("{}.conf.d", flavour.name));
+        let tmpdir = work.join(format!("{}-tmp", flavour.name));
         std::fs::create_dir_all(&confdir)?;
         std::fs::create_dir_all(&tmpdir)?;
-        let log = work.join("dracut.log");
-        let status = Command::new("dracut")
+        let log = work.join(format!("{}.log", flavour.name));
+        let mut dracut = Command::new("dracut");
+        dracut
             .env("dracutbasedir", &basedir)
             .env("ATTEST_UNLOCK_BINDIR", root().join("target/release"))
             .env("ATTEST_UNLOCK_UNITDIR", dist.join("usr/lib/systemd/system"))
@@ -821,7 +931,16 @@ mod boot {
             .arg(&tmpdir)
             .args(["--kver", &kernel.version, "--kmoddir"])
             .arg(kernel.kmoddir())
-            .args(["--modules", DRACUT_MODULES, "--add-drivers", DRACUT_DRIVERS])
+            .args([
+                "--modules",
+                flavour.modules,
+                "--add-drivers",
+                flavour.drivers,
+            ]);
+        if !flavour.install.is_empty() {
+            dracut.arg("--install").arg(flavour.install.join(" "));
+        }
+        let status = dracut
             .arg(out)
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?)
@@ -831,11 +950,13 @@ mod boot {
         if !status.success() {
             bail!("dracut failed ({status}):\n{}", tail(&text, TAIL));
         }
-        ensure!(
-            text.contains("Including module: attest-unlock"),
-            "dracut did not include the attest-unlock module:\n{}",
-            tail(&text, TAIL)
-        );
+        for module in flavour.modules.split_whitespace() {
+            ensure!(
+                text.contains(&format!("Including module: {module} ")),
+                "dracut did not include the {module} module:\n{}",
+                tail(&text, TAIL)
+            );
+        }
         Ok(())
     }
 
@@ -1011,7 +1132,13 @@ mod boot {
         work: &'a Path,
         kernel: &'a Kernel,
         image: &'a Path,
+        /// Boot `image` itself, so what the boot writes stays for the next boot; otherwise
+        /// each boot gets a fresh copy.
+        persistent: bool,
         tpm_state: &'a Path,
+        /// An Ignition config for QEMU's fw_cfg entry `opt/com.coreos/config`.
+        ignition_config: Option<&'a Path>,
+        memory_mb: u32,
         timeout: Duration,
     }
 
@@ -1067,8 +1194,13 @@ mod boot {
         fn boot(&self, name: &str, ovmf: bool, initrd: &Path, cmdline: &str) -> Result<Boot> {
             let dir = self.work.join(name);
             std::fs::create_dir(&dir)?;
-            let disk = dir.join("root.img");
-            std::fs::copy(self.image, &disk)?;
+            let disk = if self.persistent {
+                self.image.to_path_buf()
+            } else {
+                let copy = dir.join("root.img");
+                std::fs::copy(self.image, &copy)?;
+                copy
+            };
             let sock = dir.join("swtpm.sock");
             let tpm = Swtpm::unix(self.tpm_state, &sock, &dir.join("swtpm.log"))?;
             let log_path = dir.join("serial.log");
@@ -1083,7 +1215,8 @@ mod boot {
                 "-machine",
                 "q35",
             ])
-            .args(["-smp", "2", "-m", "1024", "-display", "none", "-no-reboot"])
+            .args(["-smp", "2", "-m", &self.memory_mb.to_string()])
+            .args(["-display", "none", "-no-reboot"])
             .args(["-serial", "stdio", "-monitor", "none"]);
             if ovmf {
                 let vars = dir.join("OVMF_VARS.fd");
@@ -1111,9 +1244,14 @@ mod boot {
                 .arg("-chardev")
                 .arg(format!("socket,id=chrtpm,path={}", sock.display()))
                 .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
-                .args(["-device", "tpm-tis,tpmdev=tpm0"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped());
+                .args(["-device", "tpm-tis,tpmdev=tpm0"]);
+            if let Some(config) = self.ignition_config {
+                qemu.arg("-fw_cfg").arg(format!(
+                    "name=opt/com.coreos/config,file={}",
+                    config.display()
+                ));
+            }
+            qemu.stdin(Stdio::null()).stdout(Stdio::piped());
             writeln!(log, "# {qemu:?}")?;
             eprintln!("e2e: {name}: kernel command line: {cmdline}");
             eprintln!("e2e: {name}: serial log {}", log_path.display());

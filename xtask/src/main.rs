@@ -48,6 +48,16 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     // The system CA bundle an empty pin `cert` falls back to (tested).
     "ca-certificates",
+    // The first boot with upstream Ignition (e2e): the blank disk's partition table (sgdisk),
+    // the example's xfs root (mkfs.xfs), dracut's url-lib that 30ignition depends on (curl),
+    // and what `clevis luks bind` runs in the initramfs (pwmake, luksmeta).
+    "gdisk",
+    "xfsprogs",
+    "curl",
+    "libpwquality-tools",
+    "luksmeta",
+    // Upstream Ignition relabels what it writes (setfiles, with the root's SELinux policy).
+    "policycoreutils",
 ];
 
 /// Python modules the tests use as independent implementations.
