@@ -11,6 +11,7 @@ use kbs_types::TeePubKey;
 
 use crate::config::{self, Config, ConfigError, Layers};
 use crate::error::Error;
+use crate::evidence::Platforms as _;
 use crate::evidence::{self, binding};
 use crate::flow::{self, Options};
 use crate::hw::tpm::Tpm;
@@ -206,8 +207,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
                     key.tee_pubkey()
                 }
             };
-            let detected = evidence::detect(&config, &cli.root)?;
-            let mut source = evidence::source_for(&detected, &config, &cli.root);
+            let (_, mut source) = evidence::Hardware { root: &cli.root }.detect(&config)?;
             let (ev, additional) = flow::collect(source.as_mut(), nonce, &tee_pubkey)?;
             let rd = binding::report_data(nonce, &tee_pubkey, &additional)
                 .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;
@@ -301,66 +301,17 @@ fn unlock(
         .map(Path::to_path_buf)
         .or_else(|| config.failure_report.clone());
     let allow_persistent = config.insecure_allow_persistent_secrets;
-    let fail = |ctx: FailureContext<'_>, error: &Error| {
-        verdict_failed(&ctx, start, error);
-        if let Some(path) = &report {
-            write_failure_report(path, &ctx, error, allow_persistent);
-        }
-        Outcome::Failed
-    };
-    let ctx = |step| FailureContext {
-        platform: "-",
-        step,
-        broker: None,
-        device: None,
-        attempts: 0,
-    };
-
     let cryptsetup = Cryptsetup::default();
     let device = config.luks.as_ref().map(|l| l.device.display().to_string());
-    let (config, disk) = match prepare_disk_key(layers, config, &cryptsetup) {
-        Ok(d) => d,
-        Err((step, e)) => {
-            return fail(
-                FailureContext {
-                    device,
-                    ..ctx(step)
-                },
-                &e,
-            );
-        }
+    let node = flow::Node {
+        volume: &cryptsetup,
+        platforms: &evidence::Hardware { root },
+        brokers: None,
     };
-    config.log_settings();
-
-    let detect_start = Instant::now();
-    let detected = match evidence::detect(&config, root) {
-        Ok(d) => d,
-        Err(e) => {
-            return fail(
-                FailureContext {
-                    device,
-                    ..ctx("detect")
-                },
-                &Error::from(e),
-            )
-        }
-    };
-    let detect_time = detect_start.elapsed();
-    log::info!(
-        "platform {} ({})",
-        detected.platform.as_str(),
-        detected.detail
-    );
-    let mut source = evidence::source_for(&detected, &config, root);
-    let opts = Options { verify_only };
-    match flow::run(&config, disk.as_ref(), source.as_mut(), &cryptsetup, &opts) {
-        Ok(mut report) => {
-            report
-                .timings
-                .0
-                .insert(0, (flow::Step::Detect, detect_time));
+    match flow::unlock(layers, config, &node, &Options { verify_only }) {
+        Ok(report) => {
             let line = crate::verdict::ok(&crate::verdict::Facts {
-                platform: Some(detected.platform.as_str()),
+                platform: report.platform.map(crate::config::Platform::as_str),
                 broker: Some(&report.broker),
                 volume: Some(report.volume),
                 secrets: Some(report.secrets),
@@ -372,61 +323,21 @@ fn unlock(
             log::info!("{line}");
             Outcome::Success
         }
-        Err(f) => fail(
-            FailureContext {
-                platform: detected.platform.as_str(),
+        Err(f) => {
+            let ctx = FailureContext {
+                platform: f.platform.map_or("-", crate::config::Platform::as_str),
                 step: f.step.as_str(),
                 broker: f.broker.as_deref(),
                 device,
                 attempts: f.attempts,
-            },
-            &f.error,
-        ),
+            };
+            verdict_failed(&ctx, start, &f.error);
+            if let Some(path) = &report {
+                write_failure_report(path, &ctx, &f.error, allow_persistent);
+            }
+            Outcome::Failed
+        }
     }
-}
-
-/// Decide where the disk key comes from: `disk_key` in the config, or the trustee clevis
-/// token in the volume's LUKS2 header, whose pin config then becomes the config's LUKS-token
-/// layer (what to fetch; its servers only when no measured layer names a broker) and whose
-/// keyslot is the one to open. Returns the config to use, resolved once with every layer.
-fn prepare_disk_key(
-    mut layers: Layers,
-    config: Config,
-    cryptsetup: &Cryptsetup,
-) -> Result<(Config, Option<flow::DiskKey>), (&'static str, Error)> {
-    if let Some(path) = &config.disk_key {
-        let disk = flow::DiskKey::Resource(path.clone());
-        return Ok((config, Some(disk)));
-    }
-    let Some(luks) = config.luks.clone() else {
-        return Ok((config, None));
-    };
-    let token_err = |e: Error| ("token", e);
-    crate::luks::wait_for_device(
-        &luks.device,
-        std::time::Duration::from_millis(luks.device_timeout_ms),
-    )
-    .map_err(|e| token_err(e.into()))?;
-    let meta = cryptsetup
-        .metadata(&luks.device)
-        .map_err(|e| token_err(e.into()))?;
-    let token = crate::clevis::find_trustee_token(&meta).map_err(|e| token_err(e.into()))?;
-    let jwe =
-        crate::clevis::ClevisJwe::parse_compact(&token.jwe).map_err(|e| token_err(e.into()))?;
-    log::info!(
-        "{}: trustee clevis token {} for keyslot {}",
-        luks.device.display(),
-        token.id,
-        token.keyslot
-    );
-    jwe.config
-        .add_to(&mut layers, config::system_ca_bundle())
-        .map_err(|e| token_err(e.into()))?;
-    let mut resolved = layers.resolve().map_err(|e| ("config", e.into()))?;
-    let mut luks = resolved.luks.take().unwrap_or(luks);
-    luks.keyslot = luks.keyslot.or(Some(token.keyslot));
-    resolved.luks = Some(luks);
-    Ok((resolved, Some(flow::DiskKey::Clevis(Box::new(jwe)))))
 }
 
 /// `attest-unlock anchors`: the trust-anchor event for this config (and pin config) and the

@@ -21,10 +21,10 @@ use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::anchors::TrustAnchors;
-use crate::config::{Config, KeyFormat};
+use crate::config::{Config, KeyFormat, Layers};
 use crate::deliver::{self, Item};
 use crate::error::{Error, ErrorClass};
-use crate::evidence::{binding, EvidenceSource};
+use crate::evidence::{binding, EvidenceSource, Platforms};
 use crate::kbs::key::EphemeralKey;
 use crate::kbs::{jwe, BrokerClient, KbsClient, KbsError};
 use crate::luks::Volume;
@@ -34,6 +34,8 @@ use crate::luks::Volume;
 pub enum Step {
     /// Read the configuration layers (the file, the kernel command line, the LUKS2 token).
     Config,
+    /// Wait for the volume and read the trustee token from its LUKS2 header.
+    Token,
     /// Find the platform.
     Detect,
     /// Measure the trust anchors (brokers, CAs, resources, init-data) before any contact.
@@ -68,6 +70,7 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Config => "config",
+            Step::Token => "token",
             Step::Detect => "detect",
             Step::Anchors => "anchors",
             Step::Keygen => "keygen",
@@ -126,6 +129,8 @@ pub struct Options {
 /// A successful run.
 #[derive(Debug)]
 pub struct Report {
+    /// The platform attested as ([`unlock`] sets it).
+    pub platform: Option<crate::config::Platform>,
     /// The broker that released the secrets.
     pub broker: String,
     /// Sessions tried (1 when the first broker served at once).
@@ -143,12 +148,26 @@ pub struct Report {
 pub struct Failure {
     /// The step that failed.
     pub step: Step,
+    /// The platform, once detected.
+    pub platform: Option<crate::config::Platform>,
     /// The broker of the last session, if one was tried.
     pub broker: Option<String>,
     /// Sessions tried.
     pub attempts: u32,
     /// Why.
     pub error: Error,
+}
+
+impl Failure {
+    fn at(step: Step, broker: Option<String>, attempts: u32, error: Error) -> Failure {
+        Failure {
+            step,
+            platform: None,
+            broker,
+            attempts,
+            error,
+        }
+    }
 }
 
 impl fmt::Display for Failure {
@@ -185,10 +204,44 @@ pub struct Released {
     pub attempts: u32,
     /// Per-step timings of the successful session.
     pub timings: Timings,
-    /// The plaintexts, in the order asked for.
-    pub resources: Vec<Zeroizing<Vec<u8>>>,
+    /// The plaintexts, by resource path.
+    pub resources: Resources,
     /// The attestation token (EAR JWT).
     pub token: Zeroizing<String>,
+}
+
+/// Released plaintexts by resource path: a value is taken by the name it was asked for, never
+/// by its position among the others. A path asked for twice was released twice.
+#[derive(Default)]
+pub struct Resources(Vec<(String, Zeroizing<Vec<u8>>)>);
+
+impl Resources {
+    /// Takes the plaintext released for `path` (the first one left).
+    pub fn take(&mut self, path: &str) -> Option<Zeroizing<Vec<u8>>> {
+        let i = self.0.iter().position(|(p, _)| p == path)?;
+        Some(self.0.remove(i).1)
+    }
+
+    /// Takes the plaintext released for `path`, or says it was not released.
+    fn take_released(&mut self, path: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+        self.take(path).ok_or_else(|| Error::KeyFormat {
+            resource: path.to_owned(),
+            message: "not among the resources the broker released".into(),
+        })
+    }
+}
+
+/// Names the resources, never their bytes.
+impl fmt::Debug for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(p, v)| format!("{p}: <{} bytes>", v.len())),
+            )
+            .finish()
+    }
 }
 
 /// Proof that the trust anchors were measured (or that measuring was switched off by a
@@ -431,12 +484,7 @@ pub fn release(
 
 /// The real broker clients of the config (no network contact: TLS settings and CAs only).
 pub fn clients(config: &Config) -> Result<Vec<Box<dyn BrokerClient>>, Failure> {
-    let fail = |broker, error: Error| Failure {
-        step: Step::Config,
-        broker,
-        attempts: 0,
-        error,
-    };
+    let fail = |broker, error: Error| Failure::at(Step::Config, broker, 0, error);
     let mut clients: Vec<Box<dyn BrokerClient>> = Vec::new();
     for b in &config.brokers {
         let ca = b.ca_pem().map_err(|e| fail(None, e.into()))?;
@@ -456,12 +504,7 @@ pub fn release_from(
     init_data: Option<&str>,
     _anchors: &AnchorsMeasured,
 ) -> Result<Released, Failure> {
-    let fail = |step, broker, attempts, error: Error| Failure {
-        step,
-        broker,
-        attempts,
-        error,
-    };
+    let fail = Failure::at;
     let mut attempts = 0u32;
     let mut round = 0u32;
     let started = Instant::now();
@@ -535,19 +578,106 @@ pub fn release_from(
     }
 }
 
-/// Run the whole flow with an evidence source already chosen by detection.
-pub fn run(
-    config: &Config,
-    disk: Option<&DiskKey>,
-    source: &mut dyn EvidenceSource,
-    cryptsetup: &dyn Volume,
-    opts: &Options,
-) -> Result<Report, Failure> {
-    let brokers = clients(config)?;
-    run_with(config, disk, source, &brokers, cryptsetup, opts)
+/// The parts of a node the unlock works with: the real ones, or fakes in the fast tests.
+pub struct Node<'a> {
+    /// The LUKS2 volume (header, keyslot test, open, close).
+    pub volume: &'a dyn Volume,
+    /// Platform detection and the evidence source.
+    pub platforms: &'a dyn Platforms,
+    /// The brokers; `None`: the real clients of the resolved config.
+    pub brokers: Option<&'a [Box<dyn BrokerClient>]>,
 }
 
-/// [`run`] with the brokers given (the real clients, or fakes in the fast tests).
+/// The whole unlock, from the config layers to delivered secrets: where the disk key comes
+/// from (the config's `disk_key`, or the trustee token in the volume's LUKS2 header, whose pin
+/// config becomes the config's token layer), detection, then [`run_with`]. `config` is
+/// `layers` resolved; it is resolved again only when the token adds its layer.
+pub fn unlock(
+    layers: Layers,
+    config: Config,
+    node: &Node<'_>,
+    opts: &Options,
+) -> Result<Report, Failure> {
+    let (config, disk) = disk_key_source(layers, config, node.volume)?;
+    config.log_settings();
+    let start = Instant::now();
+    let (platform, mut source) = node
+        .platforms
+        .detect(&config)
+        .map_err(|e| Failure::at(Step::Detect, None, 0, e.into()))?;
+    let detect_time = start.elapsed();
+    let with_platform = |f: Failure| Failure {
+        platform: Some(platform),
+        ..f
+    };
+    let owned;
+    let brokers = match node.brokers {
+        Some(b) => b,
+        None => {
+            owned = clients(&config).map_err(with_platform)?;
+            &owned
+        }
+    };
+    let mut report = run_with(
+        &config,
+        disk.as_ref(),
+        source.as_mut(),
+        brokers,
+        node.volume,
+        opts,
+    )
+    .map_err(with_platform)?;
+    report.timings.0.insert(0, (Step::Detect, detect_time));
+    report.platform = Some(platform);
+    Ok(report)
+}
+
+/// Where the disk key comes from: `disk_key` in the config, or the trustee clevis token in the
+/// volume's LUKS2 header, whose pin config then becomes the config's LUKS-token layer (what to
+/// fetch; its servers only when no measured layer names a broker) and whose keyslot is the one
+/// to open. Returns the config to use, resolved with every layer.
+fn disk_key_source(
+    mut layers: Layers,
+    config: Config,
+    volume: &dyn Volume,
+) -> Result<(Config, Option<DiskKey>), Failure> {
+    if let Some(path) = &config.disk_key {
+        let disk = DiskKey::Resource(path.clone());
+        return Ok((config, Some(disk)));
+    }
+    let Some(luks) = config.luks.clone() else {
+        return Ok((config, None));
+    };
+    let token_err = |e: Error| Failure::at(Step::Token, None, 0, e);
+    volume
+        .appear(&luks.device, Duration::from_millis(luks.device_timeout_ms))
+        .map_err(|e| token_err(e.into()))?;
+    let meta = volume
+        .metadata(&luks.device)
+        .map_err(|e| token_err(e.into()))?;
+    let token = crate::clevis::find_trustee_token(&meta).map_err(|e| token_err(e.into()))?;
+    let jwe =
+        crate::clevis::ClevisJwe::parse_compact(&token.jwe).map_err(|e| token_err(e.into()))?;
+    log::info!(
+        "{}: trustee clevis token {} for keyslot {}",
+        luks.device.display(),
+        token.id,
+        token.keyslot
+    );
+    jwe.config
+        .add_to(&mut layers, crate::config::system_ca_bundle())
+        .map_err(|e| token_err(e.into()))?;
+    let mut resolved = layers
+        .resolve()
+        .map_err(|e| Failure::at(Step::Config, None, 0, e.into()))?;
+    let mut luks = resolved.luks.take().unwrap_or(luks);
+    luks.keyslot = luks.keyslot.or(Some(token.keyslot));
+    resolved.luks = Some(luks);
+    Ok((resolved, Some(DiskKey::Clevis(Box::new(jwe)))))
+}
+
+/// The flow once the disk key's source, the evidence source and the brokers (the real clients,
+/// or fakes in the fast tests) are known.
 pub fn run_with(
     config: &Config,
     disk: Option<&DiskKey>,
@@ -556,12 +686,7 @@ pub fn run_with(
     cryptsetup: &dyn Volume,
     opts: &Options,
 ) -> Result<Report, Failure> {
-    let early = |step, error: Error| Failure {
-        step,
-        broker: None,
-        attempts: 0,
-        error,
-    };
+    let early = |step, error: Error| Failure::at(step, None, 0, error);
     config
         .validate_for_unlock(disk.is_some())
         .map_err(|e| early(Step::Config, e.into()))?;
@@ -590,19 +715,14 @@ pub fn run_with(
         &measured,
     )?;
     timings.0.insert(0, (Step::Anchors, anchors_time));
-    let fail_at = |step, error| Failure {
-        step,
-        broker: Some(broker.clone()),
-        attempts,
-        error,
-    };
+    let fail_at = |step, error| Failure::at(step, Some(broker.clone()), attempts, error);
 
     let passphrase = match disk {
         None => None,
         Some(d) => {
-            let raw = resources.remove(0);
             let key = timings
                 .time(Step::Passphrase, || {
+                    let raw = resources.take_released(d.resource())?;
                     passphrase_for(d, raw, config.disk_key_format)
                 })
                 .map_err(|e| fail_at(Step::Passphrase, e))?;
@@ -612,14 +732,20 @@ pub fn run_with(
 
     // Stage secrets (and the token) before touching the disk: a destination that cannot be
     // written fails the run before anything is unlocked.
-    let mut items = Vec::new();
-    for (s, bytes) in config.secrets.iter().zip(&resources) {
-        items.push(Item {
+    let secrets = config
+        .secrets
+        .iter()
+        .map(|s| Ok((s, resources.take_released(&s.resource)?)))
+        .collect::<Result<Vec<_>, Error>>()
+        .map_err(|e| fail_at(Step::Stage, e))?;
+    let mut items: Vec<Item<'_>> = secrets
+        .iter()
+        .map(|(s, bytes)| Item {
             path: &s.path,
             mode: s.mode,
             bytes,
-        });
-    }
+        })
+        .collect();
     if let Some(p) = &config.token_path {
         items.push(Item {
             path: p,
@@ -679,6 +805,7 @@ pub fn run_with(
     }
 
     Ok(Report {
+        platform: None,
         broker,
         attempts,
         timings,
@@ -755,7 +882,7 @@ fn append_measurement_log(config: &Config, registers: &str, event: &[u8]) {
 }
 
 /// What one successful session yields: the decrypted resources and the attestation token.
-type SessionOutput = (Vec<Zeroizing<Vec<u8>>>, Zeroizing<String>);
+type SessionOutput = (Resources, Zeroizing<String>);
 
 /// Collect the evidence of one session: the additional device's first (bound with the digest
 /// computed without the `additional-evidence` key), then the primary's, bound with the digest
@@ -836,15 +963,16 @@ fn session(
                 .iter()
                 .zip(&bodies)
                 .map(|(p, body)| {
-                    jwe::decrypt(body, &key).map_err(|source| Error::Jwe {
+                    let plain = jwe::decrypt(body, &key).map_err(|source| Error::Jwe {
                         resource: (*p).to_owned(),
                         source,
-                    })
+                    })?;
+                    Ok(((*p).to_owned(), plain))
                 })
                 .collect::<Result<Vec<_>, Error>>()
         })
         .map_err(|e| (Step::Decrypt, e))?;
-    Ok((plain, Zeroizing::new(token)))
+    Ok((Resources(plain), Zeroizing::new(token)))
 }
 
 /// Turn the disk key resource into the LUKS passphrase.
@@ -1083,9 +1211,18 @@ mod tests {
         calls: Calls,
         watch: PathBuf,
         sigterm_on_open: bool,
+        /// The LUKS2 metadata JSON its header holds.
+        header: Vec<u8>,
     }
 
     impl Volume for FakeVolume {
+        fn appear(&self, _: &std::path::Path, _: Duration) -> Result<(), LuksError> {
+            Ok(())
+        }
+        fn metadata(&self, _: &std::path::Path) -> Result<Vec<u8>, LuksError> {
+            self.calls.borrow_mut().push("metadata".into());
+            Ok(self.header.clone())
+        }
         fn test_key(
             &self,
             _: &std::path::Path,
@@ -1118,6 +1255,32 @@ mod tests {
         fn close(&self, _: &str) -> Result<(), LuksError> {
             self.calls.borrow_mut().push("close".into());
             Ok(())
+        }
+    }
+
+    /// Detection that finds a TPM (the [`FakeSource`]) or nothing.
+    struct FakePlatforms {
+        calls: Calls,
+        fails: bool,
+    }
+
+    impl Platforms for FakePlatforms {
+        fn detect(
+            &self,
+            _: &Config,
+        ) -> Result<(crate::config::Platform, Box<dyn EvidenceSource>), EvidenceError> {
+            self.calls.borrow_mut().push("detect".into());
+            if self.fails {
+                return Err(EvidenceError::NoPlatform {
+                    wanted: "auto".into(),
+                    checked: "nothing (fake)".into(),
+                });
+            }
+            let source = FakeSource {
+                calls: self.calls.clone(),
+                fail_measure: None,
+            };
+            Ok((crate::config::Platform::Tpm, Box::new(source)))
         }
     }
 
@@ -1181,11 +1344,7 @@ mod tests {
                 calls: self.calls.clone(),
                 fail_measure,
             };
-            let volume = FakeVolume {
-                calls: self.calls.clone(),
-                watch: self.dest(),
-                sigterm_on_open,
-            };
+            let volume = self.volume(sigterm_on_open);
             let disk = DiskKey::Resource("default/n/root".into());
             let mut config = self.config.clone();
             config.disk_key_format = KeyFormat::Raw;
@@ -1196,6 +1355,40 @@ mod tests {
                 brokers,
                 &volume,
                 &Options { verify_only },
+            )
+        }
+
+        fn volume(&self, sigterm_on_open: bool) -> FakeVolume {
+            FakeVolume {
+                calls: self.calls.clone(),
+                watch: self.dest(),
+                sigterm_on_open,
+                header: br#"{"keyslots":{"0":{}},"tokens":{}}"#.to_vec(),
+            }
+        }
+
+        /// The whole [`unlock`] with `config`, fake hardware (detection fails when
+        /// `detect_fails`) and `brokers`.
+        fn unlock(
+            &self,
+            config: Config,
+            detect_fails: bool,
+            brokers: &[Box<dyn BrokerClient>],
+        ) -> Result<Report, Failure> {
+            let platforms = FakePlatforms {
+                calls: self.calls.clone(),
+                fails: detect_fails,
+            };
+            let node = Node {
+                volume: &self.volume(false),
+                platforms: &platforms,
+                brokers: Some(brokers),
+            };
+            unlock(
+                Layers::default(),
+                config,
+                &node,
+                &Options { verify_only: true },
             )
         }
 
@@ -1292,5 +1485,55 @@ mod tests {
         let calls = f.calls();
         assert_eq!(&calls[calls.len() - 2..], ["open", "close"], "{calls:?}");
         assert!(!f.dest().exists());
+    }
+
+    /// A header without the trustee token (e.g. a first boot whose binding was denied) stops
+    /// the run at `token`: nothing detected, no broker contacted, nothing unlocked.
+    #[test]
+    fn a_header_without_a_trustee_token_stops_before_detection_and_any_broker() {
+        let f = Fast::new();
+        let mut config = f.config.clone();
+        config.disk_key = None;
+        let e = f
+            .unlock(config, false, &[f.broker("b1", false)])
+            .unwrap_err();
+        assert_eq!(e.step, Step::Token);
+        assert!(
+            e.error.to_string().contains("no clevis trustee token"),
+            "{}",
+            e.error
+        );
+        assert_eq!(e.platform, None);
+        assert_eq!(f.calls(), ["metadata"]);
+    }
+
+    /// A detection failure is reported at `detect`, before any measurement or contact.
+    #[test]
+    fn a_detection_failure_contacts_nothing() {
+        let f = Fast::new();
+        let e = f
+            .unlock(f.config.clone(), true, &[f.broker("b1", false)])
+            .unwrap_err();
+        assert_eq!(e.step, Step::Detect);
+        assert_eq!(f.calls(), ["detect"]);
+    }
+
+    /// A configured `disk_key` never reads the header; the report names the platform and
+    /// leads its timings with detection.
+    #[test]
+    fn a_configured_disk_key_skips_the_header_and_the_report_names_the_platform() {
+        let f = Fast::new();
+        let mut config = f.config.clone();
+        config.disk_key_format = KeyFormat::Raw;
+        let report = f.unlock(config, false, &[f.broker("b1", false)]).unwrap();
+        assert_eq!(report.platform, Some(crate::config::Platform::Tpm));
+        assert_eq!(report.timings.0[0].0, Step::Detect);
+        let calls = f.calls();
+        assert_eq!(calls[0], "detect", "{calls:?}");
+        assert!(!calls.iter().any(|c| c == "metadata"), "{calls:?}");
+        assert!(
+            calls.iter().any(|c| c.starts_with("test_key disk-key")),
+            "{calls:?}"
+        );
     }
 }

@@ -19,6 +19,7 @@ use crate::clevis::{self, ClevisJwe, PinConfig, PinKey};
 use crate::config::{Config, ConfigError, Host};
 use crate::error::Error;
 use crate::evidence;
+use crate::evidence::Platforms as _;
 use crate::flow::{self, Failure};
 
 /// The environment variable naming the config file for the pin (clevis passes no options).
@@ -62,8 +63,10 @@ fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
 /// Detect the platform and measure the trust anchors for fetching `path`: what must happen
 /// before the pin's first network byte (the AK registration included).
 fn prepare(config: &Config, path: &str) -> Result<Prepared, Error> {
-    let detected = evidence::detect(config, Path::new("/"))?;
-    let mut source = evidence::source_for(&detected, config, Path::new("/"));
+    let (_, mut source) = evidence::Hardware {
+        root: Path::new("/"),
+    }
+    .detect(config)?;
     let init_data = flow::init_data_for(config, &[path])?;
     let anchors = flow::trust_anchors(config, &[path], init_data.as_deref())?;
     flow::bind_init_data(source.as_mut(), init_data.as_deref())?;
@@ -105,10 +108,10 @@ fn fetch_key(config: &Config, prepared: &mut Prepared, path: &str) -> Result<Pin
             error
         },
     )?;
-    let key = released
-        .resources
-        .first()
-        .map(|r| PinKey::from_released(path, r))
+    let mut resources = released.resources;
+    let key = resources
+        .take(path)
+        .map(|r| PinKey::from_released(path, &r))
         .transpose()?
         .ok_or_else(|| clevis::ClevisError::Key("broker released nothing".into()))?;
     let line = crate::verdict::ok(&crate::verdict::Facts {

@@ -121,6 +121,35 @@ pub trait EvidenceSource {
     }
 }
 
+/// Finds the platform a node attests as and opens its evidence source: the hardware
+/// ([`Hardware`]), or fakes in the flow's fast tests.
+pub trait Platforms {
+    /// The platform found and its evidence source.
+    fn detect(&self, config: &Config)
+        -> Result<(Platform, Box<dyn EvidenceSource>), EvidenceError>;
+}
+
+/// The node's own devices and files, under `root` (`/`, or a test root).
+pub struct Hardware<'a> {
+    /// Where the device and firmware paths are looked up.
+    pub root: &'a Path,
+}
+
+impl Platforms for Hardware<'_> {
+    fn detect(
+        &self,
+        config: &Config,
+    ) -> Result<(Platform, Box<dyn EvidenceSource>), EvidenceError> {
+        let detected = detect(config, self.root)?;
+        log::info!(
+            "platform {} ({})",
+            detected.platform.as_str(),
+            detected.detail
+        );
+        Ok((detected.platform, source_for(&detected, config, self.root)))
+    }
+}
+
 /// The register a TEE's launch binds the init-data digest into, with its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaunchInitData {

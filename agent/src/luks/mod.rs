@@ -50,6 +50,13 @@ pub enum LuksError {
 /// What the flow needs of the volume: the seam at cryptsetup, so the flow's ordering rules are
 /// tested with a fake.
 pub trait Volume {
+    /// Wait up to `timeout` for `device` to appear (udev makes the `/dev/disk/by-uuid` link
+    /// some time after the disk is probed).
+    fn appear(&self, device: &Path, timeout: Duration) -> Result<(), LuksError> {
+        wait_for_device(device, timeout)
+    }
+    /// The LUKS2 header metadata as JSON, where the tokens live.
+    fn metadata(&self, device: &Path) -> Result<Vec<u8>, LuksError>;
     /// Check that `key` opens `keyslot` of `device`; activate nothing.
     fn test_key(&self, device: &Path, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError>;
     /// Activate `device` as `name` with `key`.
@@ -91,6 +98,31 @@ impl Cryptsetup {
 }
 
 impl Volume for Cryptsetup {
+    /// `cryptsetup luksDump --dump-json-metadata`.
+    fn metadata(&self, device: &Path) -> Result<Vec<u8>, LuksError> {
+        if !device.exists() {
+            return Err(LuksError::DeviceAbsent(device.to_owned()));
+        }
+        let out = Command::new(&self.binary)
+            .args(["luksDump", "--dump-json-metadata", "--"])
+            .arg(device)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| LuksError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(LuksError::Failed {
+                op: "luksDump",
+                device: device.to_owned(),
+                code: out.status.code().unwrap_or(-1),
+                message: first_line(&out.stderr, "no message (not a LUKS2 device?)"),
+            });
+        }
+        Ok(out.stdout)
+    }
+
     /// Check that `key` opens `keyslot` of `device` without activating anything.
     fn test_key(&self, device: &Path, keyslot: Option<u32>, key: &[u8]) -> Result<(), LuksError> {
         let mut args = vec!["open".to_owned(), "--test-passphrase".to_owned()];
@@ -194,32 +226,6 @@ impl Cryptsetup {
                 message: first_line(&out.stderr, "no message"),
             }),
         }
-    }
-
-    /// The LUKS2 header metadata as JSON (`cryptsetup luksDump --dump-json-metadata`), where
-    /// the tokens live.
-    pub fn metadata(&self, device: &Path) -> Result<Vec<u8>, LuksError> {
-        if !device.exists() {
-            return Err(LuksError::DeviceAbsent(device.to_owned()));
-        }
-        let out = Command::new(&self.binary)
-            .args(["luksDump", "--dump-json-metadata", "--"])
-            .arg(device)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| LuksError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(LuksError::Failed {
-                op: "luksDump",
-                device: device.to_owned(),
-                code: out.status.code().unwrap_or(-1),
-                message: first_line(&out.stderr, "no message (not a LUKS2 device?)"),
-            });
-        }
-        Ok(out.stdout)
     }
 }
 
