@@ -159,7 +159,8 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn at(step: Step, broker: Option<String>, attempts: u32, error: Error) -> Failure {
+    /// A failure at `step`, before the platform is known.
+    pub fn at(step: Step, broker: Option<String>, attempts: u32, error: Error) -> Failure {
         Failure {
             step,
             platform: None,
@@ -216,6 +217,13 @@ pub struct Released {
 pub struct Resources(Vec<(String, Zeroizing<Vec<u8>>)>);
 
 impl Resources {
+    /// Whether the plaintext released for `path` is `expected` (without taking it).
+    pub fn holds(&self, path: &str, expected: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|(p, v)| p == path && v.as_slice() == expected)
+    }
+
     /// Takes the plaintext released for `path` (the first one left).
     pub fn take(&mut self, path: &str) -> Option<Zeroizing<Vec<u8>>> {
         let i = self.0.iter().position(|(p, _)| p == path)?;

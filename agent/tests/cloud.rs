@@ -368,7 +368,7 @@ fn azure_evidence_has_trustees_shape() {
     let hcl = URL_SAFE.decode(ev["hcl_report"].as_str().unwrap()).unwrap();
     assert_eq!(hcl.len(), HCL_NV_SIZE);
     let text = String::from_utf8_lossy(&hcl);
-    let mut padded = report_data.clone();
+    let mut padded = report_data;
     padded.resize(64, 0);
     assert!(
         text.contains(&hex::encode_upper(&padded)),

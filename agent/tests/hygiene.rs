@@ -141,7 +141,7 @@ fn secrets_appear_only_at_their_destination() {
 
     let mut places: Vec<(String, Vec<u8>)> = vec![
         ("agent stdout".into(), out.stdout.clone()),
-        ("agent stderr (debug log)".into(), out.stderr.clone()),
+        ("agent stderr (debug log)".into(), out.stderr),
         ("agent cmdline".into(), own_cmdline),
         ("agent environ".into(), own_environ),
     ];

@@ -1913,7 +1913,7 @@ fn wrong_versions_are_refused() {
         Err(FormatError::Invalid { .. })
     ));
     // An SGX quote (TEE type 0) is not a TDX quote.
-    let mut b = good.clone();
+    let mut b = good;
     put_u32_le(&mut b, 4, 0);
     assert!(matches!(
         tdx::parse_quote(&b),
@@ -1991,7 +1991,7 @@ fn oversize_counts_are_refused() {
         eventlog::parse_event_log(&b),
         Err(FormatError::TooMany { count: 0xFFFF, .. })
     ));
-    let mut b = good.clone();
+    let mut b = good;
     let digests_len = 2 + 20 + 2 + 32 + 2 + 48;
     put_u32_le(&mut b, first_len + 12 + digests_len, 0xFFFF_FFFF);
     assert!(matches!(
@@ -2023,7 +2023,7 @@ fn oversize_counts_are_refused() {
     ));
     // The PCR selection count.
     let count_at = extra_at + 2 + 2 + 8 + 4 + 4 + 1 + 8;
-    let mut b = good.clone();
+    let mut b = good;
     b[count_at..count_at + 4].copy_from_slice(&100u32.to_be_bytes());
     assert!(matches!(
         tpm::parse_tpms_attest(&b),

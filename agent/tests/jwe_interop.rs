@@ -92,11 +92,11 @@ fn tampering_is_rejected() {
     }
     // The protected header is authenticated as received: re-encoding the same header with
     // other whitespace changes the AAD and must fail.
-    let mut v = good.clone();
+    let mut v = good;
     let header = URL_SAFE_NO_PAD
         .decode(v["protected"].as_str().unwrap())
         .unwrap();
-    let mut spaced = header.clone();
+    let mut spaced = header;
     spaced.push(b' ');
     v["protected"] = Value::String(URL_SAFE_NO_PAD.encode(spaced));
     assert_eq!(decrypt(&bytes(&v), &key).unwrap_err(), JweError::Decrypt);
@@ -135,7 +135,7 @@ fn wrong_key_unsupported_and_truncated_are_typed() {
             "{member}"
         );
     }
-    let mut v = good.clone();
+    let mut v = good;
     v.as_object_mut().unwrap().remove("tag");
     assert!(matches!(
         decrypt(&bytes(&v), &key).unwrap_err(),

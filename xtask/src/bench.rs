@@ -37,7 +37,7 @@ use anyhow::Result;
 /// Debian packages the bench needs beyond `cargo xtask setup`'s: the tang server, socat to run
 /// it per connection, GNU time for peak RSS, and clevis's dracut modules (+ the tpm2 pin) for
 /// the initramfs comparison.
-pub const PACKAGES: &[&str] = &[
+pub(crate) const PACKAGES: &[&str] = &[
     "tang",
     "socat",
     "time",
@@ -69,7 +69,7 @@ fn install_packages() -> Result<()> {
 }
 
 /// `cargo xtask bench [options]` (see [`USAGE`]).
-pub fn bench(args: &[String]) -> Result<()> {
+pub(crate) fn bench(args: &[String]) -> Result<()> {
     install_packages()?;
     #[cfg(feature = "bench")]
     {
@@ -114,7 +114,7 @@ pub fn bench(args: &[String]) -> Result<()> {
 }
 
 /// The options, for the usage text and `--help`.
-pub const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 usage: cargo xtask bench [--runs N] [--keyslot-runs N] [--boots N] [--storm-runs N]
                          [--storm-nodes N,N] [--service-ms MS] [--quick] [--no-write]
   --runs N          time-to-key and memory runs per side (default 10)

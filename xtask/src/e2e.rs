@@ -24,7 +24,7 @@ use crate::{cargo, root, run};
 
 /// `cargo xtask dist --destdir D`: build the release binary and lay out what a package or an
 /// image build installs: the binary, the clevis pin names, the dracut module and the units.
-pub fn dist(args: &[String]) -> Result<()> {
+pub(crate) fn dist(args: &[String]) -> Result<()> {
     let mut destdir = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -118,7 +118,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// `cargo xtask e2e [--measure N] [--boot-timeout SECS] [--first-boot-only]`.
-pub fn e2e(args: &[String]) -> Result<()> {
+pub(crate) fn e2e(args: &[String]) -> Result<()> {
     #[cfg(feature = "e2e")]
     {
         boot::e2e(args)
@@ -222,7 +222,7 @@ mod boot {
         Ok(o)
     }
 
-    pub fn e2e(args: &[String]) -> Result<()> {
+    pub(super) fn e2e(args: &[String]) -> Result<()> {
         let opts = parse(args)?;
         let started = Instant::now();
         let repo = root();
@@ -348,7 +348,7 @@ mod boot {
             kubelet_token.clone().into_bytes(),
         );
         let broker = Broker::start(BrokerConfig {
-            trusted_aks: vec![ak.clone()],
+            trusted_aks: vec![ak],
             resources,
             ..BrokerConfig::default()
         })?;

@@ -645,19 +645,9 @@ mod tests {
 
         // The Azure HCL report wins over a guest-visible /dev/sev-guest.
         let (dir, c) = world(true);
-        let d = detect_with(
-            &c,
-            dir.path(),
-            &mut nv(&[(AZURE_HCL_REPORT, snp_hcl.clone())]),
-        )
-        .unwrap();
+        let d = detect_with(&c, dir.path(), &mut nv(&[(AZURE_HCL_REPORT, snp_hcl)])).unwrap();
         assert_eq!(d.platform, Platform::AzSnpVtpm);
-        let d = detect_with(
-            &c,
-            dir.path(),
-            &mut nv(&[(AZURE_HCL_REPORT, tdx_hcl.clone())]),
-        )
-        .unwrap();
+        let d = detect_with(&c, dir.path(), &mut nv(&[(AZURE_HCL_REPORT, tdx_hcl)])).unwrap();
         assert_eq!(d.platform, Platform::AzTdxVtpm);
 
         // /dev/sev-guest wins over the GCE AK (GCE SNP VMs have both).

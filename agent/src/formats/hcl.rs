@@ -341,7 +341,7 @@ mod tests {
             parse_hcl_report(&b),
             Err(FormatError::TooMany { .. })
         ));
-        let mut b = good.clone();
+        let mut b = good;
         b.push(1);
         assert!(matches!(
             parse_hcl_report(&b),

@@ -494,7 +494,7 @@ mod tests {
             parse_report(&b[..3]),
             Err(FormatError::Truncated { .. })
         ));
-        let mut long = b.clone();
+        let mut long = b;
         long.push(0);
         assert_eq!(
             parse_report(&long),

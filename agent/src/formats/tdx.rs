@@ -543,7 +543,7 @@ mod tests {
         let quote = parse_quote(&q).unwrap();
         assert_eq!(quote.signed_bytes.len(), HEADER_SIZE + BODY_SIZE_TD10);
         assert!(quote.signature.certification.pck_chain_pem().is_some());
-        let mut padded = q.clone();
+        let mut padded = q;
         padded.extend_from_slice(&[0; 70]);
         assert!(parse_quote(&padded).is_ok());
         padded.push(b'x');

@@ -15,10 +15,10 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
 
 /// Answers a TDREPORT with a TD quote.
-pub type Quoter = Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+pub(crate) type Quoter = Box<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
 
 /// What the fake serves.
-pub struct Backend {
+pub(crate) struct Backend {
     /// The THIM reply body, when SNP.
     pub thim: Option<String>,
     /// The TD quote maker, when TDX.
@@ -26,7 +26,7 @@ pub struct Backend {
 }
 
 /// Requests seen, as `METHOD PATH`.
-pub struct FakeImds {
+pub(crate) struct FakeImds {
     pub port: u16,
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Vec<String>>>,
@@ -34,7 +34,7 @@ pub struct FakeImds {
 }
 
 /// PEM of one DER certificate.
-pub fn pem(der: &[u8]) -> String {
+pub(crate) fn pem(der: &[u8]) -> String {
     let b64 = STANDARD.encode(der);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
     for line in b64.as_bytes().chunks(64) {
@@ -46,7 +46,7 @@ pub fn pem(der: &[u8]) -> String {
 }
 
 /// A THIM reply for a VCEK and its ASK/ARK.
-pub fn thim_reply(vcek: &[u8], ask: &[u8], ark: &[u8]) -> String {
+pub(crate) fn thim_reply(vcek: &[u8], ask: &[u8], ark: &[u8]) -> String {
     serde_json::json!({
         "vcekCert": pem(vcek),
         "tcbm": "DB18000000000004",
@@ -56,7 +56,7 @@ pub fn thim_reply(vcek: &[u8], ask: &[u8], ark: &[u8]) -> String {
 }
 
 impl FakeImds {
-    pub fn start(backend: Backend) -> FakeImds {
+    pub(crate) fn start(backend: Backend) -> FakeImds {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -86,11 +86,11 @@ impl FakeImds {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn seen(&self) -> Vec<String> {
+    pub(crate) fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
     }
 }

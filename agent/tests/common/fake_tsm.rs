@@ -36,11 +36,11 @@ use nix::sys::stat::Mode;
 
 /// What the simulated hardware returns for 64 bytes of report data: the `outblob` (report or
 /// quote) and, for SNP, the `auxblob` (certificate table).
-pub type Generate = Box<dyn Fn(&[u8; 64]) -> (Vec<u8>, Option<Vec<u8>>) + Send>;
+pub(crate) type Generate = Box<dyn Fn(&[u8; 64]) -> (Vec<u8>, Option<Vec<u8>>) + Send>;
 
 /// Counters a test can assert on.
 #[derive(Debug, Default, Clone)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Entry directories the client created.
     pub entries: usize,
     /// Reports served on `outblob`.
@@ -52,7 +52,7 @@ pub struct Stats {
 }
 
 /// The running fake; stops its thread on drop.
-pub struct FakeTsm {
+pub(crate) struct FakeTsm {
     dir: PathBuf,
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<Stats>>,
@@ -122,7 +122,12 @@ impl FakeTsm {
     /// Start serving the report directory `dir` (created if needed) as `provider`
     /// (`sev_guest` or `tdx_guest`), generating reports with `generate`. With
     /// `generation_race`, `generation` reads one more than the client's writes.
-    pub fn start(dir: &Path, provider: &str, generate: Generate, generation_race: bool) -> FakeTsm {
+    pub(crate) fn start(
+        dir: &Path,
+        provider: &str,
+        generate: Generate,
+        generation_race: bool,
+    ) -> FakeTsm {
         std::fs::create_dir_all(dir).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(Stats::default()));
@@ -173,7 +178,7 @@ impl FakeTsm {
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.stats.lock().unwrap().clone();
         stats.served_left = self
             .served_dirs

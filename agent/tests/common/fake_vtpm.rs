@@ -31,15 +31,15 @@ use tss_esapi::{Context, TctiNameConf};
 use super::{run_ok, Swtpm};
 
 /// Azure's NV indices and AK handle.
-pub const HCL_REPORT_NV: u32 = 0x0140_0001;
-pub const USER_DATA_NV: u32 = 0x0140_0002;
-pub const AZURE_AK: u32 = 0x8100_0003;
+pub(crate) const HCL_REPORT_NV: u32 = 0x0140_0001;
+pub(crate) const USER_DATA_NV: u32 = 0x0140_0002;
+pub(crate) const AZURE_AK: u32 = 0x8100_0003;
 /// GCE's RSA AK template and certificate indices.
-pub const GCE_TEMPLATE_NV: u32 = 0x01c1_0001;
-pub const GCE_CERT_NV: u32 = 0x01c1_0000;
+pub(crate) const GCE_TEMPLATE_NV: u32 = 0x01c1_0001;
+pub(crate) const GCE_CERT_NV: u32 = 0x01c1_0000;
 
 /// tpm2-tools against `tpm`.
-pub fn tpm2(tpm: &Swtpm, tool: &str) -> Command {
+pub(crate) fn tpm2(tpm: &Swtpm, tool: &str) -> Command {
     let mut c = Command::new(tool);
     c.env("TPM2TOOLS_TCTI", tpm.tcti());
     c
@@ -47,7 +47,7 @@ pub fn tpm2(tpm: &Swtpm, tool: &str) -> Command {
 
 /// Define NV `index` (owner read/write, `size` bytes) and write `data` at its start, with
 /// tpm2-tools.
-pub fn nv_define_and_write(tpm: &Swtpm, dir: &Path, index: u32, size: usize, data: &[u8]) {
+pub(crate) fn nv_define_and_write(tpm: &Swtpm, dir: &Path, index: u32, size: usize, data: &[u8]) {
     let idx = format!("{index:#010x}");
     run_ok(
         tpm2(tpm, "tpm2_nvdefine")
@@ -73,7 +73,7 @@ pub fn nv_define_and_write(tpm: &Swtpm, dir: &Path, index: u32, size: usize, dat
 
 /// Make Azure's AK: an RSA-2048 restricted signing key (RSASSA-SHA256) in the endorsement
 /// hierarchy, persisted at 0x81000003, with tpm2-tools. Returns its DER SubjectPublicKeyInfo.
-pub fn make_azure_ak(tpm: &Swtpm, dir: &Path) -> Vec<u8> {
+pub(crate) fn make_azure_ak(tpm: &Swtpm, dir: &Path) -> Vec<u8> {
     let ctx = dir.join("ak.ctx");
     run_ok(
         tpm2(tpm, "tpm2_createprimary")
@@ -111,7 +111,7 @@ pub fn make_azure_ak(tpm: &Swtpm, dir: &Path) -> Vec<u8> {
 
 /// A command-serialising proxy in front of a swtpm (see the module doc), on its own pair of
 /// loopback ports (command and control, as the swtpm TCTI expects).
-pub struct TpmProxy {
+pub(crate) struct TpmProxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -131,7 +131,7 @@ fn read_tpm_message(s: &mut impl Read) -> std::io::Result<Vec<u8>> {
 }
 
 impl TpmProxy {
-    pub fn start(swtpm: &Swtpm) -> TpmProxy {
+    pub(crate) fn start(swtpm: &Swtpm) -> TpmProxy {
         let upstream = Arc::new(Mutex::new(
             TcpStream::connect(("127.0.0.1", swtpm.port)).unwrap(),
         ));
@@ -178,7 +178,7 @@ impl TpmProxy {
         }
     }
 
-    pub fn tcti(&self) -> String {
+    pub(crate) fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 }
@@ -228,11 +228,11 @@ impl Drop for TpmProxy {
 }
 
 /// Makes the HCL report for the user data the guest wrote.
-pub type MakeReport = Box<dyn Fn(&[u8; 64]) -> Vec<u8> + Send>;
+pub(crate) type MakeReport = Box<dyn Fn(&[u8; 64]) -> Vec<u8> + Send>;
 
 /// The paravisor stand-in: watches NV 0x01400002 and, `delay` after it changes, writes the
 /// HCL report for the new user data to NV 0x01400001 (`None`: never).
-pub struct Paravisor {
+pub(crate) struct Paravisor {
     stop: Arc<AtomicBool>,
     updates: Arc<AtomicU32>,
     thread: Option<JoinHandle<()>>,
@@ -255,7 +255,7 @@ fn defined(ctx: &mut Context, index: u32) -> bool {
 }
 
 impl Paravisor {
-    pub fn start(tcti: &str, delay: Option<Duration>, make: MakeReport) -> Paravisor {
+    pub(crate) fn start(tcti: &str, delay: Option<Duration>, make: MakeReport) -> Paravisor {
         let stop = Arc::new(AtomicBool::new(false));
         let updates = Arc::new(AtomicU32::new(0));
         let tcti = tcti.to_owned();
@@ -312,7 +312,7 @@ impl Paravisor {
     }
 
     /// HCL reports written so far.
-    pub fn updates(&self) -> u32 {
+    pub(crate) fn updates(&self) -> u32 {
         self.updates.load(Ordering::Relaxed)
     }
 }

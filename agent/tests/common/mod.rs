@@ -2,8 +2,8 @@
 //! cryptsetup, the test broker on 127.0.0.1, and the agent binary run as a user would.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod shared_tools;
-pub mod trustee;
+pub(crate) mod shared_tools;
+pub(crate) mod trustee;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 /// The agent binary under test. `ATTEST_UNLOCK_TEST_BIN` names another build, to show that a
 /// new test fails on the code before a fix (`ATTEST_UNLOCK_TEST_BIN=/path/to/old cargo test`).
-pub fn agent_bin() -> PathBuf {
+pub(crate) fn agent_bin() -> PathBuf {
     std::env::var_os("ATTEST_UNLOCK_TEST_BIN").map_or_else(
         || PathBuf::from(env!("CARGO_BIN_EXE_attest-unlock")),
         PathBuf::from,
@@ -24,7 +24,7 @@ pub fn agent_bin() -> PathBuf {
 }
 
 /// Run a command and fail the test with its output if it did not succeed.
-pub fn run_ok(cmd: &mut Command) -> Output {
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -38,14 +38,14 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 }
 
 /// A swtpm on two free loopback ports, killed on drop.
-pub struct Swtpm {
+pub(crate) struct Swtpm {
     pub port: u16,
     pid: i32,
     _state: tempfile::TempDir,
 }
 
 impl Swtpm {
-    pub fn start() -> Swtpm {
+    pub(crate) fn start() -> Swtpm {
         for _ in 0..20 {
             let port = free_port_pair();
             let state = tempfile::tempdir().unwrap();
@@ -89,7 +89,7 @@ impl Swtpm {
     }
 
     /// The TCTI string for tss-esapi and tpm2-tools.
-    pub fn tcti(&self) -> String {
+    pub(crate) fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 }
@@ -112,7 +112,7 @@ fn free_port_pair() -> u16 {
 }
 
 /// The AK public key (std base64 DER SPKI) the agent reports for this TPM.
-pub fn ak_public(tpm: &Swtpm) -> String {
+pub(crate) fn ak_public(tpm: &Swtpm) -> String {
     let out = run_ok(
         Command::new(agent_bin())
             .args(["ak", "--kernel-cmdline", "/dev/null", "--set"])
@@ -126,10 +126,10 @@ pub fn ak_public(tpm: &Swtpm) -> String {
 }
 
 /// The post-release event and the PCR it extends by default.
-pub const RELEASE_EVENT: &[u8] = b"attest-unlock:secrets-released:v1";
+pub(crate) const RELEASE_EVENT: &[u8] = b"attest-unlock:secrets-released:v1";
 
 /// SHA-256 PCR values of the TPM, read with tpm2-tools (independent of our code).
-pub fn pcrs_by_tpm2_tools(tpm: &Swtpm) -> Vec<String> {
+pub(crate) fn pcrs_by_tpm2_tools(tpm: &Swtpm) -> Vec<String> {
     let out = run_ok(
         Command::new("tpm2_pcrread")
             .env("TPM2TOOLS_TCTI", tpm.tcti())
@@ -143,7 +143,7 @@ pub fn pcrs_by_tpm2_tools(tpm: &Swtpm) -> Vec<String> {
 }
 
 /// One PCR of one bank (`sha1`, `sha256`...), read with tpm2-tools.
-pub fn pcr_by_tpm2_tools(tpm: &Swtpm, bank: &str, pcr: u32) -> String {
+pub(crate) fn pcr_by_tpm2_tools(tpm: &Swtpm, bank: &str, pcr: u32) -> String {
     let out = run_ok(
         Command::new("tpm2_pcrread")
             .env("TPM2TOOLS_TCTI", tpm.tcti())
@@ -158,7 +158,7 @@ pub fn pcr_by_tpm2_tools(tpm: &Swtpm, bank: &str, pcr: u32) -> String {
 
 /// `old` extended with `events` in bank `alg` (a hashlib name), computed by Python's hashlib
 /// (independent of our code): `H(old || H(event))` for each event in turn.
-pub fn extend_by_hashlib(alg: &str, old: &str, events: &[&[u8]]) -> String {
+pub(crate) fn extend_by_hashlib(alg: &str, old: &str, events: &[&[u8]]) -> String {
     let hexes: Vec<String> = events.iter().map(hex::encode).collect();
     let script = format!(
         "import hashlib,sys\nv=bytes.fromhex('{old}')\nfor e in sys.argv[1:]:\n    v=hashlib.new('{alg}', v+hashlib.new('{alg}', bytes.fromhex(e)).digest()).digest()\nprint(v.hex())"
@@ -169,7 +169,7 @@ pub fn extend_by_hashlib(alg: &str, old: &str, events: &[&[u8]]) -> String {
 
 /// What `attest-unlock anchors --json` reports for the config file `cfg` (and `extra`
 /// arguments, e.g. `--pin-config JSON`).
-pub fn anchors_json(cfg: &Path, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn anchors_json(cfg: &Path, extra: &[&str]) -> serde_json::Value {
     let out = run_ok(
         Command::new(agent_bin())
             .args([
@@ -186,13 +186,13 @@ pub fn anchors_json(cfg: &Path, extra: &[&str]) -> serde_json::Value {
 }
 
 /// The trust-anchor event `attest-unlock anchors` reports for the config file `cfg`.
-pub fn anchors_event(cfg: &Path) -> String {
+pub(crate) fn anchors_event(cfg: &Path) -> String {
     anchors_json(cfg, &[])["event"].as_str().unwrap().to_owned()
 }
 
 /// Whether `passphrase` opens keyslot `slot` of `image`, asked of cryptsetup itself
 /// (`open --test-passphrase`: no device-mapper needed), the key on its stdin.
-pub fn opens_keyslot(image: &Path, slot: u32, passphrase: &[u8]) -> bool {
+pub(crate) fn opens_keyslot(image: &Path, slot: u32, passphrase: &[u8]) -> bool {
     use std::io::Write;
     let mut child = Command::new("cryptsetup")
         .args(["open", "--test-passphrase", "--key-slot"])
@@ -209,7 +209,7 @@ pub fn opens_keyslot(image: &Path, slot: u32, passphrase: &[u8]) -> bool {
 
 /// A LUKS2 image whose slot 0 holds a recovery key and slot 1 the broker key, both PBKDF2-1000
 /// (fast), made by the real cryptsetup on a plain file.
-pub struct LuksImage {
+pub(crate) struct LuksImage {
     pub path: PathBuf,
     /// The key file of slot 0.
     pub recovery_key: PathBuf,
@@ -217,7 +217,7 @@ pub struct LuksImage {
 }
 
 impl LuksImage {
-    pub fn new(broker_key: &[u8]) -> LuksImage {
+    pub(crate) fn new(broker_key: &[u8]) -> LuksImage {
         let img = LuksImage::recovery_only();
         let k1 = img._dir.path().join("k1");
         std::fs::write(&k1, broker_key).unwrap();
@@ -235,7 +235,7 @@ impl LuksImage {
     }
 
     /// An image with only slot 0 (the recovery key).
-    pub fn recovery_only() -> LuksImage {
+    pub(crate) fn recovery_only() -> LuksImage {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
         let f = std::fs::File::create(&path).unwrap();
@@ -259,19 +259,19 @@ impl LuksImage {
     }
 
     /// SHA-256 of the whole image, to prove a run left it untouched.
-    pub fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         hex::encode(Sha256::digest(std::fs::read(&self.path).unwrap()))
     }
 }
 
 /// A directory for delivered secrets on tmpfs (the agent refuses persistent filesystems).
-pub fn secret_dir() -> tempfile::TempDir {
+pub(crate) fn secret_dir() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) is needed for secret destinations")
 }
 
 /// The disk key in the trusted-execution-clusters operator's format, and the passphrase
 /// (the bytes of its `key` string) that the LUKS keyslot holds.
-pub fn operator_disk_key() -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn operator_disk_key() -> (Vec<u8>, Vec<u8>) {
     let mut raw = [0u8; 24];
     getrandom(&mut raw);
     let key = STANDARD.encode(raw);
@@ -280,7 +280,7 @@ pub fn operator_disk_key() -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Fill `buf` from /dev/urandom.
-pub fn getrandom(buf: &mut [u8]) {
+pub(crate) fn getrandom(buf: &mut [u8]) {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
         .unwrap()
@@ -289,7 +289,7 @@ pub fn getrandom(buf: &mut [u8]) {
 }
 
 /// One agent configuration under test.
-pub struct AgentConfig {
+pub(crate) struct AgentConfig {
     pub brokers: Vec<(String, String)>, // (url, ca pem)
     pub tcti: String,
     pub disk_key: Option<String>,
@@ -300,7 +300,7 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    pub fn toml(&self) -> String {
+    pub(crate) fn toml(&self) -> String {
         let mut s = String::new();
         s.push_str(&self.extra);
         s.push('\n');
@@ -333,7 +333,7 @@ impl AgentConfig {
 }
 
 /// The result of one agent run.
-pub struct Run {
+pub(crate) struct Run {
     pub status: std::process::ExitStatus,
     pub stderr: String,
     pub stdout: String,
@@ -341,7 +341,7 @@ pub struct Run {
 
 impl Run {
     /// The verdict line.
-    pub fn verdict(&self) -> &str {
+    pub(crate) fn verdict(&self) -> &str {
         self.stderr
             .lines()
             .rev()
@@ -351,12 +351,12 @@ impl Run {
 }
 
 /// Run `attest-unlock unlock --verify-only` with this config.
-pub fn unlock(config: &AgentConfig, dir: &Path) -> Run {
+pub(crate) fn unlock(config: &AgentConfig, dir: &Path) -> Run {
     unlock_with(config, dir, &[])
 }
 
 /// Write the config file `unlock` runs with (the measurement log under `dir`); returns its path.
-pub fn write_config(config: &AgentConfig, dir: &Path) -> PathBuf {
+pub(crate) fn write_config(config: &AgentConfig, dir: &Path) -> PathBuf {
     let cfg = dir.join("config.toml");
     let text = format!(
         "{}[measure]\nlog = {:?}\n",
@@ -369,7 +369,7 @@ pub fn write_config(config: &AgentConfig, dir: &Path) -> PathBuf {
 
 /// The arguments of `attest-unlock unlock --verify-only` with the config file `cfg` and
 /// `extra` arguments after them (e.g. `--set retry.max_rounds=2`).
-pub fn unlock_args(cfg: &Path, extra: &[String]) -> Vec<std::ffi::OsString> {
+pub(crate) fn unlock_args(cfg: &Path, extra: &[String]) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = [
         "unlock",
         "--verify-only",
@@ -386,7 +386,7 @@ pub fn unlock_args(cfg: &Path, extra: &[String]) -> Vec<std::ffi::OsString> {
 }
 
 /// Run a command to completion and collect what it printed.
-pub fn collect(cmd: &mut Command) -> Run {
+pub(crate) fn collect(cmd: &mut Command) -> Run {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -399,7 +399,7 @@ pub fn collect(cmd: &mut Command) -> Run {
 
 /// Like [`unlock`], with `extra` arguments after the config (e.g. `--set KEY=VALUE`, which
 /// beats the config file).
-pub fn unlock_with(config: &AgentConfig, dir: &Path, extra: &[String]) -> Run {
+pub(crate) fn unlock_with(config: &AgentConfig, dir: &Path, extra: &[String]) -> Run {
     let cfg = write_config(config, dir);
     collect(Command::new(agent_bin()).args(unlock_args(&cfg, extra)))
 }

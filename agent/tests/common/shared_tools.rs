@@ -7,7 +7,7 @@ use std::process::Command;
 
 /// `../shared/tools/<dir>/<name>.xz` unpacked as `target/<dir>/<name>` (executable); unpacked
 /// beside and renamed into place, as test binaries run in parallel.
-pub fn unpack(dir: &str, name: &str) -> PathBuf {
+pub(crate) fn unpack(dir: &str, name: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let packed = repo
         .join("../shared/tools")
@@ -45,6 +45,6 @@ pub fn unpack(dir: &str, name: &str) -> PathBuf {
 }
 
 /// Upstream `ignition-validate` v2.26.0 (spec 3.6.0: custom clevis pins by any name).
-pub fn ignition_validate() -> PathBuf {
+pub(crate) fn ignition_validate() -> PathBuf {
     unpack("ignition-v2.26.0", "ignition-validate")
 }

@@ -25,7 +25,7 @@ fn tools() -> &'static (PathBuf, PathBuf) {
 }
 
 /// A running Trustee KBS, killed on drop.
-pub struct Trustee {
+pub(crate) struct Trustee {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Child,
@@ -153,12 +153,12 @@ storage_backend_type = "kvstorage"
 
 impl Trustee {
     /// Start a fresh KBS on a free loopback port.
-    pub fn start() -> Trustee {
+    pub(crate) fn start() -> Trustee {
         Trustee::start_with(false)
     }
 
     /// Start a fresh KBS, with Trustee's `provisioner` plugin (per-VM LUKS keys) when asked.
-    pub fn start_with(provisioner: bool) -> Trustee {
+    pub(crate) fn start_with(provisioner: bool) -> Trustee {
         let (kbs, _) = tools();
         let dir = tempfile::tempdir().unwrap();
         make_pki(dir.path());
@@ -200,16 +200,16 @@ impl Trustee {
         );
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
 
-    pub fn ca_pem(&self) -> String {
+    pub(crate) fn ca_pem(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ca.pem")).unwrap()
     }
 
     /// `kbs-client --url URL --cert-file CA config ARGS`, which must succeed.
-    pub fn admin(&self, args: &[&str]) -> String {
+    pub(crate) fn admin(&self, args: &[&str]) -> String {
         let (_, client) = tools();
         let out = run_ok(
             Command::new(client)
@@ -225,7 +225,7 @@ impl Trustee {
     }
 
     /// Upload a resource.
-    pub fn set_resource(&self, path: &str, bytes: &[u8]) {
+    pub(crate) fn set_resource(&self, path: &str, bytes: &[u8]) {
         let file = self.dir.path().join("resource.tmp");
         std::fs::write(&file, bytes).unwrap();
         self.admin(&[
@@ -239,7 +239,7 @@ impl Trustee {
     }
 
     /// Upload a resource policy (rego text).
-    pub fn set_resource_policy(&self, rego: &str) {
+    pub(crate) fn set_resource_policy(&self, rego: &str) {
         let file = self.dir.path().join("resource-policy.rego");
         std::fs::write(&file, rego).unwrap();
         self.admin(&[
@@ -251,7 +251,7 @@ impl Trustee {
 
     /// Upload an attestation policy (rego text) under `id` (`default_cpu` replaces the
     /// default appraisal of CPU-class evidence such as TPM quotes).
-    pub fn set_attestation_policy(&self, id: &str, rego: &str) {
+    pub(crate) fn set_attestation_policy(&self, id: &str, rego: &str) {
         let file = self.dir.path().join("attestation-policy.rego");
         std::fs::write(&file, rego).unwrap();
         self.admin(&[
@@ -265,7 +265,7 @@ impl Trustee {
 
     /// An admin call over HTTPS (InsecureAllowAll): `method` `path` with a JSON body;
     /// returns the status and the body.
-    pub fn admin_http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+    pub(crate) fn admin_http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let agent = test_kbs::https_client(&self.ca_pem()).unwrap();
         let url = format!("{}{path}", self.url());
         let mut resp = match method {
@@ -282,7 +282,7 @@ impl Trustee {
     }
 
     /// `POST /kbs/v0/provisioner/provision`: the VM's uuid and resource path.
-    pub fn provision(&self, vm_name: &str, namespace: &str) -> (String, String) {
+    pub(crate) fn provision(&self, vm_name: &str, namespace: &str) -> (String, String) {
         let body = serde_json::json!({"vm_name": vm_name, "namespace": namespace}).to_string();
         let (status, text) = self.admin_http("POST", "/kbs/v0/provisioner/provision", &body);
         assert_eq!(status, 200, "provision: {text}");
@@ -294,7 +294,7 @@ impl Trustee {
     }
 
     /// The KBS's own log so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()
     }
 }
@@ -307,7 +307,7 @@ impl Drop for Trustee {
 }
 
 /// The ```rego block of docs/deploying.md that contains `marker`.
-pub fn doc_policy(marker: &str) -> String {
+pub(crate) fn doc_policy(marker: &str) -> String {
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploying.md"))
             .unwrap();

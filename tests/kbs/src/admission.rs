@@ -72,7 +72,7 @@ impl Drop for Slot<'_> {
 }
 
 impl AdmissionState {
-    pub fn new(limit: Option<Admission>) -> AdmissionState {
+    pub(crate) fn new(limit: Option<Admission>) -> AdmissionState {
         AdmissionState {
             limit: limit.map(|l| Admission {
                 max_in_flight: l.max_in_flight.max(1),
@@ -89,7 +89,7 @@ impl AdmissionState {
         }
     }
 
-    pub fn stats(&self) -> AdmissionStats {
+    pub(crate) fn stats(&self) -> AdmissionStats {
         AdmissionStats {
             auth: self.auth.load(Ordering::SeqCst),
             attest_admitted: self.admitted.load(Ordering::SeqCst),
@@ -125,7 +125,7 @@ impl AdmissionState {
 
     /// Counts `request`, applies the limit to attestations, and otherwise runs `inner` (the
     /// fault knobs and the real handler).
-    pub fn handle(
+    pub(crate) fn handle(
         &self,
         request: &Request,
         stopping: &AtomicBool,

@@ -206,7 +206,7 @@ fn short(id: &str) -> &str {
 
 impl Kbs {
     /// Validates the configuration and makes the token key.
-    pub fn new(config: BrokerConfig) -> anyhow::Result<Kbs> {
+    pub(crate) fn new(config: BrokerConfig) -> anyhow::Result<Kbs> {
         Ok(Kbs {
             policy: Policy::new(config)?,
             issuer: TokenIssuer::new(),
@@ -217,18 +217,18 @@ impl Kbs {
     }
 
     /// The decision log so far.
-    pub fn log_lines(&self) -> Vec<String> {
+    pub(crate) fn log_lines(&self) -> Vec<String> {
         lock(&self.log).clone()
     }
 
     /// The resource paths released so far.
-    pub fn released(&self) -> Vec<String> {
+    pub(crate) fn released(&self) -> Vec<String> {
         lock(&self.released).clone()
     }
 
     /// Replaces the trusted AKs for every later attestation; sessions that already attested
     /// keep their token. On an invalid AK nothing changes.
-    pub fn set_trusted_aks(&self, aks: &[String]) -> anyhow::Result<()> {
+    pub(crate) fn set_trusted_aks(&self, aks: &[String]) -> anyhow::Result<()> {
         let decoded = decode_aks(aks)?;
         *lock(&self.policy.trusted_aks) = decoded;
         self.record(format!("policy: trusted_aks replaced ({} keys)", aks.len()));
@@ -237,7 +237,7 @@ impl Kbs {
 
     /// Replaces the reference PCR values for every later attestation. On an invalid value
     /// nothing changes.
-    pub fn set_expected_pcrs(&self, pcrs: &BTreeMap<u8, String>) -> anyhow::Result<()> {
+    pub(crate) fn set_expected_pcrs(&self, pcrs: &BTreeMap<u8, String>) -> anyhow::Result<()> {
         let decoded = decode_pcrs(pcrs)?;
         *lock(&self.policy.expected_pcrs) = decoded;
         self.record(format!(
@@ -255,7 +255,7 @@ impl Kbs {
 
     /// Routes one request the way Trustee's KBS does: the first path segment after `/kbs/v0`
     /// names the handler, and anything unknown is a 404.
-    pub fn handle(&self, request: &Request) -> Response {
+    pub(crate) fn handle(&self, request: &Request) -> Response {
         if self.policy.registration.as_deref() == Some(request.path.as_str()) {
             return self.register(request);
         }

@@ -200,7 +200,7 @@ pub(crate) fn appraise(input: &AzureInput<'_>) -> anyhow::Result<AzureAppraisal>
         hex::decode(&evidence.tpm_quote.message).context("tpm_quote.message is not hex")?;
     let signature =
         RsaPkcs1Signature::try_from(signature.as_slice()).context("tpm_quote.signature bytes")?;
-    VerifyingKey::<Sha256>::new(ak.clone())
+    VerifyingKey::<Sha256>::new(ak)
         .verify(&message, &signature)
         .map_err(|_| {
             anyhow!("vTPM quote signature does not verify with the HCL report's HCLAkPub")
@@ -489,7 +489,7 @@ mod tests {
         // Trustee's corruption cases: the claims' hash no longer matches the SNP report.
         let mut bad = testdata("azure/trustee-az-snp/hcl-report.bin");
         bad[0x06e0] ^= 1;
-        let mut ev2 = ev.clone();
+        let mut ev2 = ev;
         ev2["hcl_report"] = Value::String(url.encode(&bad));
         let e = appraise(&input(
             Tee::AzSnpVtpm,
@@ -587,7 +587,7 @@ mod tests {
             .decode(ev["hcl_report"].as_str().unwrap())
             .unwrap();
         hcl[0x0880] ^= 1;
-        let mut bad = ev.clone();
+        let mut bad = ev;
         bad["hcl_report"] = Value::String(url.encode(&hcl));
         let e = appraise(&input(
             Tee::AzTdxVtpm,

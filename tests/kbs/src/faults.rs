@@ -169,7 +169,7 @@ pub(crate) struct FaultState {
 }
 
 impl FaultState {
-    pub fn new(faults: Faults, resources: BTreeMap<String, Vec<u8>>) -> FaultState {
+    pub(crate) fn new(faults: Faults, resources: BTreeMap<String, Vec<u8>>) -> FaultState {
         FaultState {
             current: Mutex::new(Arc::new(faults)),
             resources,
@@ -178,20 +178,20 @@ impl FaultState {
         }
     }
 
-    pub fn set(&self, faults: Faults) {
+    pub(crate) fn set(&self, faults: Faults) {
         *lock(&self.current) = Arc::new(faults);
     }
 
-    pub fn current(&self) -> Arc<Faults> {
+    pub(crate) fn current(&self) -> Arc<Faults> {
         Arc::clone(&lock(&self.current))
     }
 
-    pub fn streamed(&self) -> u64 {
+    pub(crate) fn streamed(&self) -> u64 {
         self.streamed.load(Ordering::SeqCst)
     }
 
     /// Handles one request with the current faults applied.
-    pub fn handle(&self, kbs: &Kbs, request: &Request, stopping: &AtomicBool) -> Action {
+    pub(crate) fn handle(&self, kbs: &Kbs, request: &Request, stopping: &AtomicBool) -> Action {
         let faults = self.current();
         let Some(endpoint) = Endpoint::of(request) else {
             return Action::Reply(kbs.handle(request));

@@ -25,7 +25,7 @@ pub(crate) struct Request {
 
 impl Request {
     /// All values of one header, in the order received.
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.headers
             .iter()
             .filter(move |(n, _)| n == name)
@@ -33,7 +33,7 @@ impl Request {
     }
 
     /// The first value of one header.
-    pub fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
+    pub(crate) fn header<'a>(&'a self, name: &'a str) -> Option<&'a str> {
         self.header_values(name).next()
     }
 }
@@ -48,7 +48,7 @@ pub(crate) struct Response {
 
 impl Response {
     /// A JSON response with the given status.
-    pub fn json(status: u16, body: &serde_json::Value) -> Response {
+    pub(crate) fn json(status: u16, body: &serde_json::Value) -> Response {
         Response {
             status,
             body: body.to_string().into_bytes(),

@@ -27,9 +27,9 @@ use x509_cert::Certificate;
 use crate::x509;
 
 /// Size of an SNP attestation report.
-pub const REPORT_LEN: usize = 1184;
+pub(crate) const REPORT_LEN: usize = 1184;
 /// The signature covers bytes `[0, SIGNED_LEN)`.
-pub const SIGNED_LEN: usize = 0x2A0;
+pub(crate) const SIGNED_LEN: usize = 0x2A0;
 
 /// What the broker trusts and expects of SNP evidence. The default trusts nothing, so SNP
 /// evidence fails verification until `trusted_arks` is set.
@@ -644,7 +644,7 @@ mod tests {
             CertTableEntry::new(CertType::ASK, der(ask)),
             CertTableEntry::new(CertType::VCEK, der(vek)),
         ];
-        let mut untrusting = policy.clone();
+        let mut untrusting = policy;
         untrusting.trusted_arks = vec![der("snp/amd-certs/genoa_ark.pem")];
         untrusting.endorsement_keys.clear();
         assert!(verify_report(&good, &entries, &untrusting).is_err());
@@ -720,7 +720,7 @@ mod tests {
         };
         let debug = SnpReportParams {
             policy: 0x30000 | (1 << 19),
-            ..params.clone()
+            ..params
         };
         let warned = appraise(&sim_evidence(&signer, &debug, &data), &data, &strict).unwrap();
         assert_eq!(warned.reasons.len(), 3, "{:?}", warned.reasons);
@@ -741,7 +741,7 @@ mod tests {
         };
         appraise(&bare, &data, &configured).unwrap();
         // A tampered field in the wire form breaks the signature.
-        let mut tampered = evidence.clone();
+        let mut tampered = evidence;
         tampered["attestation_report"]["guest_svn"] = serde_json::json!(9);
         assert!(appraise(&tampered, &data, &policy).is_err());
     }

@@ -67,7 +67,7 @@ impl std::fmt::Debug for TdxPolicy {
 }
 
 /// Intel's Quoting Enclave vendor ID.
-pub const INTEL_QE_VENDOR_ID: [u8; 16] = [
+pub(crate) const INTEL_QE_VENDOR_ID: [u8; 16] = [
     0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07,
 ];
 
@@ -647,7 +647,7 @@ mod tests {
         let sim = TdxSigner::new().unwrap();
         let wrong_root = TdxPolicy {
             trusted_roots: vec![sim.root_der().to_vec()],
-            ..policy.clone()
+            ..policy
         };
         assert!(verify_quote(&good, &wrong_root).is_err());
         let e = verify_quote(&good, &intel_policy(date(2060, 1, 1))).unwrap_err();
@@ -677,7 +677,7 @@ mod tests {
         assert_eq!(td.mr_td, ours.body.mr_td);
         assert_eq!(td.rt_mr0, ours.body.rtmrs[0]);
         // One flipped bit in the body and dcap-qvl refuses it too.
-        let mut bad = raw.clone();
+        let mut bad = raw;
         bad[48 + 136] ^= 1;
         assert!(dcap_qvl::verify::verify(&bad, &collateral, secs).is_err());
 
@@ -818,7 +818,7 @@ mod tests {
         assert!(warned.reasons[0].contains("MRTD"));
         let debug = TdxQuoteParams {
             td_attributes: [1, 0, 0, 0x10, 0, 0, 0, 0],
-            ..params.clone()
+            ..params
         };
         let warned = appraise(&sim_evidence(&signer, &debug, &data), &data, &policy).unwrap();
         assert!(warned.reasons[0].contains("DEBUG"), "{:?}", warned.reasons);

@@ -48,7 +48,7 @@ pub(crate) fn now_secs() -> u64 {
 
 impl TokenIssuer {
     /// Makes a fresh signing key.
-    pub fn new() -> TokenIssuer {
+    pub(crate) fn new() -> TokenIssuer {
         let signing_key = SigningKey::random(&mut OsRng);
         let verifying_key = *signing_key.verifying_key();
         TokenIssuer {
@@ -58,7 +58,7 @@ impl TokenIssuer {
     }
 
     /// Issues a token for one appraisal.
-    pub fn issue(&self, appraisal: &Appraisal<'_>) -> anyhow::Result<String> {
+    pub(crate) fn issue(&self, appraisal: &Appraisal<'_>) -> anyhow::Result<String> {
         let iat = now_secs();
         let mut tpm_claims = serde_json::Map::new();
         for (index, pcr) in appraisal.pcrs.iter().enumerate() {
@@ -104,7 +104,7 @@ impl TokenIssuer {
     }
 
     /// Verifies a token's ES256 signature and expiry and returns its claims.
-    pub fn verify(&self, token: &str) -> anyhow::Result<Value> {
+    pub(crate) fn verify(&self, token: &str) -> anyhow::Result<Value> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())

@@ -13,7 +13,7 @@ use super::stats;
 use crate::{free_port_pair, root, wait_port};
 
 /// A child process killed (and reaped) when dropped.
-pub struct Proc(Child);
+pub(super) struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -29,7 +29,7 @@ fn random<const N: usize>() -> Result<[u8; N]> {
 }
 
 /// stdout of a command that must succeed, trimmed.
-pub fn capture(cmd: &mut Command) -> Result<String> {
+pub(super) fn capture(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("cannot run {cmd:?}"))?;
@@ -70,7 +70,7 @@ fn tool(name: &str) -> Result<PathBuf> {
 /// The world the process measurements share: a swtpm, the test broker (release binary) that
 /// trusts its AK, a LUKS2 image (slot 0: a recovery passphrase with the default argon2id;
 /// slot 1: the broker's key with PBKDF2-1000), a local tang and a tang-bound JWE of the key.
-pub struct World {
+pub(super) struct World {
     pub work: PathBuf,
     pub secrets: PathBuf,
     pub bin: PathBuf,
@@ -101,7 +101,7 @@ impl Drop for World {
 }
 
 impl World {
-    pub fn new(work: &Path) -> Result<World> {
+    pub(super) fn new(work: &Path) -> Result<World> {
         let repo = root();
         let bin = repo.join("target/release/attest-unlock");
         let kbs = repo.join("target/release/test-kbs");
@@ -391,7 +391,7 @@ fn digest_iterations(dump: &str) -> String {
 }
 
 /// Time to key, interleaved A/B (the order alternates each run).
-pub struct TimeToKey {
+pub(super) struct TimeToKey {
     pub ours_wall: Vec<f64>,
     /// Wall minus the keyslot check (`unlock` step): the key in memory, measured.
     pub ours_key: Vec<f64>,
@@ -401,7 +401,7 @@ pub struct TimeToKey {
     pub tang_url: String,
 }
 
-pub fn time_to_key(w: &World, runs: usize) -> Result<TimeToKey> {
+pub(super) fn time_to_key(w: &World, runs: usize) -> Result<TimeToKey> {
     // One warm-up each (page cache, the swtpm's first primary key), not counted.
     w.ours_once()?;
     w.clevis_once()?;
@@ -445,7 +445,7 @@ pub fn time_to_key(w: &World, runs: usize) -> Result<TimeToKey> {
 }
 
 /// Keyslot open (cryptsetup open --test-passphrase), interleaved.
-pub struct Keyslot {
+pub(super) struct Keyslot {
     /// Our key, `--key-slot 1` (PBKDF2-1000).
     pub pbkdf2_named: Vec<f64>,
     /// The recovery passphrase, `--key-slot 0` (default argon2id).
@@ -459,7 +459,7 @@ pub struct Keyslot {
     pub digest_iterations: (String, String),
 }
 
-pub fn keyslot(w: &World, runs: usize) -> Result<Keyslot> {
+pub(super) fn keyslot(w: &World, runs: usize) -> Result<Keyslot> {
     let open_on = |image: &Path, slot: Option<u32>, pass: &[u8]| -> Result<f64> {
         let mut c = Command::new("cryptsetup");
         c.args(["open", "--test-passphrase"]);
@@ -505,7 +505,7 @@ pub fn keyslot(w: &World, runs: usize) -> Result<Keyslot> {
 }
 
 /// Peak RSS (KiB) by GNU time.
-pub struct Memory {
+pub(super) struct Memory {
     /// `unlock --verify-only` with the keyslot check: the larger of the agent and its
     /// cryptsetup child (rusage reports the biggest process of the tree).
     pub unlock_kib: Vec<f64>,
@@ -515,7 +515,7 @@ pub struct Memory {
     pub clevis_kib: Vec<f64>,
 }
 
-pub fn memory(w: &World, runs: usize) -> Result<Memory> {
+pub(super) fn memory(w: &World, runs: usize) -> Result<Memory> {
     let time = Path::new("/usr/bin/time");
     ensure!(
         time.exists(),
@@ -558,14 +558,14 @@ pub fn memory(w: &World, runs: usize) -> Result<Memory> {
 }
 
 /// Binary size and shared libraries.
-pub struct Binary {
+pub(super) struct Binary {
     pub bytes: u64,
     pub stripped: Option<bool>,
     /// (soname, resolved path, bytes of the file).
     pub libs: Vec<(String, String, u64)>,
 }
 
-pub fn binary(bin: &Path) -> Result<Binary> {
+pub(super) fn binary(bin: &Path) -> Result<Binary> {
     let bytes = std::fs::metadata(bin)?.len();
     let stripped = Command::new("file")
         .arg("-b")
@@ -602,7 +602,7 @@ pub fn binary(bin: &Path) -> Result<Binary> {
 }
 
 /// One initramfs build.
-pub struct Image {
+pub(super) struct Image {
     pub name: &'static str,
     pub raw: u64,
     pub zstd: u64,
@@ -613,7 +613,7 @@ pub struct Image {
 /// The initramfs comparison: the same dracut (a copy of /usr/lib/dracut with our module and
 /// Debian's clevis modules), no kernel, no host configuration; base, base + ours, base +
 /// clevis + clevis-pin-tang + clevis-pin-tpm2.
-pub struct Initramfs {
+pub(super) struct Initramfs {
     pub base: Image,
     pub ours: Image,
     pub clevis: Image,
@@ -624,7 +624,7 @@ pub struct Initramfs {
 const BASE_MODULES: &str = "base systemd systemd-initrd dracut-systemd rootfs-block udev-rules \
                             fs-lib crypt network systemd-networkd";
 
-pub fn initramfs(work: &Path) -> Result<Initramfs> {
+pub(super) fn initramfs(work: &Path) -> Result<Initramfs> {
     let repo = root();
     let dir = work.join("dracut");
     if dir.exists() {
@@ -743,7 +743,7 @@ pub fn initramfs(work: &Path) -> Result<Initramfs> {
 }
 
 /// The files `with` has beyond `base`, largest first.
-pub fn added(base: &Image, with: &Image) -> Vec<(String, u64)> {
+pub(super) fn added(base: &Image, with: &Image) -> Vec<(String, u64)> {
     let have: std::collections::HashSet<&str> =
         base.files.iter().map(|(n, _)| n.as_str()).collect();
     let mut out: Vec<(String, u64)> = with
@@ -757,7 +757,7 @@ pub fn added(base: &Image, with: &Image) -> Vec<(String, u64)> {
 }
 
 /// The e2e boot times (seconds from QEMU start to the root's marker).
-pub struct Boot {
+pub(super) struct Boot {
     pub attested: Vec<f64>,
     pub baseline: Vec<f64>,
 }
@@ -773,7 +773,7 @@ fn qemu_running() -> bool {
 }
 
 /// `cargo xtask e2e --measure N`, its summary line parsed.
-pub fn boot(n: usize, log: &Path) -> Result<Boot> {
+pub(super) fn boot(n: usize, log: &Path) -> Result<Boot> {
     // Another e2e (or anything in QEMU) would share target/e2e and the CPUs: wait a while.
     let deadline = Instant::now() + Duration::from_secs(900);
     while qemu_running() {
@@ -825,7 +825,7 @@ pub fn boot(n: usize, log: &Path) -> Result<Boot> {
 }
 
 /// `time to root marker (...): attested 12.3s [12.3s, 12.5s], key file 10.2s [10.2s, 10.4s]`.
-pub fn parse_boot(line: &str) -> Result<Boot> {
+pub(super) fn parse_boot(line: &str) -> Result<Boot> {
     let list = |after: &str| -> Result<Vec<f64>> {
         let rest = line
             .split_once(after)

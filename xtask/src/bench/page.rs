@@ -225,7 +225,7 @@ struct Results {
     elapsed: Duration,
 }
 
-pub fn run(args: &[String]) -> Result<()> {
+pub(super) fn run(args: &[String]) -> Result<()> {
     let options = parse(args)?;
     let started = Instant::now();
     let machine = machine();

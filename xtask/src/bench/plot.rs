@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 /// One curve of a storm panel: (seconds, fraction of nodes unlocked).
-pub struct Curve {
+pub(super) struct Curve {
     pub label: String,
     pub color: &'static str,
     pub points: Vec<(f64, f64)>,
@@ -15,14 +15,14 @@ pub struct Curve {
 }
 
 /// One storm panel.
-pub struct StormPanel {
+pub(super) struct StormPanel {
     pub title: String,
     pub curves: Vec<Curve>,
 }
 
 /// The step breakdown: our steps' medians (ms) in order, our wall-clock median, and the
 /// baseline's wall-clock median.
-pub struct Breakdown {
+pub(super) struct Breakdown {
     pub steps: Vec<(String, f64)>,
     pub ours_wall: f64,
     /// Our wall clock minus the keyslot check: the key in memory.
@@ -289,7 +289,7 @@ fn storm_panel(out: &mut String, p: &StormPanel, x0: f64, top: f64, w: f64, h: f
 }
 
 /// The whole figure.
-pub fn svg(breakdown: Option<&Breakdown>, storms: &[StormPanel]) -> String {
+pub(super) fn svg(breakdown: Option<&Breakdown>, storms: &[StormPanel]) -> String {
     let mut body = String::new();
     let mut y = 10.0;
     if let Some(b) = breakdown {

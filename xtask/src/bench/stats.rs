@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 /// Median, minimum and maximum of a set of samples (any unit).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Summary {
+pub(super) struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -14,7 +14,7 @@ pub struct Summary {
 
 /// The summary of `samples`; `None` when there are none. The median of an even count is the
 /// mean of the two middle samples.
-pub fn summarize(samples: &[f64]) -> Option<Summary> {
+pub(super) fn summarize(samples: &[f64]) -> Option<Summary> {
     let mut s: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
     if s.is_empty() {
         return None;
@@ -36,7 +36,7 @@ pub fn summarize(samples: &[f64]) -> Option<Summary> {
 
 impl Summary {
     /// `12.3 (11.0-14.2)` with `digits` decimals.
-    pub fn show(&self, digits: usize) -> String {
+    pub(super) fn show(&self, digits: usize) -> String {
         format!(
             "{:.d$} ({:.d$}-{:.d$})",
             self.median,
@@ -48,13 +48,13 @@ impl Summary {
 }
 
 /// `median (min-max)` of `samples`, or `-` when there are none.
-pub fn show(samples: &[f64], digits: usize) -> String {
+pub(super) fn show(samples: &[f64], digits: usize) -> String {
     summarize(samples).map_or_else(|| "-".to_owned(), |s| s.show(digits))
 }
 
 /// The per-step timings of a verdict line (`... keygen=0.1ms auth=2.0ms ... total=122.2ms`),
 /// in the order they appear, in milliseconds. `total` is included.
-pub fn verdict_steps(line: &str) -> Vec<(String, f64)> {
+pub(super) fn verdict_steps(line: &str) -> Vec<(String, f64)> {
     line.split_whitespace()
         .filter_map(|word| {
             let (key, value) = word.split_once('=')?;
@@ -68,13 +68,13 @@ pub fn verdict_steps(line: &str) -> Vec<(String, f64)> {
 }
 
 /// The verdict line among a run's stderr lines.
-pub fn find_verdict(stderr: &str) -> Option<&str> {
+pub(super) fn find_verdict(stderr: &str) -> Option<&str> {
     stderr.lines().find(|l| l.contains("verdict="))
 }
 
 /// What one simulated node did in a boot storm.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
+pub(super) struct Node {
     /// Seconds from the common start until it had the key; `None` if it gave up.
     pub done: Option<f64>,
     /// Attestation sessions it started (auth requests).
@@ -83,7 +83,7 @@ pub struct Node {
 
 /// The figures of one boot-storm run.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StormMetrics {
+pub(super) struct StormMetrics {
     pub nodes: usize,
     pub unlocked: usize,
     /// When the last node that got the key got it (s).
@@ -102,7 +102,7 @@ pub struct StormMetrics {
 
 /// The metrics of a run with `requests` broker requests in all and an ideal completion time
 /// of `ideal` seconds.
-pub fn storm_metrics(nodes: &[Node], requests: u64, ideal: f64) -> StormMetrics {
+pub(super) fn storm_metrics(nodes: &[Node], requests: u64, ideal: f64) -> StormMetrics {
     let n = nodes.len().max(1) as f64;
     let done: Vec<f64> = nodes.iter().filter_map(|x| x.done).collect();
     let unlocked = done.len();
@@ -130,7 +130,7 @@ pub fn storm_metrics(nodes: &[Node], requests: u64, ideal: f64) -> StormMetrics 
 
 /// The completion curve: (time s, fraction of all nodes unlocked), one point per node that
 /// got the key, in time order, starting at (0, 0).
-pub fn completion_curve(nodes: &[Node]) -> Vec<(f64, f64)> {
+pub(super) fn completion_curve(nodes: &[Node]) -> Vec<(f64, f64)> {
     let n = nodes.len().max(1) as f64;
     let mut done: Vec<f64> = nodes.iter().filter_map(|x| x.done).collect();
     done.sort_by(f64::total_cmp);
@@ -142,7 +142,7 @@ pub fn completion_curve(nodes: &[Node]) -> Vec<(f64, f64)> {
 }
 
 /// A byte count as `1.23 MiB` / `456.7 KiB` / `89 B`.
-pub fn bytes(n: u64) -> String {
+pub(super) fn bytes(n: u64) -> String {
     let f = n as f64;
     if f >= 1024.0 * 1024.0 {
         format!("{:.2} MiB", f / (1024.0 * 1024.0))
@@ -154,7 +154,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A Markdown table.
-pub fn markdown_table(head: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn markdown_table(head: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", head.join(" | "));
     let _ = writeln!(
@@ -169,7 +169,7 @@ pub fn markdown_table(head: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// A plain-text table with aligned columns, for the terminal.
-pub fn text_table(head: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn text_table(head: &[&str], rows: &[Vec<String>]) -> String {
     let cols = head.len();
     let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for r in rows {

@@ -28,7 +28,7 @@ const NODE_STACK: usize = 512 * 1024;
 
 /// How a node retries.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Policy {
+pub(super) enum Policy {
     /// The agent's own policy (`release` with the default `[retry]`: exponential backoff from
     /// 250 ms, full jitter, 30 s cap, no round limit).
     Ours,
@@ -38,14 +38,14 @@ pub enum Policy {
 
 /// A retry policy under test.
 #[derive(Debug, Clone, Copy)]
-pub struct Variant {
+pub(super) struct Variant {
     pub key: &'static str,
     pub label: &'static str,
     pub policy: Policy,
 }
 
 /// Ours and the two baselines, in the order they are run and shown.
-pub const VARIANTS: [Variant; 3] = [
+pub(super) const VARIANTS: [Variant; 3] = [
     Variant {
         key: "ours",
         label: "attest-unlock (exp. backoff, full jitter)",
@@ -71,7 +71,7 @@ pub const VARIANTS: [Variant; 3] = [
 
 /// One storm run.
 #[derive(Debug, Clone)]
-pub struct Run {
+pub(super) struct Run {
     pub variant: Variant,
     pub nodes: Vec<Node>,
     pub stats: AdmissionStats,
@@ -119,11 +119,8 @@ fn release(
     config: &Config,
     source: &mut SimSnp,
 ) -> Result<attest_unlock::flow::Released, attest_unlock::flow::Failure> {
-    let failure = |error| attest_unlock::flow::Failure {
-        step: attest_unlock::flow::Step::Anchors,
-        broker: None,
-        attempts: 0,
-        error,
+    let failure = |error| {
+        attest_unlock::flow::Failure::at(attest_unlock::flow::Step::Anchors, None, 0, error)
     };
     let init_data =
         attest_unlock::flow::init_data_for(config, &[RESOURCE]).map_err(|e| failure(e.into()))?;
@@ -136,7 +133,7 @@ fn release(
 
 /// The simulated chip every node uses (one chain is enough: the broker's cost per
 /// attestation does not depend on which chip signed).
-pub fn signer() -> Result<Arc<SnpSigner>> {
+pub(super) fn signer() -> Result<Arc<SnpSigner>> {
     Ok(Arc::new(SnpSigner::new()?))
 }
 
@@ -185,9 +182,7 @@ fn node_config(broker: &Broker, policy: Policy, deadline: Duration) -> Config {
 /// One node's life: `(finished at, sessions)`; `None` when it gave up.
 fn node(config: &Config, signer: Arc<SnpSigner>, policy: Policy) -> (Option<Instant>, u32) {
     let mut source = SimSnp { signer };
-    let check = |r: &attest_unlock::flow::Released| {
-        r.resources.first().map(|k| k.as_slice()) == Some(SECRET)
-    };
+    let check = |r: &attest_unlock::flow::Released| r.resources.holds(RESOURCE, SECRET);
     match policy {
         Policy::Ours => match release(config, &mut source) {
             Ok(r) if check(&r) => (Some(Instant::now()), r.attempts),
@@ -216,7 +211,7 @@ fn node(config: &Config, signer: Arc<SnpSigner>, policy: Policy) -> (Option<Inst
 /// Runs one storm of `n` nodes with `variant`'s policy against a broker limited by `limit`
 /// whose idle time per attestation is `idle_hold_ms` (see [`calibrate`]); a node of ours gives
 /// up after `deadline` (so a broken run still ends).
-pub fn run(
+pub(super) fn run(
     signer: &Arc<SnpSigner>,
     variant: Variant,
     n: usize,
@@ -287,7 +282,7 @@ pub fn run(
 /// What one node alone costs against an idle broker, five times: (the node's whole session,
 /// the broker's time per attestation), medians in ms. The second is the broker's capacity
 /// beside the service time: the ideal of a storm is N x (service + this) / C.
-pub fn calibrate(signer: &Arc<SnpSigner>) -> Result<(f64, f64)> {
+pub(super) fn calibrate(signer: &Arc<SnpSigner>) -> Result<(f64, f64)> {
     let broker = broker(
         signer,
         Some(Admission {

@@ -14,18 +14,18 @@ use sha2::{Digest, Sha256, Sha384};
 use test_kbs::Broker;
 
 /// The prefix of every error `type`.
-pub const ERRORS: &str = "https://github.com/confidential-containers/kbs/errors/";
+pub(crate) const ERRORS: &str = "https://github.com/confidential-containers/kbs/errors/";
 
 /// An HTTP client set up like the agent's: ureq with rustls, trusting only the broker's CA, and
 /// the session cookie carried by hand.
-pub struct Client {
+pub(crate) struct Client {
     pub agent: ureq::Agent,
     pub base: String,
     pub cookie: Option<String>,
 }
 
 impl Client {
-    pub fn new(broker: &Broker) -> Client {
+    pub(crate) fn new(broker: &Broker) -> Client {
         let agent = test_kbs::https_client(&broker.ca_pem()).unwrap();
         Client {
             agent,
@@ -34,7 +34,9 @@ impl Client {
         }
     }
 
-    pub fn finish(mut response: ureq::http::Response<ureq::Body>) -> (u16, Value, Option<String>) {
+    pub(crate) fn finish(
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> (u16, Value, Option<String>) {
         let status = response.status().as_u16();
         let content_type = response
             .headers()
@@ -49,7 +51,7 @@ impl Client {
         (status, serde_json::from_str(&body).unwrap(), set_cookie)
     }
 
-    pub fn post(&mut self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&mut self, path: &str, body: &Value) -> (u16, Value) {
         let mut request = self
             .agent
             .post(format!("{}{path}", self.base))
@@ -64,14 +66,14 @@ impl Client {
         (status, body)
     }
 
-    pub fn auth(&mut self, version: &str, tee: &str) -> (u16, Value) {
+    pub(crate) fn auth(&mut self, version: &str, tee: &str) -> (u16, Value) {
         self.post(
             "/kbs/v0/auth",
             &json!({"version": version, "tee": tee, "extra-params": ""}),
         )
     }
 
-    pub fn get(&self, path: &str, bearer: Option<&str>) -> (u16, Value) {
+    pub(crate) fn get(&self, path: &str, bearer: Option<&str>) -> (u16, Value) {
         let mut request = self.agent.get(format!("{}{path}", self.base));
         if let Some(cookie) = &self.cookie {
             request = request.header("Cookie", cookie);
@@ -85,13 +87,13 @@ impl Client {
 }
 
 /// The TEE's ephemeral key pair and its public JWK.
-pub struct TeeKey {
+pub(crate) struct TeeKey {
     pub secret: SecretKey,
     pub jwk: Value,
 }
 
 impl TeeKey {
-    pub fn new() -> TeeKey {
+    pub(crate) fn new() -> TeeKey {
         let secret = SecretKey::random(&mut OsRng);
         let point = secret.public_key().to_encoded_point(false);
         let jwk = json!({
@@ -106,7 +108,7 @@ impl TeeKey {
 
     /// The binding digest with the canonical JSON written out by hand (members sorted, no
     /// whitespace), independent of any JCS library.
-    pub fn binding_digest(&self, nonce: &str) -> [u8; 48] {
+    pub(crate) fn binding_digest(&self, nonce: &str) -> [u8; 48] {
         let canonical = format!(
             r#"{{"additional-evidence":"","nonce":"{nonce}","tee-pubkey":{{"alg":"{}","crv":"{}","kty":"EC","x":"{}","y":"{}"}}}}"#,
             self.jwk["alg"].as_str().unwrap(),
@@ -118,7 +120,7 @@ impl TeeKey {
     }
 
     /// Decrypts a flattened JWE the way a client does.
-    pub fn decrypt(&self, jwe: &Value) -> Vec<u8> {
+    pub(crate) fn decrypt(&self, jwe: &Value) -> Vec<u8> {
         use aes_gcm::aead::AeadInPlace;
         use aes_gcm::KeyInit;
         let field = |name: &str| URL_SAFE_NO_PAD.decode(jwe[name].as_str().unwrap()).unwrap();
@@ -161,7 +163,7 @@ impl TeeKey {
     }
 }
 
-pub fn assert_error(response: &(u16, Value), status: u16, variant: &str) {
+pub(crate) fn assert_error(response: &(u16, Value), status: u16, variant: &str) {
     assert_eq!(response.0, status, "{}", response.1);
     assert_eq!(
         response.1["type"],
