@@ -885,9 +885,21 @@ fn figure(r: &Results) -> String {
 }
 
 fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
-    let m = &r.machine;
-    let o = &r.options;
     let mut s = String::new();
+    intro_section(&mut s, r, head, rows);
+    machine_section(&mut s, r);
+    time_to_key_section(&mut s, r);
+    keyslot_section(&mut s, r);
+    size_section(&mut s, r);
+    memory_section(&mut s, r);
+    boot_section(&mut s, r);
+    storm_section(&mut s, r);
+    reproduce_section(&mut s);
+    s
+}
+
+/// The title, the summary table and the targets.
+fn intro_section(s: &mut String, r: &Results, head: &[&str], rows: &[Vec<String>]) {
     let _ = writeln!(s, "# Benchmarks\n");
     let _ = writeln!(
         s,
@@ -905,7 +917,12 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
     let _ = writeln!(s, "## Summary and targets\n");
     s.push_str(&stats::markdown_table(head, rows));
     let _ = writeln!(s);
+}
 
+/// The machine the run was on.
+fn machine_section(s: &mut String, r: &Results) {
+    let m = &r.machine;
+    let o = &r.options;
     let _ = writeln!(s, "## Machine\n");
     let _ = writeln!(
         s,
@@ -926,6 +943,10 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
     );
 
     // 1
+}
+
+/// Section 1: time to key.
+fn time_to_key_section(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## 1. Time to key\n");
     match &r.ttk {
         Ok(t) => {
@@ -983,6 +1004,10 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
     }
 
     // 2
+}
+
+/// Section 2: keyslot open.
+fn keyslot_section(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## 2. Keyslot open\n");
     match &r.keyslot {
         Ok(k) => {
@@ -1032,6 +1057,10 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
     }
 
     // 3
+}
+
+/// Section 3: size.
+fn size_section(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## 3. Size\n");
     match &r.binary {
         Ok(b) => {
@@ -1131,6 +1160,10 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
     }
 
     // 4
+}
+
+/// Section 4: memory.
+fn memory_section(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## 4. Memory\n");
     match &r.memory {
         Ok(mem) => {
@@ -1167,6 +1200,11 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
     }
 
     // 5
+}
+
+/// Section 5: boot.
+fn boot_section(s: &mut String, r: &Results) {
+    let o = &r.options;
     let _ = writeln!(s, "## 5. Boot\n");
     match &r.boot {
         Ok(b) => {
@@ -1223,6 +1261,10 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
     }
 
     // 6
+}
+
+/// Section 6: boot storm.
+fn storm_section(s: &mut String, r: &Results) {
     let _ = writeln!(s, "## 6. Boot storm\n");
     match &r.storm {
         Ok(st) => {
@@ -1265,7 +1307,10 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
             let _ = writeln!(s, "Not measured: {e}\n");
         }
     }
+}
 
+/// How to reproduce.
+fn reproduce_section(s: &mut String) {
     let _ = writeln!(s, "## How to reproduce\n");
     let _ = writeln!(
         s,
@@ -1276,5 +1321,4 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
          `--storm-nodes 100,1000`, `--service-ms MS`, `--quick`, `--no-write`. Work files (configs, \
          images, logs) stay in `target/bench/run/`."
     );
-    s
 }
