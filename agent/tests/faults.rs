@@ -256,29 +256,6 @@ fn broker_not_listening() {
 }
 
 #[test]
-fn connection_closed_before_auth_reply() {
-    let w = World::new();
-    let b = w.broker(Faults {
-        reset_connection_on: Some((Endpoint::Auth, Reset::BeforeReply)),
-        ..Faults::default()
-    });
-    let v = w.fails(&w.agent_config(&b), &[], want("transport", "auth", 2));
-    says(&v, &["auth:"]);
-    assert!(b.released().is_empty());
-}
-
-#[test]
-fn connection_closed_mid_resource_reply() {
-    let w = World::new();
-    let b = w.broker(Faults {
-        reset_connection_on: Some((Endpoint::Resource, Reset::HalfReply)),
-        ..Faults::default()
-    });
-    let v = w.fails(&w.agent_config(&b), &[], want("transport", "fetch", 2));
-    says(&v, &["resource:"]);
-}
-
-#[test]
 fn slow_auth_beyond_request_timeout() {
     let w = World::new();
     let b = w.broker(Faults {
@@ -293,21 +270,6 @@ fn slow_auth_beyond_request_timeout() {
     says(&v, &["timed out"]);
     // Two attempts cut at 300 ms each, not two waits for the 3 s reply.
     assert!(total_ms(&v) < 2500.0, "{v}");
-}
-
-#[test]
-fn slow_resource_beyond_request_timeout() {
-    let w = World::new();
-    let b = w.broker(Faults {
-        delay_ms_for: Some((Endpoint::Resource, 3000)),
-        ..Faults::default()
-    });
-    let v = w.fails(
-        &w.agent_config(&b),
-        &["--set", "timeouts.request_ms=300"],
-        want("transport", "fetch", 2),
-    );
-    says(&v, &["resource: timed out"]);
 }
 
 #[test]
@@ -353,25 +315,6 @@ fn server_certificate_from_another_ca() {
 }
 
 #[test]
-fn server_certificate_expired() {
-    let w = World::new();
-    let b = w.broker(tls(TlsFault::Expired));
-    let v = w.fails(&w.agent_config(&b), &[], want("transport", "auth", 2));
-    says(
-        &v,
-        &["TLS", "invalid peer certificate: certificate expired"],
-    );
-}
-
-#[test]
-fn server_certificate_for_another_name() {
-    let w = World::new();
-    let b = w.broker(tls(TlsFault::WrongName));
-    let v = w.fails(&w.agent_config(&b), &[], want("transport", "auth", 2));
-    says(&v, &["TLS", "certificate not valid for name '127.0.0.1'"]);
-}
-
-#[test]
 fn plain_http_broker_when_https_is_configured() {
     let w = World::new();
     let b = w.broker(tls(TlsFault::PlainHttp));
@@ -387,49 +330,6 @@ fn plain_http_broker_when_https_is_configured() {
 // ---- broker unavailable (5xx): retried ----
 
 #[test]
-fn http_500_on_auth() {
-    let w = World::new();
-    let b = w.broker(status(Endpoint::Auth, 500, None));
-    let v = w.fails(
-        &w.agent_config(&b),
-        &[],
-        want("broker-unavailable", "auth", 2),
-    );
-    says(&v, &["HTTP 500", "broker unavailable"]);
-}
-
-#[test]
-fn http_502_on_attest() {
-    let w = World::new();
-    let b = w.broker(status(
-        Endpoint::Attest,
-        502,
-        Some("<html>bad gateway</html>".into()),
-    ));
-    let v = w.fails(
-        &w.agent_config(&b),
-        &[],
-        want("broker-unavailable", "attest", 2),
-    );
-    says(&v, &["attest: HTTP 502"]);
-}
-
-#[test]
-fn http_503_on_resource() {
-    let w = World::new();
-    let b = w.broker(status(Endpoint::Resource, 503, None));
-    let v = w.fails(
-        &w.agent_config(&b),
-        &[],
-        want("broker-unavailable", "fetch", 2),
-    );
-    says(&v, &["resource: HTTP 503"]);
-    assert!(b.released().is_empty());
-}
-
-// ---- broker denied (401): retried with the long backoff ----
-
-#[test]
 fn policy_deny_untrusted_ak() {
     let w = World::new();
     let b = Broker::start(BrokerConfig {
@@ -440,48 +340,6 @@ fn policy_deny_untrusted_ak() {
     let v = w.fails(&w.agent_config(&b), &[], want("broker-denied", "fetch", 2));
     says(&v, &["denied (PolicyDeny)", "Access denied by policy"]);
     assert!(b.released().is_empty());
-}
-
-#[test]
-fn token_not_found_on_resource() {
-    let w = World::new();
-    let b = w.broker(status(
-        Endpoint::Resource,
-        401,
-        kbs_error("TokenNotFound", "Attestation Token not found"),
-    ));
-    let v = w.fails(&w.agent_config(&b), &[], want("broker-denied", "fetch", 2));
-    says(&v, &["denied (TokenNotFound)"]);
-}
-
-#[test]
-fn generic_attestation_error_on_attest() {
-    let w = World::new();
-    let b = w.broker(status(
-        Endpoint::Attest,
-        401,
-        kbs_error(
-            "AttestationError",
-            "Attestation error: RCAR handshake Attest failed",
-        ),
-    ));
-    let v = w.fails(&w.agent_config(&b), &[], want("broker-denied", "attest", 2));
-    says(
-        &v,
-        &["denied (AttestationError)", "RCAR handshake Attest failed"],
-    );
-}
-
-#[test]
-fn forbidden_403_on_resource() {
-    let w = World::new();
-    let b = w.broker(status(
-        Endpoint::Resource,
-        403,
-        kbs_error("PolicyDeny", "Access denied by policy"),
-    ));
-    let v = w.fails(&w.agent_config(&b), &[], want("broker-denied", "fetch", 2));
-    says(&v, &["denied (PolicyDeny)"]);
 }
 
 #[test]
@@ -525,22 +383,6 @@ fn protocol_version_mismatch() {
 // ---- bad replies: stop at once ----
 
 #[test]
-fn garbage_json_challenge() {
-    let w = World::new();
-    let b = w.broker(body(Endpoint::Auth, b"{\"nonce\": <<garbage"));
-    let v = w.fails(&w.agent_config(&b), &[], want("bad-reply", "auth", 1));
-    says(&v, &["auth: bad reply: invalid JSON"]);
-}
-
-#[test]
-fn wrong_shape_attest_reply() {
-    let w = World::new();
-    let b = w.broker(body(Endpoint::Attest, br#"{"tokens":["a.b.c"]}"#));
-    let v = w.fails(&w.agent_config(&b), &[], want("bad-reply", "attest", 1));
-    says(&v, &["attest: bad reply: invalid JSON", "token"]);
-}
-
-#[test]
 fn oversized_attest_reply() {
     let w = World::new();
     let mut big = br#"{"token":""#.to_vec();
@@ -568,101 +410,6 @@ fn huge_reply_is_not_read_past_the_cap() {
 }
 
 #[test]
-fn challenge_nonce_not_base64() {
-    let w = World::new();
-    let b = w.broker(Faults {
-        bad_nonce: Some("not base64 at all!".into()),
-        ..Faults::default()
-    });
-    let v = w.fails(&w.agent_config(&b), &[], want("bad-reply", "auth", 1));
-    says(&v, &["nonce is not standard base64"]);
-}
-
-#[test]
-fn challenge_nonce_too_short() {
-    let w = World::new();
-    let b = w.broker(Faults {
-        bad_nonce: Some("AAECAw==".into()),
-        ..Faults::default()
-    });
-    let v = w.fails(&w.agent_config(&b), &[], want("bad-reply", "auth", 1));
-    says(&v, &["nonce is 4 bytes, fewer than 16"]);
-}
-
-#[test]
-fn session_cookie_missing() {
-    let w = World::new();
-    let b = w.broker(Faults {
-        drop_cookie: true,
-        ..Faults::default()
-    });
-    let v = w.fails(&w.agent_config(&b), &[], want("bad-reply", "auth", 1));
-    says(&v, &["no kbs-session-id cookie"]);
-}
-
-#[test]
-fn session_cookie_changes_on_attest() {
-    let w = World::new();
-    let b = w.broker(Faults {
-        change_cookie_on_attest: true,
-        ..Faults::default()
-    });
-    let v = w.fails(&w.agent_config(&b), &[], want("bad-reply", "attest", 1));
-    says(&v, &["changed the session cookie"]);
-    assert!(b.released().is_empty());
-}
-
-#[test]
-fn unauthorized_without_a_kbs_error_body() {
-    let w = World::new();
-    let b = w.broker(status(
-        Endpoint::Auth,
-        401,
-        Some("<html>login</html>".into()),
-    ));
-    let v = w.fails(
-        &w.agent_config(&b),
-        &[],
-        want("broker-unavailable", "auth", 2),
-    );
-    says(
-        &v,
-        &["HTTP 401 without a KBS error body", "not a KBS reply"],
-    );
-}
-
-// ---- a hostile or misrouted broker: what is not a KBS reply is retried like a 5xx (an ingress
-// or captive portal during a rollout); what a KBS says is kept to one bounded, escaped line ----
-
-#[test]
-fn redirect_on_auth_is_retried_not_followed() {
-    let w = World::new();
-    let b = w.broker(status(Endpoint::Auth, 302, Some(String::new())));
-    let v = w.fails(
-        &w.agent_config(&b),
-        &[],
-        want("broker-unavailable", "auth", 2),
-    );
-    says(&v, &["HTTP 302 redirect, not followed"]);
-}
-
-#[test]
-fn bare_404_from_an_ingress_is_retried() {
-    let w = World::new();
-    let b = w.broker(status(
-        Endpoint::Auth,
-        404,
-        Some("<html><body>default backend - 404</body></html>".into()),
-    ));
-    let v = w.fails(
-        &w.agent_config(&b),
-        &[],
-        want("broker-unavailable", "auth", 2),
-    );
-    says(&v, &["HTTP 404 without a KBS error body"]);
-}
-
-#[test]
 fn html_200_from_a_captive_portal_is_retried() {
     for (endpoint, step) in [(Endpoint::Auth, "auth"), (Endpoint::Resource, "fetch")] {
         let w = World::new();
@@ -677,18 +424,6 @@ fn html_200_from_a_captive_portal_is_retried() {
         );
         says(&v, &["HTTP 200 with an HTML body"]);
     }
-}
-
-#[test]
-fn too_many_requests_is_retried() {
-    let w = World::new();
-    let b = w.broker(status(Endpoint::Attest, 429, Some(String::new())));
-    let v = w.fails(
-        &w.agent_config(&b),
-        &[],
-        want("broker-unavailable", "attest", 2),
-    );
-    says(&v, &["HTTP 429"]);
 }
 
 /// A broker's words reach the console without a control byte: no escape sequence can clear
@@ -715,18 +450,6 @@ fn escape_sequences_from_the_broker_never_reach_the_console() {
     let v = run.verdict();
     assert!(v.contains("\\x1b[2J"), "shown escaped: {v}");
     assert!(v.starts_with("attest-unlock: error: verdict=failed"), "{v}");
-}
-
-#[test]
-fn not_found_404_on_resource() {
-    let w = World::new();
-    let b = w.broker(status(
-        Endpoint::Resource,
-        404,
-        kbs_error("InvalidRequestPath", "Request path is invalid"),
-    ));
-    let v = w.fails(&w.agent_config(&b), &[], want("bad-reply", "fetch", 1));
-    says(&v, &["HTTP 404"]);
 }
 
 // ---- JWE: stop at once; the broker released, the agent refuses ----
@@ -810,14 +533,6 @@ fn jwe_replayed_from_previous_session() {
         .any(|l| l.contains("JWE of default/node1/root: ReplayPrevious")));
 }
 
-#[test]
-fn resource_reply_is_json_but_not_a_jwe() {
-    let w = World::new();
-    let b = w.broker(body(Endpoint::Resource, br#"{"key_type":"oct","key":"x"}"#));
-    let v = w.fails(&w.agent_config(&b), &[], want("jwe", "decrypt", 1));
-    says(&v, &["malformed JWE"]);
-}
-
 // ---- LUKS ----
 
 #[test]
@@ -885,19 +600,6 @@ fn tpm_absent() {
     let v = w.fails(&c, &[], want("evidence", "detect", 0));
     says(&v, &["tpm-that-does-not-exist"]);
     assert!(b.log().is_empty(), "broker contacted: {:?}", b.log());
-}
-
-#[test]
-fn tpm_error_mid_quote_missing_persistent_ak() {
-    let w = World::new();
-    let b = w.broker(Faults::default());
-    let v = w.fails(
-        &w.agent_config(&b),
-        &["--set", "tpm.ak_handle=0x81000099"],
-        want("evidence", "evidence", 1),
-    );
-    says(&v, &["TPM has no AK at persistent handle 0x81000099"]);
-    assert!(b.released().is_empty());
 }
 
 // ---- deliver: staging fails before the unlock ----
@@ -1005,4 +707,106 @@ fn plain_http_broker_url_is_refused() {
     );
     says(&v, &["must start with https://"]);
     assert!(b.log().is_empty(), "broker contacted: {:?}", b.log());
+}
+
+// ---- the matrix: one case a row ----
+
+/// The broker-fault matrix, one case a row: the fault the test broker injects, extra agent
+/// arguments, the verdict's class, step and attempts, the words it must say, and (`nothing
+/// released`) that the broker released nothing. Every row also gets [`World::fails`]'s
+/// guarantees: nothing unlocked, nothing written, one verdict line. The cases that need more
+/// than this (their own broker config, several runs, their own checks) are the tests above.
+macro_rules! matrix {
+    ($($name:ident: $faults:expr, [$($arg:expr),*] => $want:expr, says [$($word:expr),* $(,)?] $(, $nothing:ident released)?;)*) => {$(
+        #[test]
+        fn $name() {
+            let w = World::new();
+            let b = w.broker($faults);
+            let v = w.fails(&w.agent_config(&b), &[$($arg),*], $want);
+            says(&v, &[$($word),*]);
+            $(matrix!(@$nothing b);)?
+        }
+    )*};
+    (@nothing $b:ident) => {
+        assert!($b.released().is_empty(), "released {:?}", $b.released());
+    };
+}
+
+#[rustfmt::skip]
+matrix! {
+    connection_closed_before_auth_reply:
+        Faults { reset_connection_on: Some((Endpoint::Auth, Reset::BeforeReply)), ..Faults::default() }, []
+        => want("transport", "auth", 2), says ["auth:"], nothing released;
+    connection_closed_mid_resource_reply:
+        Faults { reset_connection_on: Some((Endpoint::Resource, Reset::HalfReply)), ..Faults::default() }, []
+        => want("transport", "fetch", 2), says ["resource:"];
+    slow_resource_beyond_request_timeout:
+        Faults { delay_ms_for: Some((Endpoint::Resource, 3000)), ..Faults::default() }, ["--set", "timeouts.request_ms=300"]
+        => want("transport", "fetch", 2), says ["resource: timed out"];
+    server_certificate_expired:
+        tls(TlsFault::Expired), []
+        => want("transport", "auth", 2), says ["TLS", "invalid peer certificate: certificate expired"];
+    server_certificate_for_another_name:
+        tls(TlsFault::WrongName), []
+        => want("transport", "auth", 2), says ["TLS", "certificate not valid for name '127.0.0.1'"];
+    http_500_on_auth:
+        status(Endpoint::Auth, 500, None), []
+        => want("broker-unavailable", "auth", 2), says ["HTTP 500", "broker unavailable"];
+    http_502_on_attest:
+        status(Endpoint::Attest, 502, Some("<html>bad gateway</html>".into())), []
+        => want("broker-unavailable", "attest", 2), says ["attest: HTTP 502"];
+    http_503_on_resource:
+        status(Endpoint::Resource, 503, None), []
+        => want("broker-unavailable", "fetch", 2), says ["resource: HTTP 503"], nothing released;
+    // ---- broker denied (401): retried with the long backoff ----
+    token_not_found_on_resource:
+        status(Endpoint::Resource, 401, kbs_error("TokenNotFound", "Attestation Token not found")), []
+        => want("broker-denied", "fetch", 2), says ["denied (TokenNotFound)"];
+    generic_attestation_error_on_attest:
+        status(Endpoint::Attest, 401, kbs_error("AttestationError", "Attestation error: RCAR handshake Attest failed")), []
+        => want("broker-denied", "attest", 2), says ["denied (AttestationError)", "RCAR handshake Attest failed"];
+    forbidden_403_on_resource:
+        status(Endpoint::Resource, 403, kbs_error("PolicyDeny", "Access denied by policy")), []
+        => want("broker-denied", "fetch", 2), says ["denied (PolicyDeny)"];
+    garbage_json_challenge:
+        body(Endpoint::Auth, b"{\"nonce\": <<garbage"), []
+        => want("bad-reply", "auth", 1), says ["auth: bad reply: invalid JSON"];
+    wrong_shape_attest_reply:
+        body(Endpoint::Attest, br#"{"tokens":["a.b.c"]}"#), []
+        => want("bad-reply", "attest", 1), says ["attest: bad reply: invalid JSON", "token"];
+    challenge_nonce_not_base64:
+        Faults { bad_nonce: Some("not base64 at all!".into()), ..Faults::default() }, []
+        => want("bad-reply", "auth", 1), says ["nonce is not standard base64"];
+    challenge_nonce_too_short:
+        Faults { bad_nonce: Some("AAECAw==".into()), ..Faults::default() }, []
+        => want("bad-reply", "auth", 1), says ["nonce is 4 bytes, fewer than 16"];
+    session_cookie_missing:
+        Faults { drop_cookie: true, ..Faults::default() }, []
+        => want("bad-reply", "auth", 1), says ["no kbs-session-id cookie"];
+    session_cookie_changes_on_attest:
+        Faults { change_cookie_on_attest: true, ..Faults::default() }, []
+        => want("bad-reply", "attest", 1), says ["changed the session cookie"], nothing released;
+    unauthorized_without_a_kbs_error_body:
+        status(Endpoint::Auth, 401, Some("<html>login</html>".into())), []
+        => want("broker-unavailable", "auth", 2), says ["HTTP 401 without a KBS error body", "not a KBS reply"];
+    // ---- a hostile or misrouted broker: what is not a KBS reply is retried like a 5xx (an ingress
+    // or captive portal during a rollout); what a KBS says is kept to one bounded, escaped line ----
+    redirect_on_auth_is_retried_not_followed:
+        status(Endpoint::Auth, 302, Some(String::new())), []
+        => want("broker-unavailable", "auth", 2), says ["HTTP 302 redirect, not followed"];
+    bare_404_from_an_ingress_is_retried:
+        status(Endpoint::Auth, 404, Some("<html><body>default backend - 404</body></html>".into())), []
+        => want("broker-unavailable", "auth", 2), says ["HTTP 404 without a KBS error body"];
+    too_many_requests_is_retried:
+        status(Endpoint::Attest, 429, Some(String::new())), []
+        => want("broker-unavailable", "attest", 2), says ["HTTP 429"];
+    not_found_404_on_resource:
+        status(Endpoint::Resource, 404, kbs_error("InvalidRequestPath", "Request path is invalid")), []
+        => want("bad-reply", "fetch", 1), says ["HTTP 404"];
+    resource_reply_is_json_but_not_a_jwe:
+        body(Endpoint::Resource, br#"{"key_type":"oct","key":"x"}"#), []
+        => want("jwe", "decrypt", 1), says ["malformed JWE"];
+    tpm_error_mid_quote_missing_persistent_ak:
+        Faults::default(), ["--set", "tpm.ak_handle=0x81000099"]
+        => want("evidence", "evidence", 1), says ["TPM has no AK at persistent handle 0x81000099"], nothing released;
 }
