@@ -320,7 +320,7 @@ pub fn measure_anchors(
             append_measurement_log(config, &registers, anchors.event());
             Ok(AnchorsMeasured(()))
         }
-        Recorded::Unavailable(why) if from_token => Err(EvidenceError::Tee(format!(
+        Recorded::Unavailable(why) if from_token => Err(EvidenceError::Unrecorded(format!(
             "brokers named only by the LUKS2 token need a register to measure them into, and {why}: name the brokers in the initramfs config"
         ))
         .into()),
@@ -1163,7 +1163,9 @@ mod tests {
                     .into_owned();
             self.calls.borrow_mut().push(format!("measure {first}"));
             if self.fail_measure == Some(n) {
-                return Err(EvidenceError::Tee("injected measurement failure".into()));
+                return Err(EvidenceError::Unavailable(
+                    "injected measurement failure".into(),
+                ));
             }
             Ok(Recorded::Registers("PCR 15 (fake)".into()))
         }

@@ -131,7 +131,10 @@ impl AzureSource {
             AzureKind::Tdx => {
                 let td_report = hcl_bytes
                     .get(hcl::HEADER_SIZE..hcl::HEADER_SIZE + TD_REPORT_SIZE)
-                    .ok_or_else(|| EvidenceError::Tee("HCL report has no TDREPORT".into()))?;
+                    .ok_or_else(|| EvidenceError::Malformed {
+                        what: "HCL report",
+                        why: "no TDREPORT".into(),
+                    })?;
                 let reply = self
                     .imds
                     .post_json(TD_QUOTE_PATH, &td_quote_request(td_report))?;
@@ -175,17 +178,20 @@ impl EvidenceSource for AzureSource {
             (VERSION_FRESH, bytes, hcl)
         };
         if AzureKind::of(&hcl) != self.kind {
-            return Err(EvidenceError::Tee(format!(
-                "the HCL report holds a {:?} report, not {:?}",
-                AzureKind::of(&hcl),
-                self.kind
-            )));
+            return Err(EvidenceError::Mismatch {
+                what: "HCL report",
+                why: format!(
+                    "holds a {:?} report, not {:?}",
+                    AzureKind::of(&hcl),
+                    self.kind
+                ),
+            });
         }
         if !hcl.var_data_hash_matches() {
-            return Err(EvidenceError::Tee(
-                "the HCL report's hardware report data is not the hash of its runtime claims"
-                    .into(),
-            ));
+            return Err(EvidenceError::Mismatch {
+                what: "HCL report",
+                why: "its hardware report data is not the hash of its runtime claims".into(),
+            });
         }
         let (quote, ak) = tpm.quote_by(&AkSource::Persistent(AZURE_AK_HANDLE), &report_data.0)?;
         drop(tpm);
@@ -193,14 +199,16 @@ impl EvidenceSource for AzureSource {
         match hcl_ak_spki(&hcl) {
             Some(spki) if spki == ak.spki_der => {}
             Some(_) => {
-                return Err(EvidenceError::Tee(format!(
-                    "the AK at {AZURE_AK_HANDLE:#010x} is not the HCLAkPub of the HCL report"
-                )))
+                return Err(EvidenceError::Mismatch {
+                    what: "HCL report",
+                    why: format!("the AK at {AZURE_AK_HANDLE:#010x} is not its HCLAkPub"),
+                })
             }
             None => {
-                return Err(EvidenceError::Tee(
-                    "the HCL report's runtime claims hold no usable HCLAkPub".into(),
-                ))
+                return Err(EvidenceError::Malformed {
+                    what: "HCL report",
+                    why: "its runtime claims hold no usable HCLAkPub".into(),
+                })
             }
         }
         let endorsement = self.endorsement(&hcl_bytes, &hcl)?;
@@ -217,10 +225,9 @@ impl EvidenceSource for AzureSource {
 }
 
 fn parse(bytes: &[u8]) -> Result<HclReport, EvidenceError> {
-    hcl::parse_hcl_report(bytes).map_err(|e| {
-        EvidenceError::Tee(format!(
-            "NV {AZURE_HCL_REPORT:#010x} holds no usable HCL report: {e}"
-        ))
+    hcl::parse_hcl_report(bytes).map_err(|e| EvidenceError::Malformed {
+        what: "HCL report",
+        why: format!("NV {AZURE_HCL_REPORT:#010x} holds none usable: {e}"),
     })
 }
 
@@ -299,11 +306,15 @@ pub fn parse_thim_reply(reply: &[u8]) -> Result<Vec<u8>, EvidenceError> {
         #[serde(rename = "vcekCert")]
         vcek_cert: String,
     }
-    let thim: Thim = serde_json::from_slice(reply).map_err(|e| {
-        EvidenceError::Tee(format!("IMDS THIM reply is not JSON with vcekCert: {e}"))
+    let thim: Thim = serde_json::from_slice(reply).map_err(|e| EvidenceError::Malformed {
+        what: "IMDS THIM reply",
+        why: format!("not JSON with vcekCert: {e}"),
     })?;
     let der = CertificateDer::from_pem_slice(thim.vcek_cert.as_bytes()).map_err(|e| {
-        EvidenceError::Tee(format!("IMDS THIM vcekCert is not a PEM certificate: {e}"))
+        EvidenceError::Malformed {
+            what: "IMDS THIM reply",
+            why: format!("vcekCert is not a PEM certificate: {e}"),
+        }
     })?;
     Ok(der.as_ref().to_vec())
 }
@@ -320,14 +331,21 @@ pub fn parse_td_quote_reply(reply: &[u8]) -> Result<Vec<u8>, EvidenceError> {
     struct Reply {
         quote: String,
     }
-    let r: Reply = serde_json::from_slice(reply).map_err(|e| {
-        EvidenceError::Tee(format!("IMDS TD quote reply is not JSON with a quote: {e}"))
+    let r: Reply = serde_json::from_slice(reply).map_err(|e| EvidenceError::Malformed {
+        what: "IMDS TD quote reply",
+        why: format!("not JSON with a quote: {e}"),
     })?;
     let quote = URL_SAFE_LENIENT
         .decode(r.quote.trim())
-        .map_err(|e| EvidenceError::Tee(format!("IMDS TD quote is not base64url: {e}")))?;
+        .map_err(|e| EvidenceError::Malformed {
+            what: "IMDS TD quote",
+            why: format!("not base64url: {e}"),
+        })?;
     if quote.is_empty() {
-        return Err(EvidenceError::Tee("IMDS returned an empty TD quote".into()));
+        return Err(EvidenceError::Malformed {
+            what: "IMDS TD quote",
+            why: "empty".into(),
+        });
     }
     Ok(quote)
 }
@@ -335,12 +353,16 @@ pub fn parse_td_quote_reply(reply: &[u8]) -> Result<Vec<u8>, EvidenceError> {
 /// The TD quote must be the quote of the HCL report's TDREPORT: same report data.
 fn check_td_quote(quote: &[u8], report: &HclReport) -> Result<(), EvidenceError> {
     let parsed = crate::formats::tdx::parse_quote_prefix(quote)
-        .map_err(|e| EvidenceError::Tee(format!("IMDS TD quote does not parse: {e}")))?
+        .map_err(|e| EvidenceError::Malformed {
+            what: "IMDS TD quote",
+            why: format!("does not parse: {e}"),
+        })?
         .0;
     if &parsed.body.report_data != report.hw_report.report_data() {
-        return Err(EvidenceError::Tee(
-            "IMDS returned a TD quote for another TDREPORT (report data differs)".into(),
-        ));
+        return Err(EvidenceError::Mismatch {
+            what: "IMDS TD quote",
+            why: "for another TDREPORT (report data differs)".into(),
+        });
     }
     Ok(())
 }
@@ -350,11 +372,14 @@ fn check_td_quote(quote: &[u8], report: &HclReport) -> Result<(), EvidenceError>
 pub fn raw_rsassa(signature: &[u8]) -> Result<Vec<u8>, EvidenceError> {
     match parse_tpmt_signature(signature) {
         Ok(TpmtSignature::RsaSsa { signature, .. }) => Ok(signature),
-        Ok(other) => Err(EvidenceError::Tee(format!(
-            "the vTPM AK signed with {}, not RSASSA",
-            other.scheme()
-        ))),
-        Err(e) => Err(EvidenceError::Tee(format!("quote signature: {e}"))),
+        Ok(other) => Err(EvidenceError::Mismatch {
+            what: "vTPM quote",
+            why: format!("the AK signed with {}, not RSASSA", other.scheme()),
+        }),
+        Err(e) => Err(EvidenceError::Malformed {
+            what: "vTPM quote signature",
+            why: e.to_string(),
+        }),
     }
 }
 

@@ -48,7 +48,7 @@ impl EvidenceSource for GcpSource {
     fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
         let mut tpm = Tpm::open(&self.config.tcti)?;
         if !tpm.nv_defined(GCE_AK_TEMPLATE_RSA)? {
-            return Err(EvidenceError::Tee(
+            return Err(EvidenceError::Unavailable(
                 if tpm.nv_defined(GCE_AK_TEMPLATE_ECC)? {
                     format!(
                         "this vTPM has only the GCE ECC AK (NV {GCE_AK_TEMPLATE_ECC:#010x}); Trustee's tpm verifier accepts RSASSA quotes only"
@@ -99,7 +99,10 @@ impl EvidenceSource for GcpSource {
 /// The DER element at the start of `bytes` (an NV index is often larger than the certificate
 /// it holds, the rest zero-filled). Pure: reads only the tag and length of the outer element.
 pub fn der_prefix(bytes: &[u8]) -> Result<&[u8], EvidenceError> {
-    let bad = |why: &str| EvidenceError::Tee(format!("GCE AK certificate: {why}"));
+    let bad = |why: &str| EvidenceError::Malformed {
+        what: "GCE AK certificate",
+        why: why.to_owned(),
+    };
     let (&tag, rest) = bytes.split_first().ok_or_else(|| bad("empty"))?;
     if tag != 0x30 {
         return Err(bad("not a DER SEQUENCE"));

@@ -37,9 +37,41 @@ pub enum EvidenceError {
     /// configfs-tsm failed.
     #[error(transparent)]
     Tsm(#[from] TsmError),
-    /// The TEE (SNP/TDX) failed or returned something unusable.
+    /// A device or firmware file could not be used.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Device {
+        /// What was tried (`open`, `read`, ...).
+        action: &'static str,
+        /// The device or file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A report, quote, certificate or log from the hardware or the cloud is malformed.
+    #[error("{what}: {why}")]
+    Malformed {
+        /// What it is.
+        what: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// What the hardware or the cloud returned is well-formed but not what was asked for or
+    /// not bound to what it must be (report data, the AK of an HCL report, ...).
+    #[error("{what}: {why}")]
+    Mismatch {
+        /// What it is.
+        what: &'static str,
+        /// What does not match.
+        why: String,
+    },
+    /// The platform lacks what this evidence needs (a device answers with an error, an AK
+    /// template or NV index is missing).
     #[error("{0}")]
-    Tee(String),
+    Unavailable(String),
+    /// A release or the trust anchors cannot be recorded where the config requires it.
+    #[error("{0}")]
+    Unrecorded(String),
     /// The evidence could not be encoded.
     #[error("cannot encode evidence: {0}")]
     Encode(String),
@@ -262,7 +294,7 @@ impl NvProbe for TctiProbe {
     fn read(&mut self, index: u32) -> Result<Vec<u8>, EvidenceError> {
         match self.tpm() {
             Some(t) => Ok(t.nv_read(index)?),
-            None => Err(EvidenceError::Tee(format!(
+            None => Err(EvidenceError::Unavailable(format!(
                 "cannot read TPM NV {index:#010x}: {}",
                 self.failed.as_deref().unwrap_or("TPM not open")
             ))),
@@ -378,9 +410,10 @@ pub fn detect_with(
             Some(true) => {
                 let bytes = probe.read(AZURE_HCL_REPORT)?;
                 let report = crate::formats::hcl::parse_hcl_report(&bytes).map_err(|e| {
-                    EvidenceError::Tee(format!(
-                        "vTPM NV {AZURE_HCL_REPORT:#010x} holds no usable HCL report: {e}"
-                    ))
+                    EvidenceError::Malformed {
+                        what: "HCL report",
+                        why: format!("vTPM NV {AZURE_HCL_REPORT:#010x} holds none usable: {e}"),
+                    }
                 })?;
                 let platform = azure::AzureKind::of(&report).platform();
                 checked.push(format!(
@@ -605,7 +638,7 @@ mod tests {
             self.indices
                 .get(&index)
                 .cloned()
-                .ok_or_else(|| EvidenceError::Tee("absent".into()))
+                .ok_or_else(|| EvidenceError::Unavailable("absent".into()))
         }
         fn unavailable(&self) -> Option<String> {
             (!self.open).then(|| "no TPM".to_owned())
@@ -699,6 +732,10 @@ mod tests {
         c.platform = Platform::Auto;
         let e =
             detect_with(&c, dir.path(), &mut nv(&[(AZURE_HCL_REPORT, vec![0; 64])])).unwrap_err();
-        assert!(e.to_string().contains("no usable HCL report"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("HCL report: vTPM NV 0x01400001 holds none usable"),
+            "{e}"
+        );
     }
 }

@@ -60,15 +60,20 @@ impl SnpSource {
                 Ok((r.outblob, certs))
             }
             SnpBackend::SevGuest => {
-                let mut fw = sev::firmware::guest::Firmware::open()
-                    .map_err(|e| EvidenceError::Tee(format!("cannot open /dev/sev-guest: {e}")))?;
+                let mut fw = sev::firmware::guest::Firmware::open().map_err(|source| {
+                    EvidenceError::Device {
+                        action: "open",
+                        path: PathBuf::from("/dev/sev-guest"),
+                        source,
+                    }
+                })?;
                 // The plain report, not the extended one: the sev crate parses the host's
                 // certificate table of an extended report without bounds checks, and the host
                 // is untrusted. Without a cert_chain the broker uses its configured VCEK or
                 // fetches it from AMD's KDS by chip id and TCB.
                 let report = fw
                     .get_report(None, Some(*data), Some(self.vmpl))
-                    .map_err(|e| EvidenceError::Tee(format!("SNP report: {e}")))?;
+                    .map_err(|e| EvidenceError::Unavailable(format!("SNP report: {e}")))?;
                 Ok((report, None))
             }
         }
@@ -80,7 +85,10 @@ impl SnpSource {
 /// the table. The host is untrusted: every entry is bounds-checked (the sev crate's own parser
 /// follows the offsets unchecked).
 pub fn parse_cert_table(table: &[u8]) -> Result<Vec<CertTableEntry>, EvidenceError> {
-    let bad = |why: String| EvidenceError::Tee(format!("SNP certificate table (auxblob): {why}"));
+    let bad = |why: String| EvidenceError::Malformed {
+        what: "SNP certificate table (auxblob)",
+        why,
+    };
     let mut entries = Vec::new();
     for raw in table.chunks_exact(24) {
         if raw.iter().all(|b| *b == 0) {
@@ -119,12 +127,15 @@ pub fn encode(
     certs: Option<Vec<CertTableEntry>>,
     data: &[u8; 64],
 ) -> Result<serde_json::Value, EvidenceError> {
-    let parsed = AttestationReport::from_bytes(report)
-        .map_err(|e| EvidenceError::Tee(format!("SNP report does not parse: {e}")))?;
+    let parsed = AttestationReport::from_bytes(report).map_err(|e| EvidenceError::Malformed {
+        what: "SNP report",
+        why: format!("does not parse: {e}"),
+    })?;
     if parsed.report_data.as_slice() != data.as_slice() {
-        return Err(EvidenceError::Tee(
-            "SNP report carries other REPORT_DATA than requested".into(),
-        ));
+        return Err(EvidenceError::Mismatch {
+            what: "SNP report",
+            why: "carries other REPORT_DATA than requested".into(),
+        });
     }
     Ok(serde_json::json!({
         "attestation_report": parsed,

@@ -25,7 +25,10 @@ const MAX_CCEL: u64 = 16 << 20;
 /// SHA-1-format event) and stop at an 8-byte all-0xFF or all-zero marker. Every length is
 /// checked; a log that runs off the end without a marker is malformed.
 pub fn trim_ccel(ccel: &[u8]) -> Result<&[u8], EvidenceError> {
-    let bad = |why: &str| EvidenceError::Tee(format!("malformed CCEL: {why}"));
+    let bad = |why: &str| EvidenceError::Malformed {
+        what: "CCEL",
+        why: why.to_owned(),
+    };
     let u32_at = |i: usize| -> Result<u32, EvidenceError> {
         ccel.get(i..i + 4)
             .and_then(|b| b.try_into().ok())
@@ -97,11 +100,17 @@ pub fn encode(
     match quote_report_data(quote) {
         Some(rd) if rd == data.as_slice() => {}
         Some(_) => {
-            return Err(EvidenceError::Tee(
-                "TDX quote carries other REPORTDATA than requested".into(),
-            ))
+            return Err(EvidenceError::Mismatch {
+                what: "TDX quote",
+                why: "carries other REPORTDATA than requested".into(),
+            })
         }
-        None => return Err(EvidenceError::Tee("TDX quote is not a v4/v5 quote".into())),
+        None => {
+            return Err(EvidenceError::Malformed {
+                what: "TDX quote",
+                why: "not a v4/v5 quote".into(),
+            })
+        }
     }
     let eventlog = match ccel {
         Some(raw) => {
@@ -156,8 +165,10 @@ impl EvidenceSource for TdxSource {
             let mut raw = Vec::new();
             std::fs::File::open(&self.ccel)
                 .and_then(|f| f.take(MAX_CCEL).read_to_end(&mut raw))
-                .map_err(|e| {
-                    EvidenceError::Tee(format!("cannot read {}: {e}", self.ccel.display()))
+                .map_err(|source| EvidenceError::Device {
+                    action: "read",
+                    path: self.ccel.clone(),
+                    source,
                 })?;
             Some(raw)
         } else {
@@ -193,9 +204,16 @@ pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<Recorded
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .open(attribute)
-        .map_err(|e| EvidenceError::Tee(format!("cannot open {}: {e}", attribute.display())))?;
-    std::io::Write::write_all(&mut f, &digest)
-        .map_err(|e| EvidenceError::Tee(format!("RTMR extend via {}: {e}", attribute.display())))?;
+        .map_err(|source| EvidenceError::Device {
+            action: "open",
+            path: attribute.to_owned(),
+            source,
+        })?;
+    std::io::Write::write_all(&mut f, &digest).map_err(|source| EvidenceError::Device {
+        action: "extend RTMR 3 through",
+        path: attribute.to_owned(),
+        source,
+    })?;
     Ok(Recorded::Registers("RTMR 3 (sha384)".into()))
 }
 
