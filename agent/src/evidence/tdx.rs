@@ -21,73 +21,20 @@ const END_FLAG: [u8; 8] = [0xFF; 8];
 /// Largest CCEL we read (the ACPI area is typically 64 KiB to 1 MiB, mostly padding).
 const MAX_CCEL: u64 = 16 << 20;
 
-/// Cut a CCEL area after its last event: walk the TCG_PCR_EVENT2 records (after the first,
-/// SHA-1-format event) and stop at an 8-byte all-0xFF or all-zero marker. Every length is
-/// checked; a log that runs off the end without a marker is malformed.
+/// Cut a CCEL area after its last event, where [`crate::formats::eventlog::parse_ccel`] says
+/// the log ends (the one end rule `inspect` and the replay use too); a malformed log is an
+/// error.
 pub fn trim_ccel(ccel: &[u8]) -> Result<&[u8], EvidenceError> {
-    let bad = |why: &str| EvidenceError::Malformed {
-        what: "CCEL",
-        why: why.to_owned(),
-    };
-    let u32_at = |i: usize| -> Result<u32, EvidenceError> {
-        ccel.get(i..i + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| bad("truncated"))
-    };
-    let u16_at = |i: usize| -> Result<u16, EvidenceError> {
-        ccel.get(i..i + 2)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_le_bytes)
-            .ok_or_else(|| bad("truncated"))
-    };
-    let advance = |i: usize, n: usize| i.checked_add(n).ok_or_else(|| bad("length overflow"));
-    // First event: TCG_PCR_EVENT (pcr index, type, 20-byte SHA-1 digest, size, data).
-    let event_type = u32_at(4)?;
-    let mut i = 4 + 4 + 20;
-    if event_type == 0x3 {
-        let size = u32_at(i)? as usize;
-        i = advance(i + 4, size)?;
-    }
-    loop {
-        // An area cut exactly after its last event (no padding) ends here.
-        if i == ccel.len() {
-            return Ok(ccel);
-        }
-        let flag = ccel.get(i..i + 8).ok_or_else(|| bad("no end marker"))?;
-        if flag.iter().all(|b| *b == 0xFF) || flag.iter().all(|b| *b == 0) {
-            return ccel.get(..i).ok_or_else(|| bad("truncated"));
-        }
-        i += 8; // MR index, event type
-        let count = u32_at(i)?;
-        if count > 8 {
-            return Err(bad("more than 8 digests in one event"));
-        }
-        i += 4;
-        for _ in 0..count {
-            let len = match u16_at(i)? {
-                0x0b | 0x12 => 32,
-                0x0c => 48,
-                0x0d => 64,
-                alg => return Err(bad(&format!("unknown digest algorithm {alg:#x}"))),
-            };
-            i = advance(i + 2, len)?;
-        }
-        let size = u32_at(i)? as usize;
-        i = advance(i + 4, size)?;
-    }
-}
-
-/// Offset of REPORTDATA in a v4 quote (48-byte header + 520 into the TD report body) and the
-/// extra 6-byte body descriptor of v5.
-fn quote_report_data(quote: &[u8]) -> Option<&[u8]> {
-    let version = u16::from_le_bytes(quote.get(0..2)?.try_into().ok()?);
-    let at = match version {
-        4 => 48 + 520,
-        5 => 48 + 6 + 520,
-        _ => return None,
-    };
-    quote.get(at..at + 64)
+    let parsed =
+        crate::formats::eventlog::parse_ccel(ccel).map_err(|e| EvidenceError::Malformed {
+            what: "CCEL",
+            why: e.to_string(),
+        })?;
+    ccel.get(..parsed.log_end)
+        .ok_or_else(|| EvidenceError::Malformed {
+            what: "CCEL",
+            why: "ends past its data".into(),
+        })
 }
 
 /// Encode a quote and a raw CCEL as Trustee's `tdx` evidence, after checking the quote
@@ -97,20 +44,17 @@ pub fn encode(
     ccel: Option<&[u8]>,
     data: &[u8; 64],
 ) -> Result<serde_json::Value, EvidenceError> {
-    match quote_report_data(quote) {
-        Some(rd) if rd == data.as_slice() => {}
-        Some(_) => {
-            return Err(EvidenceError::Mismatch {
-                what: "TDX quote",
-                why: "carries other REPORTDATA than requested".into(),
-            })
-        }
-        None => {
-            return Err(EvidenceError::Malformed {
-                what: "TDX quote",
-                why: "not a v4/v5 quote".into(),
-            })
-        }
+    // The quote parser locates REPORTDATA (v4 and v5 bodies): one place computes the offset.
+    let (parsed, _) =
+        crate::formats::tdx::parse_quote_prefix(quote).map_err(|e| EvidenceError::Malformed {
+            what: "TDX quote",
+            why: e.to_string(),
+        })?;
+    if parsed.body.report_data != *data {
+        return Err(EvidenceError::Mismatch {
+            what: "TDX quote",
+            why: "carries other REPORTDATA than requested".into(),
+        });
     }
     let eventlog = match ccel {
         Some(raw) => {
@@ -272,6 +216,30 @@ mod tests {
         );
     }
 
+    /// The evidence is cut where the parser (`inspect`, the broker-side replay) says the log
+    /// ends: one end rule. A record header with the event type 0xFFFFFFFF ends the log.
+    #[test]
+    fn the_ccel_is_cut_where_the_parser_says_it_ends() {
+        let dir = format!(
+            "{}/../../shared/testdata/tdx/ccel",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        for entry in walk(std::path::Path::new(&dir)) {
+            let raw = std::fs::read(&entry).unwrap();
+            let end = crate::formats::eventlog::parse_ccel(&raw).unwrap().log_end;
+            assert_eq!(trim_ccel(&raw).unwrap().len(), end, "{}", entry.display());
+            let mut odd_end = raw[..end].to_vec();
+            odd_end.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+            odd_end.resize(end + 64, 0xff);
+            assert_eq!(
+                trim_ccel(&odd_end).unwrap().len(),
+                end,
+                "{}",
+                entry.display()
+            );
+        }
+    }
+
     #[test]
     fn malformed_ccel_is_typed() {
         assert!(trim_ccel(&[]).is_err());
@@ -291,7 +259,11 @@ mod tests {
             "tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat",
         ] {
             let quote = testdata(path);
-            let rd: [u8; 64] = quote_report_data(&quote).unwrap().try_into().unwrap();
+            let rd = crate::formats::tdx::parse_quote_prefix(&quote)
+                .unwrap()
+                .0
+                .body
+                .report_data;
             assert!(encode(&quote, None, &rd).is_ok(), "{path}");
             assert!(encode(&quote, None, &[0u8; 64]).is_err(), "{path}");
         }
