@@ -364,70 +364,7 @@ mod boot {
 
         step("e2e: clevis luks bind -d root.img trustee CFG (the real clevis CLI, our pin)");
         let t = Instant::now();
-        let pin_dir = work.join("pin");
-        std::fs::create_dir(&pin_dir)?;
-        for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
-            std::os::unix::fs::symlink(&bin, pin_dir.join(name))?;
-        }
-        let pin_config = work.join("pin-config.toml");
-        std::fs::write(&pin_config, format!("[tpm]\ntcti = \"{tcti}\"\n"))?;
-        let cfg = pin_config_json(&broker.url(), &broker.ca_pem());
-        std::fs::write(work.join("pin.json"), &cfg)?;
-        let path = format!(
-            "{}:{}",
-            pin_dir.display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        );
-        let with_pin = |c: &mut Command| {
-            c.env("PATH", &path)
-                .env("ATTEST_UNLOCK_CONFIG", &pin_config);
-        };
-        let mut bind = Command::new("clevis");
-        bind.args(["luks", "bind", "-y", "-k"])
-            .arg(&key_file)
-            .arg("-d")
-            .arg(&image)
-            .args(["trustee", &cfg]);
-        with_pin(&mut bind);
-        run(&mut bind)?;
-        let dump = capture(Command::new("cryptsetup").arg("luksDump").arg(&image))?;
-        ensure!(
-            dump.contains("clevis") && dump.contains("  1: luks2"),
-            "after clevis luks bind, the header has no clevis token / keyslot 1:\n{dump}"
-        );
-        // The pin's decrypt on the host, through clevis, must give a passphrase keyslot 1
-        // accepts (cryptsetup --test-passphrase needs no device-mapper).
-        let mut pass = Command::new("clevis");
-        pass.args(["luks", "pass", "-d"])
-            .arg(&image)
-            .args(["-s", "1"]);
-        with_pin(&mut pass);
-        let passphrase = pass.output().context("clevis luks pass")?;
-        ensure!(
-            passphrase.status.success(),
-            "clevis luks pass failed: {}",
-            String::from_utf8_lossy(&passphrase.stderr)
-        );
-        let mut test = Command::new("cryptsetup")
-            .args([
-                "open",
-                "--test-passphrase",
-                "--key-slot",
-                "1",
-                "--key-file=-",
-            ])
-            .arg(&image)
-            .stdin(Stdio::piped())
-            .spawn()?;
-        test.stdin
-            .take()
-            .context("cryptsetup stdin")?
-            .write_all(&passphrase.stdout)?;
-        ensure!(
-            test.wait()?.success(),
-            "the passphrase clevis luks pass gave does not open keyslot 1"
-        );
-        drop(passphrase);
+        bind_on_host(&work, &bin, &image, &key_file, &broker, &tcti)?;
         host_tpm.stop();
         let bind_released = broker.released().len();
         ensure!(
@@ -525,6 +462,84 @@ mod boot {
         }
         drop(broker);
         Ok((attested_times, baseline_times))
+    }
+
+    /// `clevis luks bind` of the image with our pin on the host (the real clevis CLI, the
+    /// pin under its clevis names), then `clevis luks pass` must give a passphrase keyslot 1
+    /// accepts.
+    fn bind_on_host(
+        work: &Path,
+        bin: &Path,
+        image: &Path,
+        key_file: &Path,
+        broker: &Broker,
+        tcti: &str,
+    ) -> Result<()> {
+        let pin_dir = work.join("pin");
+        std::fs::create_dir(&pin_dir)?;
+        for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
+            std::os::unix::fs::symlink(bin, pin_dir.join(name))?;
+        }
+        let pin_config = work.join("pin-config.toml");
+        std::fs::write(&pin_config, format!("[tpm]\ntcti = \"{tcti}\"\n"))?;
+        let cfg = pin_config_json(&broker.url(), &broker.ca_pem());
+        std::fs::write(work.join("pin.json"), &cfg)?;
+        let path = format!(
+            "{}:{}",
+            pin_dir.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let with_pin = |c: &mut Command| {
+            c.env("PATH", &path)
+                .env("ATTEST_UNLOCK_CONFIG", &pin_config);
+        };
+        let mut bind = Command::new("clevis");
+        bind.args(["luks", "bind", "-y", "-k"])
+            .arg(key_file)
+            .arg("-d")
+            .arg(image)
+            .args(["trustee", &cfg]);
+        with_pin(&mut bind);
+        run(&mut bind)?;
+        let dump = capture(Command::new("cryptsetup").arg("luksDump").arg(image))?;
+        ensure!(
+            dump.contains("clevis") && dump.contains("  1: luks2"),
+            "after clevis luks bind, the header has no clevis token / keyslot 1:\n{dump}"
+        );
+        // The pin's decrypt on the host, through clevis, must give a passphrase keyslot 1
+        // accepts (cryptsetup --test-passphrase needs no device-mapper).
+        let mut pass = Command::new("clevis");
+        pass.args(["luks", "pass", "-d"])
+            .arg(image)
+            .args(["-s", "1"]);
+        with_pin(&mut pass);
+        let passphrase = pass.output().context("clevis luks pass")?;
+        ensure!(
+            passphrase.status.success(),
+            "clevis luks pass failed: {}",
+            String::from_utf8_lossy(&passphrase.stderr)
+        );
+        let mut test = Command::new("cryptsetup")
+            .args([
+                "open",
+                "--test-passphrase",
+                "--key-slot",
+                "1",
+                "--key-file=-",
+            ])
+            .arg(image)
+            .stdin(Stdio::piped())
+            .spawn()?;
+        test.stdin
+            .take()
+            .context("cryptsetup stdin")?
+            .write_all(&passphrase.stdout)?;
+        ensure!(
+            test.wait()?.success(),
+            "the passphrase clevis luks pass gave does not open keyslot 1"
+        );
+        drop(passphrase);
+        Ok(())
     }
 
     /// The pin config JSON of the bind (the token carries it): the host's URL of the broker

@@ -148,42 +148,7 @@ pub(super) fn first_boot(
         String::from_utf8_lossy(&out.stderr)
     );
 
-    step("e2e first boot: initramfs with upstream 30ignition, clevis and our module");
-    let t = std::time::Instant::now();
-    let ignition = shared_tool("ignition")?;
-    let initrd = work.join("initrd.img");
-    let modules = format!("{DRACUT_MODULES} ignition qemu url-lib");
-    let drivers = format!("{DRACUT_DRIVERS} xfs qemu_fw_cfg");
-    let prepare = |basedir: &Path| -> Result<()> {
-        let module = basedir.join("modules.d/30ignition");
-        // The host may carry its distribution's (older) 30ignition: upstream's replaces it.
-        if module.exists() {
-            std::fs::remove_dir_all(&module)?;
-        }
-        super::super::copy_tree(&tools_dir().join("dracut/30ignition"), &module)?;
-        super::super::copy_file(&ignition, &module.join("ignition"))?;
-        std::fs::write(module.join("ignition-kargs-helper.sh"), KARGS_HELPER)?;
-        Ok(())
-    };
-    build_initramfs(
-        &work,
-        dist,
-        kernel,
-        &initrd,
-        &Flavour {
-            name: "dracut-ignition",
-            modules: &modules,
-            drivers: &drivers,
-            install: CLEVIS,
-            prepare: &prepare,
-        },
-    )?;
-    eprintln!(
-        "e2e: {} ({} MB) ({})",
-        initrd.display(),
-        std::fs::metadata(&initrd)?.len() >> 20,
-        secs(t.elapsed())
-    );
+    let initrd = first_boot_initramfs(&work, dist, kernel)?;
 
     let node = Node {
         work: &work,
@@ -249,6 +214,61 @@ pub(super) fn first_boot(
     )
     .map_err(|e| boot.fail(e, &broker))?;
 
+    denied_first_boot(&node, &broker, firstboot, &next, &kubelet_token)?;
+    Ok(Times { provision, unlock })
+}
+
+/// The one initramfs of these boots: upstream's 30ignition (the binary in it, the
+/// distribution's kargs helper), clevis, our module.
+fn first_boot_initramfs(work: &Path, dist: &Path, kernel: &Kernel) -> Result<PathBuf> {
+    step("e2e first boot: initramfs with upstream 30ignition, clevis and our module");
+    let t = std::time::Instant::now();
+    let ignition = shared_tool("ignition")?;
+    let initrd = work.join("initrd.img");
+    let modules = format!("{DRACUT_MODULES} ignition qemu url-lib");
+    let drivers = format!("{DRACUT_DRIVERS} xfs qemu_fw_cfg");
+    let prepare = |basedir: &Path| -> Result<()> {
+        let module = basedir.join("modules.d/30ignition");
+        // The host may carry its distribution's (older) 30ignition: upstream's replaces it.
+        if module.exists() {
+            std::fs::remove_dir_all(&module)?;
+        }
+        super::super::copy_tree(&tools_dir().join("dracut/30ignition"), &module)?;
+        super::super::copy_file(&ignition, &module.join("ignition"))?;
+        std::fs::write(module.join("ignition-kargs-helper.sh"), KARGS_HELPER)?;
+        Ok(())
+    };
+    build_initramfs(
+        work,
+        dist,
+        kernel,
+        &initrd,
+        &Flavour {
+            name: "dracut-ignition",
+            modules: &modules,
+            drivers: &drivers,
+            install: CLEVIS,
+            prepare: &prepare,
+        },
+    )?;
+    eprintln!(
+        "e2e: {} ({} MB) ({})",
+        initrd.display(),
+        std::fs::metadata(&initrd)?.len() >> 20,
+        secs(t.elapsed())
+    );
+    Ok(initrd)
+}
+
+/// A first boot that is denied leaves no bound disk, and the next boot of that disk stops at
+/// the token with nothing released.
+fn denied_first_boot(
+    node: &Node<'_>,
+    broker: &Broker,
+    firstboot: &str,
+    next: &dyn Fn(&str) -> String,
+    kubelet_token: &str,
+) -> Result<()> {
     step("e2e first boot: a first boot the broker denies leaves no bound disk");
     // The same node (uuid) reinstalled with another vTPM: the registration refuses the new AK
     // (trust on first use), so the pin gets no key and `clevis luks bind` fails.
@@ -257,8 +277,8 @@ pub(super) fn first_boot(
     let denied_first = format!("{firstboot} rd.attest_unlock.retry.max_rounds=1");
     let boot = node.boot("first-4-denied", &disk, "tpm-c", &denied_first)?;
     let released = broker.released().split_off(before);
-    check_first_boot_denied(&boot, &released, &broker.log()).map_err(|e| boot.fail(e, &broker))?;
-    let header = read_header(&disk, &work.join("header-4.img"))?;
+    check_first_boot_denied(&boot, &released, &broker.log()).map_err(|e| boot.fail(e, broker))?;
+    let header = read_header(&disk, &node.work.join("header-4.img"))?;
     check_unbound_header(&header)?;
     let uuid = capture(Command::new("cryptsetup").arg("luksUUID").arg(&header))?;
     let boot = node.boot("first-5-after-denied", &disk, "tpm-c", &next(&uuid))?;
@@ -267,17 +287,17 @@ pub(super) fn first_boot(
         &boot,
         "after a denied first boot",
         "luks",
-        &kubelet_token,
+        kubelet_token,
         &released,
         &broker.log(),
         None,
     )
-    .map_err(|e| boot.fail(e, &broker))?;
+    .map_err(|e| boot.fail(e, broker))?;
     ensure!(
         boot.has("no clevis trustee token"),
         "after a denied first boot: the agent should say the header has no trustee token"
     );
-    Ok(Times { provision, unlock })
+    Ok(())
 }
 
 impl Example {
