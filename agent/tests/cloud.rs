@@ -39,13 +39,7 @@ use test_kbs::{AzurePolicy, Broker, BrokerConfig, GcePolicy, SnpPolicy, TdxPolic
 const DISK: &str = "default/node1/root";
 const KUBELET: &str = "default/node1/kubelet";
 
-fn testdata(path: &str) -> Vec<u8> {
-    let full = format!(
-        "{}/../../shared/testdata/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-}
+use test_kbs::testdata;
 
 /// What the fake platform holds besides the TPM.
 enum Hw {

@@ -35,13 +35,7 @@ const OVMF_RTMRS: [&str; 3] = [
     "94eaf7a7bf398ed8d888c91057ae0261802e4f3df084213a76ca7f0b5055ac9d2241de43cd58d9e8b49c503bbf25f34a",
 ];
 
-fn testdata(path: &str) -> Vec<u8> {
-    let full = format!(
-        "{}/../../shared/testdata/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-}
+use test_kbs::testdata;
 
 /// The simulated platform behind the fake tree.
 enum Hw {

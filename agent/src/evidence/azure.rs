@@ -413,7 +413,7 @@ pub fn encode(
 mod tests {
     use super::*;
 
-    use crate::evidence::testdata;
+    use test_kbs::testdata;
 
     #[test]
     fn real_hcl_reports_yield_their_ak() {

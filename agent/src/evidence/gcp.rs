@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn der_prefix_cuts_the_padding_of_the_real_gce_certificate() {
-        let cert = crate::evidence::testdata("tpm/quote/gce-cos-85-nonce9009/ak_cert.der");
+        let cert = test_kbs::testdata("tpm/quote/gce-cos-85-nonce9009/ak_cert.der");
         let mut padded = cert.clone();
         padded.extend_from_slice(&[0; 700]);
         assert_eq!(der_prefix(&padded).unwrap(), cert.as_slice());

@@ -491,17 +491,6 @@ pub fn detect_with(
 const ENODEV: i32 = 19;
 const ENXIO: i32 = 6;
 
-/// A file of `../shared/testdata` (beside the repository, in CI as here).
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-pub(crate) fn testdata(path: &str) -> Vec<u8> {
-    std::fs::read(format!(
-        "{}/../../shared/testdata/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-}
-
 /// Join an absolute path under `root`.
 pub fn rooted(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
@@ -588,7 +577,9 @@ pub fn source_for(detected: &Detected, config: &Config, root: &Path) -> Box<dyn 
         }
         Platform::Snp => {
             let backend = match detected.snp_backend {
-                Some(SnpBackendKind::SevGuest) => snp::SnpBackend::SevGuest,
+                Some(SnpBackendKind::SevGuest) => {
+                    snp::SnpBackend::SevGuest(rooted_path(root, &config.tee.sev_guest))
+                }
                 _ => snp::SnpBackend::Tsm(rooted_path(root, &config.tee.tsm_root)),
             };
             Box::new(snp::SnpSource::new(backend, config.tee.vmpl))

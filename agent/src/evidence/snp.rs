@@ -5,7 +5,7 @@
 //! `/dev/sev-guest` extended-report ioctl through the `sev` crate. Its REPORT_DATA is the
 //! 48-byte binding digest zero-padded to 64 bytes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kbs_types::Tee;
 use sev::firmware::guest::AttestationReport;
@@ -21,9 +21,12 @@ use crate::hw::tsm;
 pub enum SnpBackend {
     /// configfs-tsm, at this report directory.
     Tsm(PathBuf),
-    /// The `/dev/sev-guest` ioctl.
-    SevGuest,
+    /// The `/dev/sev-guest` ioctl, with the device detection found (under `--root`).
+    SevGuest(PathBuf),
 }
+
+/// The device the sev crate's guest firmware handle opens.
+const SEV_GUEST: &str = "/dev/sev-guest";
 
 /// Evidence from an SEV-SNP guest.
 pub struct SnpSource {
@@ -59,11 +62,19 @@ impl SnpSource {
                 };
                 Ok((r.outblob, certs))
             }
-            SnpBackend::SevGuest => {
+            SnpBackend::SevGuest(device) => {
+                // The sev crate opens /dev/sev-guest by that name only: a device found
+                // elsewhere (a test root, a configured path) cannot be reached through it.
+                if device != Path::new(SEV_GUEST) {
+                    return Err(EvidenceError::Unavailable(format!(
+                        "{}: the sev-guest ioctl (kernels before 6.7) goes through {SEV_GUEST} only; use configfs-tsm",
+                        device.display()
+                    )));
+                }
                 let mut fw = sev::firmware::guest::Firmware::open().map_err(|source| {
                     EvidenceError::Device {
                         action: "open",
-                        path: PathBuf::from("/dev/sev-guest"),
+                        path: PathBuf::from(SEV_GUEST),
                         source,
                     }
                 })?;
@@ -178,7 +189,7 @@ impl EvidenceSource for SnpSource {
 mod tests {
     use super::*;
 
-    use crate::evidence::testdata;
+    use test_kbs::testdata;
 
     #[test]
     fn real_reports_round_trip_through_the_serde_form() {
@@ -200,6 +211,21 @@ mod tests {
                 "{path}: other report data"
             );
         }
+    }
+
+    /// Detection found the sev-guest device under the test root (`--root`); the sev crate can
+    /// open only the host's `/dev/sev-guest`, so the source says so instead of asking the
+    /// host's device for a report.
+    #[test]
+    fn a_sev_guest_device_under_another_root_is_not_the_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("dev/sev-guest");
+        let mut source = SnpSource::new(SnpBackend::SevGuest(device.clone()), 0);
+        let e = source.raw(&[0; 64]).unwrap_err().to_string();
+        assert!(
+            e.contains(&device.display().to_string()) && e.contains("/dev/sev-guest"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<Recorded
 mod tests {
     use super::*;
 
-    use crate::evidence::testdata;
+    use test_kbs::testdata;
 
     #[test]
     fn real_ccels_trim_to_their_events() {

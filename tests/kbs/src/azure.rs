@@ -331,13 +331,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    fn testdata(path: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/../../../shared/testdata/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
+    use crate::testdata;
 
     fn json(path: &str) -> Value {
         serde_json::from_slice(&testdata(path)).unwrap()

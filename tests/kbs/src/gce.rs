@@ -111,11 +111,7 @@ mod tests {
     const SET: &str = "tpm/quote/gce-cos-85-nonce9009";
 
     fn testdata(path: &str) -> Vec<u8> {
-        let full = format!(
-            "{}/../../../shared/testdata/{SET}/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+        crate::testdata(&format!("{SET}/{path}"))
     }
 
     /// The real GCE set in the agent's `tpm` evidence shape: the AK as SPKI (from its

@@ -174,3 +174,15 @@ pub fn https_client(ca_pem: &str) -> anyhow::Result<ureq::Agent> {
         .build()
         .new_agent())
 }
+
+/// A file of `../shared/testdata/` (real artefacts from public projects; its PROVENANCE.md
+/// says what each must parse to) by its path there. The one helper every test uses; panics
+/// naming the file when it cannot be read (tests only).
+#[allow(clippy::panic)]
+pub fn testdata(path: &str) -> Vec<u8> {
+    let full = format!(
+        "{}/../../../shared/testdata/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}

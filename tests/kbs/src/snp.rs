@@ -484,13 +484,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
     use x509_cert::der::Encode;
 
-    fn testdata(path: &str) -> Vec<u8> {
-        let full = format!(
-            "{}/../../../shared/testdata/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-    }
+    use crate::testdata;
 
     fn der(path: &str) -> Vec<u8> {
         let bytes = testdata(path);

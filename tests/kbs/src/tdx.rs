@@ -559,13 +559,7 @@ mod tests {
     use crate::sim::{TdxQuoteParams, TdxSigner};
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn testdata(path: &str) -> Vec<u8> {
-        let full = format!(
-            "{}/../../../shared/testdata/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-    }
+    use crate::testdata;
 
     fn date(y: i32, m: u8, d: u8) -> SystemTime {
         let secs = rcgen::date_time_ymd(y, m, d).unix_timestamp();
