@@ -478,7 +478,8 @@ fn run_files_do_not_follow_symlinks() {
         run.stderr
     );
     // On a persistent filesystem (the build tree), refused too.
-    let persistent = std::env::temp_dir().join(format!("attest-unlock-report-{}", rand_hex()));
+    let dir = persistent_dir();
+    let persistent = dir.path().join("failure");
     let run = collect(
         Command::new(agent_bin())
             .args(["unlock", "--kernel-cmdline", "/dev/null", "--config"])
@@ -487,19 +488,10 @@ fn run_files_do_not_follow_symlinks() {
             .arg(&persistent),
     );
     assert!(!run.status.success());
-    let on_tmpfs = Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(std::env::temp_dir())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "tmpfs")
-        .unwrap_or(false);
-    if !on_tmpfs {
-        assert!(
-            !persistent.exists(),
-            "report written to a persistent filesystem"
-        );
-    }
-    let _ = std::fs::remove_file(&persistent);
+    assert!(
+        !persistent.exists(),
+        "report written to a persistent filesystem"
+    );
 }
 
 // ---- delivery ----

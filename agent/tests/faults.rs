@@ -623,7 +623,7 @@ fn secret_destination_parent_is_a_file() {
 fn secret_destination_on_persistent_filesystem() {
     let w = World::new();
     let b = w.broker(Faults::default());
-    let persistent = tempfile::tempdir_in("/tmp").unwrap();
+    let persistent = persistent_dir();
     let mut c = w.agent_config(&b);
     c.secrets = vec![(KUBELET.to_owned(), persistent.path().join("kubelet"))];
     let v = w.fails(&c, &[], want("deliver", "stage", 1));

@@ -269,6 +269,26 @@ pub(crate) fn secret_dir() -> tempfile::TempDir {
     tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs) is needed for secret destinations")
 }
 
+/// A directory on a persistent (not tmpfs/ramfs) filesystem, for the refusals of persistent
+/// destinations: under the build tree's `target/`, which is on disk; fails (never skips) when
+/// it is not, since the assertion would then prove nothing.
+pub(crate) fn persistent_dir() -> tempfile::TempDir {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/persistent-tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    let fs = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&base)
+        .output()
+        .unwrap();
+    let fs = String::from_utf8_lossy(&fs.stdout).trim().to_owned();
+    assert!(
+        fs != "tmpfs" && fs != "ramfs",
+        "{} is on {fs}: the persistent-destination tests need the build tree on a disk",
+        base.display()
+    );
+    tempfile::tempdir_in(&base).unwrap()
+}
+
 /// The disk key in the trusted-execution-clusters operator's format, and the passphrase
 /// (the bytes of its `key` string) that the LUKS keyslot holds.
 pub(crate) fn operator_disk_key() -> (Vec<u8>, Vec<u8>) {
