@@ -21,7 +21,7 @@
 use crate::formats::HashAlg;
 
 /// The first line of the event, naming its format.
-pub const EVENT_TAG: &str = "attest-unlock:trust-anchors:v1";
+pub(crate) const EVENT_TAG: &str = "attest-unlock:trust-anchors:v1";
 
 /// The event that names this run's trust anchors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +89,7 @@ impl TrustAnchors {
 
 /// `H(0^n || H(event))`: a register of algorithm `alg` after one extend with `event` from
 /// its reset value (`None` for an algorithm this build cannot compute).
-pub fn extended_once(alg: HashAlg, event: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn extended_once(alg: HashAlg, event: &[u8]) -> Option<Vec<u8>> {
     let size = alg.digest_size()?;
     let mut input = vec![0u8; size];
     input.extend(alg.hash(event)?);

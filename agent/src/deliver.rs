@@ -54,7 +54,7 @@ pub enum DeliverError {
 }
 
 /// One secret to write.
-pub struct Item<'a> {
+pub(crate) struct Item<'a> {
     /// Destination path.
     pub path: &'a Path,
     /// File mode.
@@ -65,7 +65,7 @@ pub struct Item<'a> {
 
 /// Secrets written to temporary files, not yet visible at their destinations.
 #[derive(Debug, Default)]
-pub struct Staged {
+pub(crate) struct Staged {
     files: Vec<(PathBuf, PathBuf)>,
     /// Directories created for destinations, outermost first; removed again (when empty) if
     /// the run fails, so a failed run leaves nothing at all.
@@ -78,7 +78,7 @@ fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> DeliverEr
 }
 
 /// Stage every item; on any failure, remove what was staged and return the error.
-pub fn stage(items: &[Item<'_>], allow_persistent: bool) -> Result<Staged, DeliverError> {
+pub(crate) fn stage(items: &[Item<'_>], allow_persistent: bool) -> Result<Staged, DeliverError> {
     let mut staged = Staged::default();
     for item in items {
         match stage_one(item, allow_persistent, &mut staged.dirs) {
@@ -178,7 +178,7 @@ fn check_volatile(dir: &Path, path: &Path, allow_persistent: bool) -> Result<(),
 /// measurement log): the directory is created 0700 if missing, must be on tmpfs (unless
 /// `allow_persistent`), and a symlink at `path` is refused (`O_NOFOLLOW`), so a planted link
 /// cannot make the agent write through it. `append` appends; otherwise the file is replaced.
-pub fn write_run_file(
+pub(crate) fn write_run_file(
     path: &Path,
     bytes: &[u8],
     append: bool,
@@ -209,7 +209,7 @@ pub fn write_run_file(
 /// Stop requests held between staging and delivery. While held, SIGTERM, SIGINT and SIGHUP
 /// stay pending instead of killing the process; [`HeldSignals::pending`] reports one, and
 /// dropping the guard restores the mask (a signal not consumed is then delivered as usual).
-pub struct HeldSignals {
+pub(crate) struct HeldSignals {
     mask: nix::sys::signal::SigSet,
     fd: Option<nix::sys::signalfd::SignalFd>,
 }
@@ -217,7 +217,7 @@ pub struct HeldSignals {
 impl HeldSignals {
     /// Start holding the stop signals. Best effort: where the mask cannot be set, signals act
     /// as before and the next run removes a staging file a kill left.
-    pub fn hold() -> HeldSignals {
+    pub(crate) fn hold() -> HeldSignals {
         use nix::sys::signal::{SigSet, Signal};
         use nix::sys::signalfd::{SfdFlags, SignalFd};
         let mut mask = SigSet::empty();
@@ -237,7 +237,7 @@ impl HeldSignals {
     }
 
     /// A stop signal that arrived while held (consumed), by name.
-    pub fn pending(&self) -> Option<String> {
+    pub(crate) fn pending(&self) -> Option<String> {
         let info = self.fd.as_ref()?.read_signal().ok()??;
         let name = i32::try_from(info.ssi_signo)
             .ok()
@@ -310,7 +310,7 @@ fn stage_one(
 impl Staged {
     /// Move every staged file into place and sync the directories. If one cannot be moved,
     /// the ones already moved are removed again: a failed delivery leaves no secret.
-    pub fn commit(mut self) -> Result<(), DeliverError> {
+    pub(crate) fn commit(mut self) -> Result<(), DeliverError> {
         let files = std::mem::take(&mut self.files);
         for (i, (tmp, dest)) in files.iter().enumerate() {
             if let Err(source) = std::fs::rename(tmp, dest) {
@@ -338,7 +338,7 @@ impl Staged {
 
     /// Remove every staged file, then every directory made for them (innermost first; only
     /// while empty).
-    pub fn abort(&mut self) {
+    pub(crate) fn abort(&mut self) {
         for (tmp, _) in self.files.drain(..) {
             let _ = std::fs::remove_file(tmp);
         }

@@ -5,22 +5,22 @@
 //! JWE, unlock the LUKS2 volume and deliver the secrets; on any failure, unlock nothing and
 //! write nothing. See ARCHITECTURE.md for the code map and the invariants.
 
-pub mod anchors;
-pub mod class;
+pub(crate) mod anchors;
+pub(crate) mod class;
 pub mod clevis;
 pub mod cli;
 pub mod config;
-pub mod deliver;
+pub(crate) mod deliver;
 pub mod docs;
 pub mod error;
 pub mod evidence;
 pub mod flow;
 pub mod formats;
-pub mod hw;
+pub(crate) mod hw;
 pub mod inspect;
 pub mod kbs;
-pub mod luks;
-pub mod net;
+pub(crate) mod luks;
+pub(crate) mod net;
 pub mod pin;
 pub mod text;
 pub mod verdict;

@@ -51,14 +51,14 @@ pub enum ImdsError {
 }
 
 /// A client for one IMDS base URL.
-pub struct Imds {
+pub(crate) struct Imds {
     agent: ureq::Agent,
     base: String,
 }
 
 impl Imds {
     /// A client for `base_url` (`http://169.254.169.254` on Azure).
-    pub fn new(base_url: &str, timeouts: &Timeouts) -> Imds {
+    pub(crate) fn new(base_url: &str, timeouts: &Timeouts) -> Imds {
         let agent = crate::net::agent(ureq::tls::TlsConfig::default(), false, timeouts);
         Imds {
             agent,
@@ -67,7 +67,7 @@ impl Imds {
     }
 
     /// `GET base + path` with the `Metadata: true` header IMDS requires.
-    pub fn get(&self, path: &str) -> Result<Vec<u8>, ImdsError> {
+    pub(crate) fn get(&self, path: &str) -> Result<Vec<u8>, ImdsError> {
         let url = format!("{}{path}", self.base);
         self.with_retries(&url, || {
             self.agent.get(&url).header("Metadata", "true").call()
@@ -75,7 +75,7 @@ impl Imds {
     }
 
     /// `POST base + path` with a JSON body.
-    pub fn post_json(&self, path: &str, body: &str) -> Result<Vec<u8>, ImdsError> {
+    pub(crate) fn post_json(&self, path: &str, body: &str) -> Result<Vec<u8>, ImdsError> {
         let url = format!("{}{path}", self.base);
         self.with_retries(&url, || {
             self.agent

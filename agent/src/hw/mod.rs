@@ -9,7 +9,7 @@
 //! | [`tsm`] | configfs-tsm reports (SNP, TDX) |
 //! | [`imds`] | Azure IMDS: VCEK (THIM) and TD quotes |
 
-pub mod imds;
-pub mod nv;
-pub mod tpm;
-pub mod tsm;
+pub(crate) mod imds;
+pub(crate) mod nv;
+pub(crate) mod tpm;
+pub(crate) mod tsm;

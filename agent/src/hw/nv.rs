@@ -16,17 +16,15 @@ use tss_esapi::structures::{CapabilityData, MaxNvBuffer, NvPublic, NvPublicBuild
 use super::tpm::{cmd, Tpm, TpmError};
 
 /// Azure: the HCL report (SNP report or TDREPORT plus the runtime claims).
-pub const AZURE_HCL_REPORT: u32 = 0x0140_0001;
+pub(crate) const AZURE_HCL_REPORT: u32 = 0x0140_0001;
 /// Azure: the user data the HCL puts into the next report's runtime claims.
-pub const AZURE_USER_DATA: u32 = 0x0140_0002;
+pub(crate) const AZURE_USER_DATA: u32 = 0x0140_0002;
 /// GCE: the RSA AK certificate (DER).
-pub const GCE_AK_CERT_RSA: u32 = 0x01c1_0000;
+pub(crate) const GCE_AK_CERT_RSA: u32 = 0x01c1_0000;
 /// GCE: the RSA AK template (a marshalled `TPMT_PUBLIC`).
-pub const GCE_AK_TEMPLATE_RSA: u32 = 0x01c1_0001;
-/// GCE: the ECC AK certificate (DER).
-pub const GCE_AK_CERT_ECC: u32 = 0x01c1_0002;
+pub(crate) const GCE_AK_TEMPLATE_RSA: u32 = 0x01c1_0001;
 /// GCE: the ECC AK template.
-pub const GCE_AK_TEMPLATE_ECC: u32 = 0x01c1_0003;
+pub(crate) const GCE_AK_TEMPLATE_ECC: u32 = 0x01c1_0003;
 
 /// The largest NV index read. TPMs cap an index at `TPM2_PT_NV_INDEX_MAX` (2 KiB on swtpm,
 /// a few KiB on the cloud vTPMs); this only bounds what a broken TPM could make us allocate.
@@ -44,7 +42,7 @@ fn nv_handle(index: u32) -> Result<NvIndexTpmHandle, TpmError> {
 impl Tpm {
     /// Whether the NV index `index` is defined (`TPM2_GetCapability` of the NV handles, so a
     /// missing index is an answer, not an error).
-    pub fn nv_defined(&mut self, index: u32) -> Result<bool, TpmError> {
+    pub(crate) fn nv_defined(&mut self, index: u32) -> Result<bool, TpmError> {
         let (data, _) = self
             .ctx
             .execute_without_session(|ctx| ctx.get_capability(CapabilityType::Handles, index, 1))
@@ -59,7 +57,7 @@ impl Tpm {
 
     /// The whole content of NV index `index`, read with the owner's authorization when the
     /// index allows it, else with the index's own (both empty on cloud vTPMs).
-    pub fn nv_read(&mut self, index: u32) -> Result<Vec<u8>, TpmError> {
+    pub(crate) fn nv_read(&mut self, index: u32) -> Result<Vec<u8>, TpmError> {
         let (handle, public) = self.nv_open(index)?;
         let result = self.nv_read_open(handle, &public);
         self.nv_close(handle);
@@ -69,7 +67,7 @@ impl Tpm {
     /// Write `data` at offset 0 of NV index `index` with the owner's authorization, defining
     /// the index first (owner read/write, `data.len()` bytes) when it does not exist, as
     /// Azure's own tooling does for the HCL user-data index.
-    pub fn nv_write(&mut self, index: u32, data: &[u8]) -> Result<(), TpmError> {
+    pub(crate) fn nv_write(&mut self, index: u32, data: &[u8]) -> Result<(), TpmError> {
         let tpm_handle = nv_handle(index)?;
         let handle = if self.nv_defined(index)? {
             self.nv_open(index)?.0

@@ -75,7 +75,7 @@ pub(super) fn cmd(op: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError
 }
 
 /// The values of SHA-256 PCRs 0-23, as read right after a quote.
-pub type PcrValues = [[u8; 32]; 24];
+pub(crate) type PcrValues = [[u8; 32]; 24];
 
 /// A quote and the values it covers.
 pub struct Quote {
@@ -88,7 +88,7 @@ pub struct Quote {
 }
 
 /// The AK's public key.
-pub struct AkPublic {
+pub(crate) struct AkPublic {
     /// DER SubjectPublicKeyInfo.
     pub spki_der: Vec<u8>,
     /// The same as PEM.
@@ -96,13 +96,13 @@ pub struct AkPublic {
 }
 
 /// An open TPM.
-pub struct Tpm {
+pub(crate) struct Tpm {
     pub(super) ctx: Context,
 }
 
 /// Which attestation key to quote with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AkSource {
+pub(crate) enum AkSource {
     /// The primary key our fixed template derives from the endorsement seed.
     Derived,
     /// A key already made persistent at this handle (Azure's `0x81000003`, or one an operator
@@ -116,7 +116,7 @@ pub enum AkSource {
 
 impl AkSource {
     /// The AK named by `tpm.ak_handle`: persistent when set, derived otherwise.
-    pub fn from_handle(handle: Option<u32>) -> AkSource {
+    pub(crate) fn from_handle(handle: Option<u32>) -> AkSource {
         handle.map_or(AkSource::Derived, AkSource::Persistent)
     }
 }
@@ -196,7 +196,7 @@ struct Ak {
 
 impl Tpm {
     /// Open the TPM named by a TCTI string.
-    pub fn open(tcti: &str) -> Result<Tpm, TpmError> {
+    pub(crate) fn open(tcti: &str) -> Result<Tpm, TpmError> {
         let conf = TctiNameConf::from_str(tcti).map_err(|source| TpmError::Tcti {
             tcti: tcti.to_owned(),
             source,
@@ -278,12 +278,12 @@ impl Tpm {
     }
 
     /// The AK's public key (`tpm.ak_handle`: persistent when set, derived otherwise).
-    pub fn ak_public(&mut self, persistent: Option<u32>) -> Result<AkPublic, TpmError> {
+    pub(crate) fn ak_public(&mut self, persistent: Option<u32>) -> Result<AkPublic, TpmError> {
         self.ak_public_of(&AkSource::from_handle(persistent))
     }
 
     /// The public key of the AK from `source`.
-    pub fn ak_public_of(&mut self, source: &AkSource) -> Result<AkPublic, TpmError> {
+    pub(crate) fn ak_public_of(&mut self, source: &AkSource) -> Result<AkPublic, TpmError> {
         let ak = self.load_ak(source)?;
         let public = spki(&ak.public);
         self.release(ak)?;
@@ -295,7 +295,7 @@ impl Tpm {
     /// The values are read after the quote and checked against the quote's PCR digest; if a
     /// PCR was extended in between, the quote is taken again, so the evidence is always
     /// self-consistent (a broker would reject it otherwise, with a generic error).
-    pub fn quote(
+    pub(crate) fn quote(
         &mut self,
         persistent: Option<u32>,
         qualifying_data: &[u8],
@@ -304,7 +304,7 @@ impl Tpm {
     }
 
     /// Like [`Tpm::quote`], with the AK from `source`.
-    pub fn quote_by(
+    pub(crate) fn quote_by(
         &mut self,
         source: &AkSource,
         qualifying_data: &[u8],
@@ -370,7 +370,11 @@ impl Tpm {
     /// digest in its own algorithm, as a measured-boot event would), so no bank a verifier
     /// may read is left holding a pre-release value. Returns the banks extended. An active
     /// bank whose algorithm this build cannot compute is an error, not a bank left behind.
-    pub fn extend_all_banks(&mut self, pcr: u32, event: &[u8]) -> Result<Vec<HashAlg>, TpmError> {
+    pub(crate) fn extend_all_banks(
+        &mut self,
+        pcr: u32,
+        event: &[u8],
+    ) -> Result<Vec<HashAlg>, TpmError> {
         let handle = PcrHandle::try_from(pcr)
             .map_err(|_| TpmError::Unexpected(format!("has no PCR {pcr}")))?;
         let banks = self.active_banks()?;
@@ -396,7 +400,7 @@ impl Tpm {
     }
 
     /// The hash algorithms of the PCR banks that have PCRs allocated.
-    pub fn active_banks(&mut self) -> Result<Vec<HashingAlgorithm>, TpmError> {
+    pub(crate) fn active_banks(&mut self) -> Result<Vec<HashingAlgorithm>, TpmError> {
         let (data, _) = self
             .ctx
             .get_capability(CapabilityType::AssignedPcr, 0, 16)
@@ -415,18 +419,13 @@ impl Tpm {
     }
 
     /// The SHA-256 value of one PCR.
-    pub fn pcr_sha256(&mut self, pcr: u32) -> Result<[u8; 32], TpmError> {
+    pub(crate) fn pcr_sha256(&mut self, pcr: u32) -> Result<[u8; 32], TpmError> {
         let pcrs = self.read_pcrs()?;
         usize::try_from(pcr)
             .ok()
             .and_then(|i| pcrs.get(i))
             .copied()
             .ok_or_else(|| TpmError::Unexpected(format!("has no PCR {pcr}")))
-    }
-
-    /// The current SHA-256 PCR values.
-    pub fn pcrs(&mut self) -> Result<PcrValues, TpmError> {
-        self.read_pcrs()
     }
 
     fn read_pcrs(&mut self) -> Result<PcrValues, TpmError> {
@@ -454,7 +453,7 @@ impl Tpm {
 }
 
 /// SHA-256 over the concatenated PCR values: what TPMS_QUOTE_INFO.pcrDigest holds.
-pub fn pcr_digest(pcrs: &PcrValues) -> [u8; 32] {
+pub(crate) fn pcr_digest(pcrs: &PcrValues) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in pcrs {

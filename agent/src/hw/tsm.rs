@@ -55,9 +55,7 @@ pub enum TsmError {
 
 /// A report as the kernel returned it.
 #[derive(Debug, Clone)]
-pub struct TsmReport {
-    /// `sev_guest` or `tdx_guest`.
-    pub provider: String,
+pub(crate) struct TsmReport {
     /// The report (SNP) or quote (TDX).
     pub outblob: Vec<u8>,
     /// The SNP certificate table, when the host provides one.
@@ -138,14 +136,14 @@ fn new_entry(root: &Path) -> Result<Entry, TsmError> {
 }
 
 /// The provider behind this configfs-tsm tree, read from a scratch entry.
-pub fn provider(root: &Path) -> Result<String, TsmError> {
+pub(crate) fn provider(root: &Path) -> Result<String, TsmError> {
     let entry = new_entry(root)?;
     read_small(&entry.0.join("provider"))
 }
 
 /// Get a report for `report_data` from `expected_provider`, at `privlevel` (SNP VMPL) when
 /// given.
-pub fn report(
+pub(crate) fn report(
     root: &Path,
     expected_provider: &str,
     report_data: &[u8; 64],
@@ -186,9 +184,5 @@ pub fn report(
             found: generation,
         });
     }
-    Ok(TsmReport {
-        provider,
-        outblob,
-        auxblob,
-    })
+    Ok(TsmReport { outblob, auxblob })
 }

@@ -73,7 +73,7 @@ pub trait Volume {
 
 /// How to run cryptsetup.
 #[derive(Debug, Clone)]
-pub struct Cryptsetup {
+pub(crate) struct Cryptsetup {
     binary: PathBuf,
 }
 
@@ -90,9 +90,10 @@ const EXIT_NO_PERMISSION: i32 = 2;
 /// cryptsetup's exit code for "device does not exist or access denied".
 const EXIT_WRONG_DEVICE: i32 = 4;
 
+#[cfg(test)]
 impl Cryptsetup {
-    /// Use a specific cryptsetup binary.
-    pub fn with_binary(binary: PathBuf) -> Cryptsetup {
+    /// Use a specific cryptsetup binary (a spy in the unit tests).
+    fn with_binary(binary: PathBuf) -> Cryptsetup {
         Cryptsetup { binary }
     }
 }
@@ -231,7 +232,7 @@ impl Cryptsetup {
 
 /// Wait for a device node to appear (udev creates `/dev/disk/by-uuid/...` links some time
 /// after the disk is probed). Polls at a short interval; returns at once when it exists.
-pub fn wait_for_device(device: &Path, timeout: Duration) -> Result<(), LuksError> {
+pub(crate) fn wait_for_device(device: &Path, timeout: Duration) -> Result<(), LuksError> {
     let deadline = Instant::now() + timeout;
     let mut logged = false;
     while !device.exists() {
