@@ -85,6 +85,16 @@ impl Pin {
         c
     }
 
+    /// The loopback registration servers speak plain HTTP: opt in from the (measured) file.
+    fn allow_http(&self) {
+        let text = std::fs::read_to_string(&self.config_file).unwrap();
+        std::fs::write(
+            &self.config_file,
+            format!("insecure_allow_http = true\n{text}"),
+        )
+        .unwrap();
+    }
+
     /// `clevis encrypt trustee` of a secret with AK registration at `url` (uuid node-uuid-1).
     fn encrypt_registering(&self, url: &str) -> std::process::Output {
         let mut config: serde_json::Value = serde_json::from_str(&self.config()).unwrap();
@@ -407,13 +417,7 @@ fn pin_path_is_validated_before_any_contact() {
 #[test]
 fn encrypt_registers_the_ak_first() {
     let pin = Pin::new();
-    // The loopback registration server speaks plain HTTP: opt in from the (measured) file.
-    let text = std::fs::read_to_string(&pin.config_file).unwrap();
-    std::fs::write(
-        &pin.config_file,
-        format!("insecure_allow_http = true\n{text}"),
-    )
-    .unwrap();
+    pin.allow_http();
     let (url, server) = registration_server();
     let out = pin.encrypt_registering(&url);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -445,12 +449,7 @@ fn encrypt_registers_the_ak_first() {
 #[test]
 fn refused_registration_is_a_denial() {
     let pin = Pin::new();
-    let text = std::fs::read_to_string(&pin.config_file).unwrap();
-    std::fs::write(
-        &pin.config_file,
-        format!("insecure_allow_http = true\n{text}"),
-    )
-    .unwrap();
+    pin.allow_http();
     let (url, server) =
         registration_server_answering("409 Conflict", "node already registered with another AK");
     let out = pin.encrypt_registering(&url);
