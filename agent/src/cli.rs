@@ -128,10 +128,12 @@ impl Cli {
                 config_required: true,
                 cmdline_path: self.kernel_cmdline.clone(),
                 set: self.set.clone(),
+                root: self.root.clone(),
             },
             None => config::Host {
                 cmdline_path: self.kernel_cmdline.clone(),
                 set: self.set.clone(),
+                root: self.root.clone(),
                 ..config::Host::default()
             },
         }

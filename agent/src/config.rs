@@ -823,6 +823,9 @@ pub struct Host {
     pub cmdline_path: PathBuf,
     /// `--set KEY=VALUE` overrides.
     pub set: Vec<String>,
+    /// Where device and firmware paths are looked up (`--root`, `$ATTEST_UNLOCK_ROOT` for the
+    /// pin): `/`, or a test root.
+    pub root: PathBuf,
 }
 
 impl Default for Host {
@@ -832,6 +835,7 @@ impl Default for Host {
             config_required: false,
             cmdline_path: PathBuf::from("/proc/cmdline"),
             set: Vec::new(),
+            root: PathBuf::from("/"),
         }
     }
 }

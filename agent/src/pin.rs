@@ -28,23 +28,31 @@ pub const CONFIG_ENV: &str = "ATTEST_UNLOCK_CONFIG";
 /// Largest stdin we accept (a LUKS passphrase or a JWE of one).
 const MAX_INPUT: u64 = 1 << 20;
 
+/// The environment variable naming the root device and firmware paths are looked up under
+/// (what `--root` is for the CLI; tests point it at a fake system).
+pub const ROOT_ENV: &str = "ATTEST_UNLOCK_ROOT";
+
 /// The pin's host: the config file from `$ATTEST_UNLOCK_CONFIG` (required when set) or the
-/// default path, and `/proc/cmdline`.
+/// default path, `/proc/cmdline`, and the root from `$ATTEST_UNLOCK_ROOT` (default `/`).
 fn host() -> Host {
-    match std::env::var_os(CONFIG_ENV) {
+    let mut host = match std::env::var_os(CONFIG_ENV) {
         Some(p) => Host {
             config_path: PathBuf::from(p),
             config_required: true,
             ..Host::default()
         },
         None => Host::default(),
+    };
+    if let Some(root) = std::env::var_os(ROOT_ENV) {
+        host.root = PathBuf::from(root);
     }
+    host
 }
 
 /// The config for a pin config: the measured layers, with the pin config as the LUKS2-token
 /// layer (its servers used only when no measured layer names a broker).
-fn resolve(pin: &PinConfig) -> Result<Config, Error> {
-    let mut layers = host().layers()?;
+fn resolve(host: &Host, pin: &PinConfig) -> Result<Config, Error> {
+    let mut layers = host.layers()?;
     pin.add_to(&mut layers, crate::config::system_ca_bundle())?;
     let config = layers.resolve()?;
     config.log_settings();
@@ -62,11 +70,8 @@ fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
 
 /// Detect the platform and measure the trust anchors for fetching `path`: what must happen
 /// before the pin's first network byte (the AK registration included).
-fn prepare(config: &Config, path: &str) -> Result<Prepared, Error> {
-    let (_, mut source) = evidence::Hardware {
-        root: Path::new("/"),
-    }
-    .detect(config)?;
+fn prepare(config: &Config, root: &Path, path: &str) -> Result<Prepared, Error> {
+    let (_, mut source) = evidence::Hardware { root }.detect(config)?;
     let init_data = flow::init_data_for(config, &[path])?;
     let anchors = flow::trust_anchors(config, &[path], init_data.as_deref())?;
     flow::bind_init_data(source.as_mut(), init_data.as_deref())?;
@@ -141,8 +146,9 @@ pub fn encrypt(config_json: &str, out: &mut dyn Write) -> Result<(), Error> {
     let nested = clevis_header.clone();
     clevis_header["pin"] = serde_json::Value::String(clevis::PIN.to_owned());
     clevis_header[clevis::PIN] = nested;
-    let config = resolve(&pin)?;
-    let mut prepared = prepare(&config, &pin.path)?;
+    let host = host();
+    let config = resolve(&host, &pin)?;
+    let mut prepared = prepare(&config, &host.root, &pin.path)?;
     if let Some(reg) = pin
         .attestation_key
         .as_ref()
@@ -227,8 +233,9 @@ pub fn decrypt(out: &mut dyn Write) -> Result<(), Error> {
         clevis::ClevisError::Jwe(m) => clevis::ClevisError::Input(m),
         e => e,
     })?;
-    let config = resolve(&jwe.config)?;
-    let mut prepared = prepare(&config, &jwe.config.path)?;
+    let host = host();
+    let config = resolve(&host, &jwe.config)?;
+    let mut prepared = prepare(&config, &host.root, &jwe.config.path)?;
     let key = fetch_key(&config, &mut prepared, &jwe.config.path)?;
     let plaintext = jwe.decrypt(&key)?;
     out.write_all(&plaintext)

@@ -478,3 +478,49 @@ fn init_data_is_checked_against_what_the_launch_bound() {
         w.expect_success(&with_init_data(w.agent_config(&broker)), &broker);
     }
 }
+
+/// The pin looks under the same kind of root as the agent (`$ATTEST_UNLOCK_ROOT`, what
+/// `--root` is for the CLI): `clevis-encrypt-trustee` attests on the simulated SNP behind the
+/// fake configfs-tsm tree (with the vTPM beside it) and gets the key; the decrypt attests
+/// again and gives the secret back.
+#[test]
+fn the_pin_attests_from_a_test_root_too() {
+    let mut w = World::snp();
+    w.start_tsm(false);
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let config = write_config(
+        &AgentConfig {
+            brokers: Vec::new(),
+            disk_key: None,
+            image: None,
+            secrets: Vec::new(),
+            token_path: None,
+            ..w.agent_config(&broker)
+        },
+        w.work.path(),
+    );
+    let bin = tempfile::tempdir().unwrap();
+    for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
+        std::os::unix::fs::symlink(agent_bin(), bin.path().join(name)).unwrap();
+    }
+    let pin_config = serde_json::json!({
+        "servers": [{"url": broker.url(), "cert": broker.ca_pem()}],
+        "path": DISK,
+    })
+    .to_string();
+    let pin = |name: &str, arg: Option<&str>, input: &[u8]| {
+        let mut cmd = Command::new(bin.path().join(name));
+        cmd.args(arg)
+            .env("ATTEST_UNLOCK_CONFIG", &config)
+            .env("ATTEST_UNLOCK_ROOT", w.root.path());
+        run_with_stdin(&mut cmd, input)
+    };
+    let enc = pin("clevis-encrypt-trustee", Some(&pin_config), b"pin secret");
+    assert!(enc.status.success(), "{}", enc.stderr);
+    assert!(enc.stderr.contains("platform snp"), "{}", enc.stderr);
+    let dec = pin("clevis-decrypt-trustee", None, enc.stdout.as_bytes());
+    assert!(dec.status.success(), "{}", dec.stderr);
+    assert_eq!(dec.stdout, "pin secret");
+    assert_eq!(w.fake().stats().served, 2, "one SNP report per attestation");
+    assert_eq!(broker.released(), vec![DISK.to_owned(), DISK.to_owned()]);
+}

@@ -405,6 +405,23 @@ pub(crate) fn unlock_args(cfg: &Path, extra: &[String]) -> Vec<std::ffi::OsStrin
     args
 }
 
+/// Run a command with `input` on its stdin and collect what it printed.
+pub(crate) fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Run {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    Run {
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
 /// Run a command to completion and collect what it printed.
 pub(crate) fn collect(cmd: &mut Command) -> Run {
     let out = cmd
