@@ -4,101 +4,18 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 
 use common::*;
 use test_kbs::{Broker, BrokerConfig};
 
-const DISK: &str = "default/node1/root";
-const KUBELET: &str = "default/node1/kubelet";
-
-struct World {
-    tpm: Swtpm,
-    image: LuksImage,
-    passphrase: Vec<u8>,
-    disk_resource: Vec<u8>,
-    ak: String,
-    work: tempfile::TempDir,
-    secrets: tempfile::TempDir,
-}
-
 impl World {
-    fn new() -> World {
-        let tpm = Swtpm::start();
-        let (disk_resource, passphrase) = operator_disk_key();
-        let image = LuksImage::new(&passphrase);
-        let ak = ak_public(&tpm);
-        World {
-            tpm,
-            image,
-            passphrase,
-            disk_resource,
-            ak,
-            work: secret_dir(),
-            secrets: secret_dir(),
-        }
-    }
-
-    fn broker_config(&self) -> BrokerConfig {
-        let mut resources = BTreeMap::new();
-        resources.insert(DISK.to_owned(), self.disk_resource.clone());
-        resources.insert(KUBELET.to_owned(), b"kubelet bootstrap token 1234".to_vec());
-        BrokerConfig {
-            trusted_aks: vec![self.ak.clone()],
-            resources,
-            ..BrokerConfig::default()
-        }
-    }
-
-    fn secret_path(&self) -> PathBuf {
-        self.secrets.path().join("kubelet/bootstrap-token")
-    }
-
-    fn agent_config(&self, broker: &Broker) -> AgentConfig {
-        AgentConfig {
-            brokers: vec![(broker.url(), broker.ca_pem())],
-            tcti: self.tpm.tcti(),
-            disk_key: Some(DISK.to_owned()),
-            image: Some(self.image.path.clone()),
-            secrets: vec![(KUBELET.to_owned(), self.secret_path())],
-            token_path: Some(self.secrets.path().join("token.jwt")),
-            extra: String::new(),
-        }
-    }
-
-    /// Run and assert the fail-closed guarantees: non-zero exit, image untouched, nothing
-    /// written; returns the verdict line.
+    /// Run and assert the fail-closed guarantees; returns the verdict line.
     fn expect_failure(&self, config: &AgentConfig, class: &str) -> String {
         let before = self.image.digest();
         let run = unlock(config, self.work.path());
-        assert!(!run.status.success(), "must fail:\n{}", run.stderr);
-        assert_eq!(self.image.digest(), before, "the image must be untouched");
-        let left: Vec<_> = walk(self.secrets.path());
-        assert!(left.is_empty(), "nothing may be written, found {left:?}");
-        let verdict = run.verdict().to_owned();
-        assert!(verdict.contains("verdict=failed"), "{verdict}");
-        assert!(
-            verdict.contains(&format!("class={class} ")),
-            "want class {class}: {verdict}"
-        );
-        assert_eq!(verdict.lines().count(), 1);
-        verdict
+        self.failed(&run, &before, class)
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

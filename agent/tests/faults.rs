@@ -10,16 +10,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 use test_kbs::{Broker, BrokerConfig, Endpoint, Faults, JweFault, Reset, TlsFault};
 
-const DISK: &str = "default/node1/root";
-const KUBELET: &str = "default/node1/kubelet";
-const KUBELET_TOKEN: &[u8] = b"kubelet bootstrap token 1234";
 const ERRORS: &str = "https://github.com/confidential-containers/kbs/errors/";
 
 /// Two rounds, tiny backoff (a denial still waits at least max_backoff_ms / 2).
@@ -31,15 +26,6 @@ const RETRY: [&str; 6] = [
     "--set",
     "retry.max_backoff_ms=5",
 ];
-
-struct World {
-    tpm: Swtpm,
-    image: LuksImage,
-    disk_resource: Vec<u8>,
-    ak: String,
-    work: tempfile::TempDir,
-    secrets: tempfile::TempDir,
-}
 
 /// What a failed run must say.
 struct Want<'a> {
@@ -58,32 +44,6 @@ const fn want(class: &'static str, step: &'static str, attempts: u32) -> Want<'s
 }
 
 impl World {
-    fn new() -> World {
-        let tpm = Swtpm::start();
-        let (disk_resource, passphrase) = operator_disk_key();
-        let image = LuksImage::new(&passphrase);
-        let ak = ak_public(&tpm);
-        World {
-            tpm,
-            image,
-            disk_resource,
-            ak,
-            work: secret_dir(),
-            secrets: secret_dir(),
-        }
-    }
-
-    fn broker_config(&self) -> BrokerConfig {
-        let mut resources = BTreeMap::new();
-        resources.insert(DISK.to_owned(), self.disk_resource.clone());
-        resources.insert(KUBELET.to_owned(), KUBELET_TOKEN.to_vec());
-        BrokerConfig {
-            trusted_aks: vec![self.ak.clone()],
-            resources,
-            ..BrokerConfig::default()
-        }
-    }
-
     /// A broker that serves this world, with `faults`.
     fn broker(&self, faults: Faults) -> Broker {
         Broker::start(BrokerConfig {
@@ -91,21 +51,6 @@ impl World {
             ..self.broker_config()
         })
         .unwrap()
-    }
-
-    fn agent_config(&self, broker: &Broker) -> AgentConfig {
-        AgentConfig {
-            brokers: vec![(broker.url(), broker.ca_pem())],
-            tcti: self.tpm.tcti(),
-            disk_key: Some(DISK.to_owned()),
-            image: Some(self.image.path.clone()),
-            secrets: vec![(
-                KUBELET.to_owned(),
-                self.secrets.path().join("kubelet/bootstrap-token"),
-            )],
-            token_path: Some(self.secrets.path().join("token.jwt")),
-            extra: String::new(),
-        }
     }
 
     /// Run with two retry rounds plus `extra` arguments and assert the fail-closed guarantees;
@@ -119,27 +64,9 @@ impl World {
     }
 
     fn check(&self, run: &Run, before: &str, want: &Want<'_>) -> String {
-        assert!(!run.status.success(), "must fail:\n{}", run.stderr);
-        assert_eq!(self.image.digest(), before, "the image must be untouched");
-        // Not a file, not a temporary file, not even a directory made for a destination.
-        let left = entries(self.secrets.path());
-        assert!(left.is_empty(), "nothing may be written, found {left:?}");
-        let verdicts: Vec<&str> = run
-            .stderr
-            .lines()
-            .filter(|l| l.contains("verdict="))
-            .collect();
-        assert_eq!(verdicts.len(), 1, "one verdict line:\n{}", run.stderr);
-        let v = verdicts[0].to_owned();
+        let v = self.failed(run, before, want.class);
         eprintln!("{}: {v}", std::thread::current().name().unwrap_or("?"));
-        assert!(v.contains("verdict=failed "), "{v}");
         assert!(!v.contains("volume="), "nothing verified or opened: {v}");
-        assert!(
-            v.contains(&format!("class={} ", want.class)),
-            "want class {}: {v}\n{}",
-            want.class,
-            run.stderr
-        );
         match want.attempts {
             Some(n) => {
                 assert!(
@@ -157,33 +84,6 @@ impl World {
         }
         v
     }
-}
-
-/// Every file and directory under `dir`.
-fn entries(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        out.push(p.clone());
-        if p.is_dir() {
-            out.extend(entries(&p));
-        }
-    }
-    out
-}
-
-/// Every file under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// The verdict names the cause: every one of `words` appears in it.

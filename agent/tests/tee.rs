@@ -8,8 +8,6 @@ mod common;
 #[path = "common/fake_tsm.rs"]
 mod fake_tsm;
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -19,9 +17,6 @@ use test_kbs::sim::{
     SnpReportParams, SnpSigner, TdxQuoteParams, TdxSigner, SIM_SNP_MEASUREMENT, SIM_TDX_MR_TD,
 };
 use test_kbs::{Broker, BrokerConfig, SnpPolicy, TdxPolicy};
-
-const DISK: &str = "default/node1/root";
-const KUBELET: &str = "default/node1/kubelet";
 
 /// Where the agent looks under `--root`.
 const TSM_DIR: &str = "sys/kernel/config/tsm/report";
@@ -43,44 +38,38 @@ enum Hw {
     Tdx(Arc<TdxSigner>),
 }
 
-struct World {
-    tpm: Swtpm,
-    image: LuksImage,
-    disk_resource: Vec<u8>,
-    ak: String,
+/// The test world with simulated TEE hardware behind a fake configfs-tsm tree under `root`.
+struct Tee {
+    node: World,
     hw: Hw,
     // Dropped before `root`, so the fake stops before its tree goes away.
     fake: Option<FakeTsm>,
     root: tempfile::TempDir,
-    work: tempfile::TempDir,
-    secrets: tempfile::TempDir,
 }
 
-impl World {
-    fn new(hw: Hw) -> World {
-        let tpm = Swtpm::start();
-        let (disk_resource, passphrase) = operator_disk_key();
-        let image = LuksImage::new(&passphrase);
-        let ak = ak_public(&tpm);
-        World {
-            tpm,
-            image,
-            disk_resource,
-            ak,
+impl std::ops::Deref for Tee {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.node
+    }
+}
+
+impl Tee {
+    fn new(hw: Hw) -> Tee {
+        Tee {
+            node: World::new(),
             hw,
             fake: None,
             root: tempfile::tempdir().unwrap(),
-            work: secret_dir(),
-            secrets: secret_dir(),
         }
     }
 
-    fn snp() -> World {
-        World::new(Hw::Snp(Arc::new(SnpSigner::new().unwrap())))
+    fn snp() -> Tee {
+        Tee::new(Hw::Snp(Arc::new(SnpSigner::new().unwrap())))
     }
 
-    fn tdx() -> World {
-        let w = World::new(Hw::Tdx(Arc::new(TdxSigner::new().unwrap())));
+    fn tdx() -> Tee {
+        let w = Tee::new(Hw::Tdx(Arc::new(TdxSigner::new().unwrap())));
         let ccel = w.root.path().join(CCEL_PATH);
         std::fs::create_dir_all(ccel.parent().unwrap()).unwrap();
         std::fs::write(&ccel, testdata(OVMF_CCEL)).unwrap();
@@ -92,7 +81,7 @@ impl World {
         self.start_tsm_launched_with(generation_race, [0; 48]);
     }
 
-    /// Like [`World::start_tsm`], for a VM the host launched with this init-data digest
+    /// Like [`Tee::start_tsm`], for a VM the host launched with this init-data digest
     /// (SNP HOST_DATA takes its first 32 bytes, TDX MRCONFIGID all 48).
     fn start_tsm_launched_with(&mut self, generation_race: bool, launch: [u8; 48]) {
         let dir = self.root.path().join(TSM_DIR);
@@ -138,14 +127,7 @@ impl World {
 
     /// Trusts this world's TPM and simulated hardware, and expects its measurements.
     fn broker_config(&self) -> BrokerConfig {
-        let mut resources = BTreeMap::new();
-        resources.insert(DISK.to_owned(), self.disk_resource.clone());
-        resources.insert(KUBELET.to_owned(), b"kubelet bootstrap token 1234".to_vec());
-        let mut config = BrokerConfig {
-            trusted_aks: vec![self.ak.clone()],
-            resources,
-            ..BrokerConfig::default()
-        };
+        let mut config = self.node.broker_config();
         match &self.hw {
             Hw::Snp(signer) => {
                 config.snp = SnpPolicy {
@@ -163,22 +145,6 @@ impl World {
             }
         }
         config
-    }
-
-    fn agent_config(&self, broker: &Broker) -> AgentConfig {
-        AgentConfig {
-            brokers: vec![(broker.url(), broker.ca_pem())],
-            tcti: self.tpm.tcti(),
-            disk_key: Some(DISK.to_owned()),
-            image: Some(self.image.path.clone()),
-            secrets: vec![(KUBELET.to_owned(), self.secret_path())],
-            token_path: Some(self.secrets.path().join("token.jwt")),
-            extra: String::new(),
-        }
-    }
-
-    fn secret_path(&self) -> PathBuf {
-        self.secrets.path().join("kubelet/bootstrap-token")
     }
 
     fn root_args(&self) -> Vec<String> {
@@ -205,17 +171,7 @@ impl World {
     fn expect_failure(&self, config: &AgentConfig, class: &str) -> String {
         let before = self.image.digest();
         let run = self.unlock(config);
-        assert!(!run.status.success(), "must fail:\n{}", run.stderr);
-        assert_eq!(self.image.digest(), before, "the image must be untouched");
-        let left = walk(self.secrets.path());
-        assert!(left.is_empty(), "nothing may be written, found {left:?}");
-        let verdict = run.verdict().to_owned();
-        assert!(verdict.contains("verdict=failed"), "{verdict}");
-        assert!(
-            verdict.contains(&format!("class={class} ")),
-            "want class {class}: {verdict}"
-        );
-        verdict
+        self.failed(&run, &before, class)
     }
 
     /// Run, expect success with every secret delivered, and return the verdict line.
@@ -228,10 +184,7 @@ impl World {
             before,
             "--verify-only leaves the image"
         );
-        assert_eq!(
-            std::fs::read(self.secret_path()).unwrap(),
-            b"kubelet bootstrap token 1234"
-        );
+        assert_eq!(std::fs::read(self.secret_path()).unwrap(), KUBELET_TOKEN);
         assert_eq!(broker.released(), vec![DISK.to_owned(), KUBELET.to_owned()]);
         // One report was made, for 64 bytes of report data that end in 16 zero bytes (the
         // 48-byte binding digest, padded), and its entry was removed.
@@ -241,19 +194,6 @@ impl World {
         assert!(stats.served_left.is_empty(), "entry left: {stats:?}");
         run.verdict().to_owned()
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// The broker's line for the one attestation.
@@ -269,7 +209,7 @@ fn attest_line(broker: &Broker) -> String {
 
 #[test]
 fn snp_with_vtpm_unlocks_after_the_broker_verified_both() {
-    let mut w = World::snp();
+    let mut w = Tee::snp();
     w.start_tsm(false);
     let broker = Broker::start(w.broker_config()).unwrap();
     let config = w.agent_config(&broker);
@@ -295,7 +235,7 @@ fn snp_with_vtpm_unlocks_after_the_broker_verified_both() {
 
 #[test]
 fn snp_wrong_measurement_is_denied_and_nothing_is_unlocked() {
-    let mut w = World::snp();
+    let mut w = Tee::snp();
     w.start_tsm(false);
     let mut bc = w.broker_config();
     bc.snp.expected_measurement = Some("ab".repeat(48));
@@ -312,7 +252,7 @@ fn snp_wrong_measurement_is_denied_and_nothing_is_unlocked() {
 
 #[test]
 fn snp_report_from_an_untrusted_chip_is_rejected() {
-    let mut w = World::snp();
+    let mut w = Tee::snp();
     w.start_tsm(false);
     let mut bc = w.broker_config();
     bc.snp.trusted_arks = vec![SnpSigner::new().unwrap().ark_der().to_vec()];
@@ -329,7 +269,7 @@ fn snp_report_from_an_untrusted_chip_is_rejected() {
 
 #[test]
 fn tdx_with_vtpm_unlocks_after_the_broker_verified_both() {
-    let mut w = World::tdx();
+    let mut w = Tee::tdx();
     w.start_tsm(false);
     let broker = Broker::start(w.broker_config()).unwrap();
     let config = w.agent_config(&broker);
@@ -356,7 +296,7 @@ fn tdx_with_vtpm_unlocks_after_the_broker_verified_both() {
 
 #[test]
 fn tdx_wrong_mrtd_is_denied_and_nothing_is_unlocked() {
-    let mut w = World::tdx();
+    let mut w = Tee::tdx();
     w.start_tsm(false);
     let mut bc = w.broker_config();
     bc.tdx.expected_mr_td = Some("ab".repeat(48));
@@ -370,7 +310,7 @@ fn tdx_wrong_mrtd_is_denied_and_nothing_is_unlocked() {
 
 #[test]
 fn tdx_event_log_that_does_not_match_the_quote_is_rejected() {
-    let mut w = World::tdx();
+    let mut w = Tee::tdx();
     // Another real CCEL: it replays to other RTMRs than the quote carries.
     std::fs::write(
         w.root.path().join(CCEL_PATH),
@@ -388,7 +328,7 @@ fn tdx_event_log_that_does_not_match_the_quote_is_rejected() {
 
 #[test]
 fn configfs_generation_race_fails_before_attesting() {
-    for mut w in [World::snp(), World::tdx()] {
+    for mut w in [Tee::snp(), Tee::tdx()] {
         w.start_tsm(true);
         let broker = Broker::start(w.broker_config()).unwrap();
         let v = w.expect_failure(&w.agent_config(&broker), "evidence");
@@ -407,7 +347,7 @@ fn configfs_generation_race_fails_before_attesting() {
 fn configured_tee_that_is_absent_fails_without_falling_back_to_the_tpm() {
     for platform in ["snp", "tdx"] {
         // A TPM is there (swtpm), no configfs-tsm and no /dev/sev-guest under the root.
-        let w = World::snp();
+        let w = Tee::snp();
         let broker = Broker::start(w.broker_config()).unwrap();
         let mut c = w.agent_config(&broker);
         c.extra = format!("platform = {platform:?}");
@@ -450,7 +390,7 @@ fn init_data_is_checked_against_what_the_launch_bound() {
     for tdx in [false, true] {
         let mut other = [0u8; 48];
         other[0] = 0x77;
-        let mut w = if tdx { World::tdx() } else { World::snp() };
+        let mut w = if tdx { Tee::tdx() } else { Tee::snp() };
         w.start_tsm_launched_with(false, other);
         let broker = Broker::start(w.broker_config()).unwrap();
         let v = w.expect_failure(&with_init_data(w.agent_config(&broker)), "evidence");
@@ -472,7 +412,7 @@ fn init_data_is_checked_against_what_the_launch_bound() {
             broker.log()
         );
 
-        let mut w = if tdx { World::tdx() } else { World::snp() };
+        let mut w = if tdx { Tee::tdx() } else { Tee::snp() };
         w.start_tsm_launched_with(false, init_data_digest());
         let broker = Broker::start(w.broker_config()).unwrap();
         w.expect_success(&with_init_data(w.agent_config(&broker)), &broker);
@@ -485,7 +425,7 @@ fn init_data_is_checked_against_what_the_launch_bound() {
 /// again and gives the secret back.
 #[test]
 fn the_pin_attests_from_a_test_root_too() {
-    let mut w = World::snp();
+    let mut w = Tee::snp();
     w.start_tsm(false);
     let broker = Broker::start(w.broker_config()).unwrap();
     let config = write_config(

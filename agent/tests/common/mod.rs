@@ -4,6 +4,10 @@
 
 pub(crate) mod shared_tools;
 pub(crate) mod trustee;
+mod world;
+
+#[allow(unused_imports)] // Not every suite uses the world.
+pub(crate) use world::*;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
