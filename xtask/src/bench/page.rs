@@ -471,14 +471,26 @@ const HEAD: [&str; 6] = [
 
 fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let na = |e: &String| {
-        vec![
-            format!("not measured: {}", first_words(e)),
-            "-".into(),
-            "-".into(),
-        ]
-    };
-    // 1. time to key
+    time_to_key_rows(&mut rows, r);
+    keyslot_rows(&mut rows, r);
+    size_rows(&mut rows, r);
+    memory_rows(&mut rows, r);
+    boot_rows(&mut rows, r);
+    storm_rows_summary(&mut rows, r);
+    (HEAD, rows)
+}
+
+/// A summary row for a measurement that failed: its first words.
+fn not_measured(e: &str) -> Vec<String> {
+    vec![
+        format!("not measured: {}", first_words(e)),
+        "-".into(),
+        "-".into(),
+    ]
+}
+
+/// Summary rows of section 1. time to key.
+fn time_to_key_rows(rows: &mut Vec<Vec<String>>, r: &Results) {
     match &r.ttk {
         Ok(t) => {
             let ratio = med(&t.ours_key).zip(med(&t.clevis)).map(|(a, b)| a / b);
@@ -501,12 +513,15 @@ fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
         }
         Err(e) => {
             let mut row = vec!["time to key, ms".into()];
-            row.extend(na(e));
+            row.extend(not_measured(e));
             row.extend(["<= 0.5x".into(), verdict(None)]);
             rows.push(row);
         }
     }
-    // 2. keyslot
+}
+
+/// Summary rows of section 2. keyslot.
+fn keyslot_rows(rows: &mut Vec<Vec<String>>, r: &Results) {
     match &r.keyslot {
         Ok(k) => {
             let m = med(&k.pbkdf2_named);
@@ -546,12 +561,15 @@ fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
         }
         Err(e) => {
             let mut row = vec!["keyslot open, ms".into()];
-            row.extend(na(e));
+            row.extend(not_measured(e));
             row.extend(["<= 10 ms".into(), verdict(None)]);
             rows.push(row);
         }
     }
-    // 3. size
+}
+
+/// Summary rows of section 3. size.
+fn size_rows(rows: &mut Vec<Vec<String>>, r: &Results) {
     match &r.binary {
         Ok(b) => {
             let libs: u64 = b.libs.iter().map(|l| l.2).sum();
@@ -573,7 +591,7 @@ fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
         }
         Err(e) => {
             let mut row = vec!["binary, stripped".into()];
-            row.extend(na(e));
+            row.extend(not_measured(e));
             row.extend(["<= 4 MiB".into(), verdict(None)]);
             rows.push(row);
         }
@@ -604,12 +622,15 @@ fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
         }
         Err(e) => {
             let mut row = vec!["initramfs bytes added".into()];
-            row.extend(na(e));
+            row.extend(not_measured(e));
             row.extend(["<= 0.5x".into(), verdict(None)]);
             rows.push(row);
         }
     }
-    // 4. memory
+}
+
+/// Summary rows of section 4. memory.
+fn memory_rows(rows: &mut Vec<Vec<String>>, r: &Results) {
     match &r.memory {
         Ok(m) => {
             let mib = |v: &[f64]| v.iter().map(|k| k / 1024.0).collect::<Vec<f64>>();
@@ -634,12 +655,15 @@ fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
         }
         Err(e) => {
             let mut row = vec!["peak RSS".into()];
-            row.extend(na(e));
+            row.extend(not_measured(e));
             row.extend(["<= 16 MiB".into(), verdict(None)]);
             rows.push(row);
         }
     }
-    // 5. boot
+}
+
+/// Summary rows of section 5. boot.
+fn boot_rows(rows: &mut Vec<Vec<String>>, r: &Results) {
     match &r.boot {
         Ok(b) => {
             let over = med(&b.attested)
@@ -663,7 +687,10 @@ fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
             verdict(None),
         ]),
     }
-    // 6. storm
+}
+
+/// Summary rows of section 6. storm.
+fn storm_rows_summary(rows: &mut Vec<Vec<String>>, r: &Results) {
     match &r.storm {
         Ok(s) => {
             for n in storm_sizes(s) {
@@ -686,12 +713,11 @@ fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
         }
         Err(e) => {
             let mut row = vec!["boot storm".into()];
-            row.extend(na(e));
+            row.extend(not_measured(e));
             row.extend(["<= 1.3x ideal".into(), verdict(None)]);
             rows.push(row);
         }
     }
-    (HEAD, rows)
 }
 
 fn first_words(e: &str) -> String {
