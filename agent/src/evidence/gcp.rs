@@ -81,7 +81,7 @@ impl EvidenceSource for GcpSource {
             }
         }
         // The event log is optional evidence, as for the plain TPM.
-        let log = std::fs::read(&self.event_log).ok();
+        let log = crate::hw::fw::read_log(&self.event_log).ok().flatten();
         let mut evidence = TpmEvidence::new(&quote, &ak.spki_der, log.as_deref());
         evidence.ak_cert = cert.map(|c| STANDARD.encode(c));
         serde_json::to_value(evidence).map_err(|e| EvidenceError::Encode(e.to_string()))

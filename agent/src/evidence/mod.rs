@@ -637,11 +637,7 @@ mod tests {
     }
 
     fn hcl(path: &str) -> Vec<u8> {
-        std::fs::read(format!(
-            "{}/../../shared/testdata/azure/{path}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
+        test_kbs::testdata(&format!("azure/{path}"))
     }
 
     fn world(sev_guest: bool) -> (tempfile::TempDir, Config) {

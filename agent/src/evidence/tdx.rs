@@ -18,9 +18,6 @@ use crate::hw::tsm;
 /// Appended after the trimmed log, as Trustee's guest side does.
 const END_FLAG: [u8; 8] = [0xFF; 8];
 
-/// Largest CCEL we read (the ACPI area is typically 64 KiB to 1 MiB, mostly padding).
-const MAX_CCEL: u64 = 16 << 20;
-
 /// Cut a CCEL area after its last event, where [`crate::formats::eventlog::parse_ccel`] says
 /// the log ends (the one end rule `inspect` and the replay use too); a malformed log is an
 /// error.
@@ -104,20 +101,11 @@ impl EvidenceSource for TdxSource {
     fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
         let data = report_data.padded64();
         let r = tsm::report(&self.tsm_root, "tdx_guest", &data, None)?;
-        let ccel = if self.ccel.exists() {
-            use std::io::Read;
-            let mut raw = Vec::new();
-            std::fs::File::open(&self.ccel)
-                .and_then(|f| f.take(MAX_CCEL).read_to_end(&mut raw))
-                .map_err(|source| EvidenceError::Device {
-                    action: "read",
-                    path: self.ccel.clone(),
-                    source,
-                })?;
-            Some(raw)
-        } else {
-            None
-        };
+        let ccel = crate::hw::fw::read_log(&self.ccel).map_err(|source| EvidenceError::Device {
+            action: "read",
+            path: self.ccel.clone(),
+            source,
+        })?;
         self.mr_config_id = crate::formats::tdx::parse_quote(&r.outblob)
             .ok()
             .map(|q| q.body.mr_config_id);
@@ -145,15 +133,7 @@ pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<Recorded
         )));
     }
     let digest: [u8; 48] = Sha384::digest(event).into();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(attribute)
-        .map_err(|source| EvidenceError::Device {
-            action: "open",
-            path: attribute.to_owned(),
-            source,
-        })?;
-    std::io::Write::write_all(&mut f, &digest).map_err(|source| EvidenceError::Device {
+    crate::hw::fw::extend(attribute, &digest).map_err(|source| EvidenceError::Device {
         action: "extend RTMR 3 through",
         path: attribute.to_owned(),
         source,

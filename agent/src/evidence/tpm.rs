@@ -87,7 +87,7 @@ impl EvidenceSource for TpmSource {
         let (quote, ak) = tpm.quote(self.config.ak_handle, &report_data.tpm_qualifying_data())?;
         // The event log is optional evidence: a kernel without securityfs or firmware
         // without a log still attests by its PCRs.
-        let log = std::fs::read(&self.event_log).ok();
+        let log = crate::hw::fw::read_log(&self.event_log).ok().flatten();
         let evidence = TpmEvidence::new(&quote, &ak.spki_der, log.as_deref());
         serde_json::to_value(evidence).map_err(|e| EvidenceError::Encode(e.to_string()))
     }

@@ -8,7 +8,9 @@
 //! | [`nv`] | TPM NV indices: Azure's HCL report and user data, GCE's AK template and certificate |
 //! | [`tsm`] | configfs-tsm reports (SNP, TDX) |
 //! | [`imds`] | Azure IMDS: VCEK (THIM) and TD quotes |
+//! | [`fw`] | the event logs (TCG, CCEL) read whole with a cap, the RTMR extend attribute |
 
+pub(crate) mod fw;
 pub(crate) mod imds;
 pub(crate) mod nv;
 pub(crate) mod tpm;
