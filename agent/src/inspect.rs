@@ -481,11 +481,36 @@ fn event_type_json(event_type: u32) -> Value {
     }
 }
 
-/// The longest event text shown; the full data is in the log.
-const MAX_EVENT_TEXT: usize = 60;
+/// One event, whole: its register (`pcr` or `mr_index`), type, digests, its data as hex, its
+/// text, and the EFI variable it measured.
+fn event_json(number: usize, register: &str, e: &Event) -> Value {
+    let variable = eventlog::is_efi_variable_event(e.event_type)
+        .then(|| eventlog::efi_variable(&e.data))
+        .flatten();
+    let mut v = json!({
+        "number": number,
+        "type": event_type_json(e.event_type),
+        "data_size": e.data.len(),
+        "data": hex(&e.data),
+        "text": variable
+            .as_ref()
+            .map_or_else(|| event_text(e), |var| Value::String(var.name.clone())),
+        "digests": digests_json(e),
+    });
+    v[register] = json!(e.index);
+    if let Some(var) = variable {
+        v["efi_variable"] = json!({
+            "guid": var.guid,
+            "name": var.name,
+            "value_size": var.value_len,
+        });
+    }
+    v
+}
 
-/// A short readable form of the data of events that carry text (a firmware version, an
-/// action, a boot loader line, an `EV_NO_ACTION` signature); `null` for binary events.
+/// The whole readable form of the data of events that carry text (a firmware version, an
+/// action, a boot loader line, an `EV_NO_ACTION` signature), control characters shown as
+/// `.`; `null` for binary events.
 fn event_text(e: &Event) -> Value {
     const EV_POST_CODE: u32 = 0x1;
     const EV_ACTION: u32 = 0x5;
@@ -515,16 +540,12 @@ fn event_text(e: &Event) -> Value {
         }
         _ => return Value::Null,
     };
-    let mut shown: String = text
-        .trim_end_matches('\0')
-        .chars()
-        .map(|c| if c.is_control() { '.' } else { c })
-        .take(MAX_EVENT_TEXT)
-        .collect();
-    if text.trim_end_matches('\0').chars().count() > MAX_EVENT_TEXT {
-        shown.push('…');
-    }
-    Value::String(shown)
+    Value::String(
+        text.trim_end_matches('\0')
+            .chars()
+            .map(|c| if c.is_control() { '.' } else { c })
+            .collect(),
+    )
 }
 
 fn digests_json(e: &Event) -> Value {
@@ -559,16 +580,7 @@ fn event_log_json(log: &EventLog) -> Value {
         .events
         .iter()
         .enumerate()
-        .map(|(number, e)| {
-            json!({
-                "number": number,
-                "pcr": e.index,
-                "type": event_type_json(e.event_type),
-                "data_size": e.data.len(),
-                "text": event_text(e),
-                "digests": digests_json(e),
-            })
-        })
+        .map(|(number, e)| event_json(number, "pcr", e))
         .collect();
     json!({
         "format": match log.format {
@@ -599,16 +611,7 @@ fn ccel_json(c: &CcelLog) -> Value {
         .events
         .iter()
         .enumerate()
-        .map(|(number, e)| {
-            json!({
-                "number": number,
-                "mr_index": e.index,
-                "type": event_type_json(e.event_type),
-                "data_size": e.data.len(),
-                "text": event_text(e),
-                "digests": digests_json(e),
-            })
-        })
+        .map(|(number, e)| event_json(number, "mr_index", e))
         .collect();
     json!({
         "record_count": c.log.events.len(),
@@ -630,6 +633,10 @@ pub fn render_text(v: &Value) -> String {
     }
     out
 }
+
+/// The longest table cell shown in the text output; longer ones are cut, and the output says
+/// so.
+const MAX_CELL: usize = 64;
 
 /// The longest line of scalars joined on one line before they go one per line.
 const MAX_INLINE: usize = 100;
@@ -738,12 +745,23 @@ fn render_array(out: &mut String, items: &[Value], indent: usize) {
     // Alphabetical, as without preserve_order.
     columns.sort();
     omitted.sort();
+    let mut cut = false;
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
             columns
                 .iter()
-                .map(|c| row.get(*c).map(scalar_text).unwrap_or_default())
+                .map(|c| {
+                    let text = row.get(*c).map(scalar_text).unwrap_or_default();
+                    if text.chars().count() > MAX_CELL {
+                        cut = true;
+                        let mut short: String = text.chars().take(MAX_CELL).collect();
+                        short.push('…');
+                        short
+                    } else {
+                        text
+                    }
+                })
                 .collect()
         })
         .collect();
@@ -774,6 +792,12 @@ fn render_array(out: &mut String, items: &[Value], indent: usize) {
     );
     for row in &cells {
         let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+    if cut {
+        let _ = writeln!(
+            out,
+            "{pad}(values over {MAX_CELL} characters are cut here; the JSON has them whole)"
+        );
     }
     if !omitted.is_empty() {
         let names: Vec<&str> = omitted.iter().map(|s| s.as_str()).collect();

@@ -2208,3 +2208,52 @@ fn help_lists_the_kinds_and_failures_print_no_verdict() {
     assert!(!ok);
     assert!(!err.contains("verdict="), "{err}");
 }
+
+/// Event content in JSON is whole: the text of every event that carries text, the raw data
+/// as hex (for `EV_EFI_VARIABLE_DRIVER_CONFIG` the SHA-256 digest is over exactly those
+/// bytes), and the EFI variable behind each PCR 7 variable event by GUID and name. The text
+/// output may cut long values, and says it did.
+#[test]
+fn event_content_is_whole_in_json_and_the_text_says_what_it_cut() {
+    use sha2::{Digest, Sha256};
+    let v = inspect::inspect(&read("tpm/eventlogs/gce-rhel8-uefi.bin"), None).unwrap();
+    let events = v["log"]["events"]
+        .as_array()
+        .or_else(|| v["events"].as_array())
+        .expect("events");
+    let mut names = Vec::new();
+    let mut driver_config = 0;
+    let mut longest = 0;
+    for e in events {
+        let data = hex::decode(e["data"].as_str().expect("data as hex")).unwrap();
+        assert_eq!(data.len() as u64, e["data_size"].as_u64().unwrap());
+        if let Some(text) = e["text"].as_str() {
+            assert!(!text.ends_with('…'), "whole text in JSON: {text}");
+            longest = longest.max(text.chars().count());
+        }
+        if e["type"] == "EV_EFI_VARIABLE_DRIVER_CONFIG" {
+            driver_config += 1;
+            assert_eq!(
+                e["digests"]["sha256"].as_str().unwrap(),
+                hex::encode(Sha256::digest(&data))
+            );
+        }
+        if let Some(var) = e.get("efi_variable").filter(|v| !v.is_null()) {
+            names.push(var["name"].as_str().unwrap().to_owned());
+            assert_eq!(var["guid"].as_str().unwrap().len(), 36, "{var}");
+        }
+    }
+    assert!(driver_config > 0);
+    for want in ["SecureBoot", "PK", "KEK", "db", "dbx"] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    assert!(
+        longest > 60,
+        "some event text is longer than the old 60-character cut"
+    );
+    let text = inspect::render_text(&v);
+    assert!(
+        text.contains("cut here; the JSON has them whole"),
+        "the text output says it cut:\n{text}"
+    );
+}

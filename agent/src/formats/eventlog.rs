@@ -561,6 +561,64 @@ fn parse_spec_id(data: &[u8]) -> Result<SpecIdEvent, FormatError> {
     })
 }
 
+/// The EFI variable an `EV_EFI_VARIABLE_*` event measured (`UEFI_VARIABLE_DATA`): its vendor
+/// GUID, its name, and the length of the value that follows in the event data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EfiVariable {
+    /// The vendor GUID in its registry form (`8be4df61-93ca-11d2-aa0d-00e098032b8c`).
+    pub guid: String,
+    /// The variable's name (`SecureBoot`, `PK`, `db`, `Boot0001`...).
+    pub name: String,
+    /// The length of the value after the name.
+    pub value_len: usize,
+}
+
+/// `EV_EFI_VARIABLE_DRIVER_CONFIG`, `_BOOT`, `_BOOT2` and `_AUTHORITY`: events whose data is a
+/// `UEFI_VARIABLE_DATA`.
+pub fn is_efi_variable_event(event_type: u32) -> bool {
+    matches!(
+        event_type,
+        0x8000_0001 | 0x8000_0002 | 0x8000_000C | 0x8000_00E0
+    )
+}
+
+/// Reads a `UEFI_VARIABLE_DATA` (GUID, name length in UTF-16 units, value length, the name,
+/// the value): `None` unless the lengths account for exactly the bytes given.
+pub fn efi_variable(data: &[u8]) -> Option<EfiVariable> {
+    let guid = data.get(..16)?;
+    let u64_at = |i: usize| -> Option<usize> {
+        let b: [u8; 8] = data.get(i..i + 8)?.try_into().ok()?;
+        usize::try_from(u64::from_le_bytes(b)).ok()
+    };
+    let name_units = u64_at(16)?;
+    let value_len = u64_at(24)?;
+    let name_end = name_units.checked_mul(2)?.checked_add(32)?;
+    if name_end.checked_add(value_len)? != data.len() {
+        return None;
+    }
+    let units: Vec<u16> = data
+        .get(32..name_end)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let name = String::from_utf16_lossy(&units)
+        .trim_end_matches('\0')
+        .to_owned();
+    let d1 = u32::from_le_bytes(guid.get(..4)?.try_into().ok()?);
+    let d2 = u16::from_le_bytes(guid.get(4..6)?.try_into().ok()?);
+    let d3 = u16::from_le_bytes(guid.get(6..8)?.try_into().ok()?);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    Some(EfiVariable {
+        guid: format!(
+            "{d1:08x}-{d2:04x}-{d3:04x}-{}-{}",
+            hex(guid.get(8..10)?),
+            hex(guid.get(10..16)?)
+        ),
+        name,
+        value_len,
+    })
+}
+
 /// The TCG name of an event type, when it has one.
 pub fn event_type_name(event_type: u32) -> Option<&'static str> {
     Some(match event_type {
@@ -725,5 +783,28 @@ mod tests {
         let mut padded = spec_id_record(&[(0x000C, 48)]);
         padded.extend_from_slice(&[0; 40]);
         assert!(parse_event_log(&padded).is_err());
+    }
+
+    #[test]
+    fn efi_variable_data_is_read_exactly() {
+        // EFI_GLOBAL_VARIABLE 8be4df61-93ca-11d2-aa0d-00e098032b8c, "PK", a 3-byte value.
+        let mut d = vec![0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11];
+        d.extend_from_slice(&[0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c]);
+        d.extend_from_slice(&2u64.to_le_bytes());
+        d.extend_from_slice(&3u64.to_le_bytes());
+        d.extend_from_slice(&[b'P', 0, b'K', 0]);
+        d.extend_from_slice(b"abc");
+        let v = efi_variable(&d).unwrap();
+        assert_eq!(v.guid, "8be4df61-93ca-11d2-aa0d-00e098032b8c");
+        assert_eq!((v.name.as_str(), v.value_len), ("PK", 3));
+        // One byte short, one byte over, lengths that overflow: not a variable.
+        assert!(efi_variable(&d[..d.len() - 1]).is_none());
+        let mut over = d.clone();
+        over.push(0);
+        assert!(efi_variable(&over).is_none());
+        let mut huge = d.clone();
+        huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(efi_variable(&huge).is_none());
+        assert!(efi_variable(&[]).is_none());
     }
 }
