@@ -186,3 +186,45 @@ pub fn testdata(path: &str) -> Vec<u8> {
     );
     std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
 }
+
+/// `../shared/tools/<dir>/<name>.xz` (the real peers, built unchanged from upstream, each with
+/// a PROVENANCE.md) unpacked once as `target/<dir>/<name>`, executable, never committed. The
+/// one unpacker of the tests and xtask: unpacked beside and renamed into place, as test
+/// binaries run in parallel.
+pub fn shared_tool(dir: &str, name: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::{ensure, Context};
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let packed = repo
+        .join("../shared/tools")
+        .join(dir)
+        .join(format!("{name}.xz"));
+    ensure!(
+        packed.exists(),
+        "the real {name} is expected at {} (the shared tools beside the repository)",
+        packed.display()
+    );
+    let out = repo.join("target").join(dir);
+    std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+    let dest = out.join(name);
+    // One unpacker at a time in this process; across processes, unique names and a rename.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !dest.exists() {
+        let tmp = out.join(format!(".{name}.{}", std::process::id()));
+        // The shell writes the file, so this process never holds a write descriptor to an
+        // executable that another thread may be about to run (ETXTBSY).
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("xz -dc \"$1\" > \"$2\" && chmod 755 \"$2\"")
+            .arg("sh")
+            .arg(&packed)
+            .arg(&tmp)
+            .status()
+            .context("run sh (xz)")?;
+        ensure!(status.success(), "xz -dc {} failed", packed.display());
+        std::fs::rename(&tmp, &dest).with_context(|| format!("rename to {}", dest.display()))?;
+    }
+    Ok(dest)
+}

@@ -564,26 +564,7 @@ fn tools_dir() -> PathBuf {
 /// `../shared/tools/ignition-v2.26.0/<name>.xz` unpacked as `target/ignition-v2.26.0/<name>`,
 /// where the tests unpack it too.
 fn shared_tool(name: &str) -> Result<PathBuf> {
-    let packed = tools_dir().join(format!("{name}.xz"));
-    ensure!(
-        packed.exists(),
-        "upstream {name} is expected at {} (the shared tools beside the repository)",
-        packed.display()
-    );
-    let dir = root().join("target").join(TOOLS);
-    std::fs::create_dir_all(&dir)?;
-    let dest = dir.join(name);
-    if !dest.exists() {
-        let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-        run(Command::new("sh")
-            .arg("-c")
-            .arg("xz -dc \"$1\" > \"$2\" && chmod 755 \"$2\"")
-            .arg("sh")
-            .arg(&packed)
-            .arg(&tmp))?;
-        std::fs::rename(&tmp, &dest)?;
-    }
-    Ok(dest)
+    test_kbs::shared_tool(TOOLS, name)
 }
 
 fn capture_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
