@@ -29,11 +29,11 @@ pub const CONFIG_ENV: &str = "ATTEST_UNLOCK_CONFIG";
 const MAX_INPUT: u64 = 1 << 20;
 
 /// The environment variable naming the root device and firmware paths are looked up under
-/// (what `--root` is for the CLI; tests point it at a fake system).
+/// (what `--root` is for the CLI; tests point it at a fake system). Debug builds only.
 pub const ROOT_ENV: &str = "ATTEST_UNLOCK_ROOT";
 
 /// The pin's host: the config file from `$ATTEST_UNLOCK_CONFIG` (required when set) or the
-/// default path, `/proc/cmdline`, and the root from `$ATTEST_UNLOCK_ROOT` (default `/`).
+/// default path, `/proc/cmdline`, and the root: `/`, or `$ATTEST_UNLOCK_ROOT` in a debug build.
 fn host() -> Host {
     let mut host = match std::env::var_os(CONFIG_ENV) {
         Some(p) => Host {
@@ -44,7 +44,13 @@ fn host() -> Host {
         None => Host::default(),
     };
     if let Some(root) = std::env::var_os(ROOT_ENV) {
-        host.root = PathBuf::from(root);
+        // A test hook only: the environment of a service can come from the unmeasured kernel
+        // command line (`systemd.setenv=`), and the root decides which devices are the TEE.
+        if cfg!(debug_assertions) {
+            host.root = PathBuf::from(root);
+        } else {
+            log::warn!("{ROOT_ENV} is ignored in a release build (a test hook)");
+        }
     }
     host
 }
