@@ -104,6 +104,35 @@ pub enum Command {
     },
     /// Print the attestation key's public key (for the broker's trusted AK list).
     Ak,
+    /// Print the PCR values (SHA-256 bank) to register at the broker: this boot's, replayed
+    /// from the event log and compared with the TPM, and with `--replace` the next boot's
+    /// after an update, with the events that make each value and the Trustee reference-value
+    /// message that registers both.
+    ReferenceValues {
+        /// The TCG event log. Default: this node's (`tpm.event_log`), which must replay to the
+        /// TPM's registers.
+        #[arg(long, value_name = "PATH")]
+        event_log: Option<PathBuf>,
+        /// The PCRs the broker checks.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "4,7,14",
+            value_name = "N,N.."
+        )]
+        pcrs: Vec<u32>,
+        /// A file this boot measured and the file the update replaces it with (repeatable): an
+        /// EFI application (shim, GRUB, systemd-boot, a UKI, the kernel) by its Authenticode
+        /// digest, anything measured whole (the initrd, a GRUB-loaded file) by its digest.
+        #[arg(long, num_args = 2, value_names = ["CURRENT", "NEXT"])]
+        replace: Vec<PathBuf>,
+        /// Do not compare the log with the TPM (a log copied off its node).
+        #[arg(long)]
+        offline: bool,
+        /// A readable summary instead of JSON.
+        #[arg(long)]
+        text: bool,
+    },
     /// Print the trust-anchor event this node measures before contacting a broker (brokers,
     /// CA fingerprints, resources, init-data) and the register values to require at the
     /// broker: the reference value that makes a relayed attestation fail.
@@ -174,6 +203,34 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             anchors(layers, pin_config.as_deref(), *json, out)?;
             Ok(Outcome::Success)
         }
+        Command::ReferenceValues {
+            event_log,
+            pcrs,
+            replace,
+            offline,
+            text,
+        } => {
+            let log = match event_log {
+                Some(p) => p.clone(),
+                None => evidence::rooted(&cli.root, &config.tpm.event_log.to_string_lossy()),
+            };
+            let request = crate::refvalues::Request {
+                log: &log,
+                pcrs,
+                replace,
+                tpm: (!offline).then_some(config.tpm.tcti.as_str()),
+                kbs: config.brokers.first().map(|b| b.url.as_str()),
+            };
+            let report = request.run()?;
+            if *text {
+                write_out(out, report.text().trim_end());
+            } else {
+                let json = serde_json::to_string_pretty(&report.json())
+                    .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;
+                write_out(out, &json);
+            }
+            Ok(Outcome::Success)
+        }
         Command::Inspect { file, kind, text } => {
             inspect_file(file, *kind, *text, out)?;
             Ok(Outcome::Success)
@@ -236,29 +293,10 @@ fn inspect_file(
     text: bool,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
-    use std::io::Read;
-    let input_err = |source| Error::Input {
+    let bytes = crate::hw::fw::read_input(file, MAX_INSPECT).map_err(|source| Error::Input {
         file: file.display().to_string(),
         source,
-    };
-    let mut bytes = Vec::new();
-    // One byte past the cap tells a file that is too large from one that fits exactly.
-    if file.as_os_str() == "-" {
-        std::io::stdin()
-            .take(MAX_INSPECT + 1)
-            .read_to_end(&mut bytes)
-            .map_err(input_err)?;
-    } else {
-        std::fs::File::open(file)
-            .and_then(|f| f.take(MAX_INSPECT + 1).read_to_end(&mut bytes))
-            .map_err(input_err)?;
-    }
-    if bytes.len() as u64 > MAX_INSPECT {
-        return Err(input_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {MAX_INSPECT} bytes"),
-        )));
-    }
+    })?;
     let value = crate::inspect::inspect(&bytes, kind).map_err(|source| Error::Format {
         file: file.display().to_string(),
         source,

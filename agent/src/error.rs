@@ -70,6 +70,9 @@ pub enum Error {
     /// Writing a secret failed.
     #[error(transparent)]
     Deliver(#[from] DeliverError),
+    /// No reference values could be computed.
+    #[error(transparent)]
+    Predict(#[from] crate::refvalues::PredictError),
 }
 
 impl Error {
@@ -89,6 +92,7 @@ impl Error {
             Error::Format { .. } => ErrorClass::Evidence,
             Error::Input { .. } => ErrorClass::Config,
             Error::Deliver(_) => ErrorClass::Deliver,
+            Error::Predict(_) => ErrorClass::Evidence,
         }
     }
 }

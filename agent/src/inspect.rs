@@ -494,7 +494,7 @@ fn event_json(number: usize, register: &str, e: &Event) -> Value {
         "data": hex(&e.data),
         "text": variable
             .as_ref()
-            .map_or_else(|| event_text(e), |var| Value::String(var.name.clone())),
+            .map_or_else(|| json!(event_text(e)), |var| Value::String(var.name.clone())),
         "digests": digests_json(e),
     });
     v[register] = json!(e.index);
@@ -510,8 +510,8 @@ fn event_json(number: usize, register: &str, e: &Event) -> Value {
 
 /// The whole readable form of the data of events that carry text (a firmware version, an
 /// action, a boot loader line, an `EV_NO_ACTION` signature), control characters shown as
-/// `.`; `null` for binary events.
-fn event_text(e: &Event) -> Value {
+/// `.`; `None` for binary events.
+pub(crate) fn event_text(e: &Event) -> Option<String> {
     const EV_POST_CODE: u32 = 0x1;
     const EV_ACTION: u32 = 0x5;
     const EV_S_CRTM_VERSION: u32 = 0x8;
@@ -538,9 +538,9 @@ fn event_text(e: &Event) -> Value {
         EV_POST_CODE | EV_ACTION | EV_S_CRTM_VERSION | EV_IPL | EV_EFI_ACTION => {
             String::from_utf8_lossy(data).into_owned()
         }
-        _ => return Value::Null,
+        _ => return None,
     };
-    Value::String(
+    Some(
         text.trim_end_matches('\0')
             .chars()
             .map(|c| if c.is_control() { '.' } else { c })

@@ -22,6 +22,7 @@ pub mod kbs;
 pub(crate) mod luks;
 pub(crate) mod net;
 pub mod pin;
+pub mod refvalues;
 pub mod text;
 pub mod verdict;
 

@@ -28,6 +28,8 @@ const PACKAGES: &[&str] = &[
     // The pin is tested with the real clevis CLI.
     "clevis",
     "clevis-luks",
+    // The Authenticode digests of `reference-values` are checked against osslsigncode's.
+    "osslsigncode",
     // `cargo xtask e2e`: the boot under QEMU (TCG) with OVMF, a dracut + systemd initramfs,
     // a busybox root on ext4, and Debian's Ignition validator (2.14, which predates spec
     // 3.6.0: the docs quote what it says about our examples; the examples themselves are

@@ -1,5 +1,6 @@
 //! What the firmware and the kernel expose as files: the measured-boot event logs (the TCG
-//! log, the TDX CCEL) and the TDX RTMR extend attribute.
+//! log, the TDX CCEL) and the TDX RTMR extend attribute; and the files an operator names on the
+//! command line (`inspect`, `reference-values`), read whole up to a cap.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -25,6 +26,27 @@ pub(crate) fn read_log(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         ));
     }
     Ok(Some(raw))
+}
+
+/// The file at `path` (`-`: standard input), whole; more than `cap` bytes is an error, never
+/// a silent cut.
+pub(crate) fn read_input(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    // One byte past the cap tells a file that is too large from one that fits exactly.
+    if path.as_os_str() == "-" {
+        std::io::stdin().take(cap + 1).read_to_end(&mut bytes)?;
+    } else {
+        std::fs::File::open(path)?
+            .take(cap + 1)
+            .read_to_end(&mut bytes)?;
+    }
+    if bytes.len() as u64 > cap {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {cap} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Write one digest to an extend attribute (`/sys/class/misc/tdx_guest/measurements/rtmrN:sha384`):

@@ -66,8 +66,14 @@ impl World {
 
     /// The node's config for `broker`: the disk key, the image, the kubelet secret, the token.
     pub(crate) fn agent_config(&self, broker: &Broker) -> AgentConfig {
+        self.config_for(&broker.url(), &broker.ca_pem())
+    }
+
+    /// The node's config for the broker at `url` with CA `ca_pem` (the test broker or the
+    /// real Trustee).
+    pub(crate) fn config_for(&self, url: &str, ca_pem: &str) -> AgentConfig {
         AgentConfig {
-            brokers: vec![(broker.url(), broker.ca_pem())],
+            brokers: vec![(url.to_owned(), ca_pem.to_owned())],
             tcti: self.tpm.tcti(),
             disk_key: Some(DISK.to_owned()),
             image: Some(self.image.path.clone()),

@@ -1,0 +1,193 @@
+//! PE/COFF images (EFI applications: shim, GRUB, systemd-boot, a UKI, the kernel's EFI stub)
+//! and their Authenticode digest, the value UEFI firmware extends into PCR 4 when it loads one
+//! (`EV_EFI_BOOT_SERVICES_APPLICATION`).
+//!
+//! The ranges hashed are those of the Authenticode specification as edk2 implements it
+//! (`HashPeImage` in `DxeTpm2MeasureBootLib`): the headers without the checksum and without
+//! the certificate table's data directory entry, then every section's raw data in file order,
+//! then whatever follows up to the attribute certificate table at the end of the file.
+
+use std::ops::Range;
+
+use super::reader::Reader;
+use super::{check_max, FormatError, HashAlg};
+
+const WHAT: &str = "PE image";
+/// The most sections accepted; the PE format allows 96 in practice, linkers far fewer.
+pub const MAX_SECTIONS: u16 = 1024;
+/// `IMAGE_DIRECTORY_ENTRY_SECURITY`: the certificate table's data directory index.
+const SECURITY_DIRECTORY: u32 = 4;
+
+/// What Authenticode hashes of an image: byte ranges of the file, in hashing order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticode {
+    /// The ranges, in the order they are hashed.
+    pub ranges: Vec<Range<usize>>,
+    /// `PE32` or `PE32+`.
+    pub pe32_plus: bool,
+    /// The number of sections with raw data.
+    pub sections: usize,
+    /// The size of the attribute certificate table (signatures), excluded from the digest.
+    pub certificate_table: usize,
+}
+
+impl Authenticode {
+    /// The digest of `image` (the same bytes [`authenticode`] parsed) with `alg`, or `None` when
+    /// this build cannot compute that algorithm.
+    pub fn digest(&self, image: &[u8], alg: HashAlg) -> Option<Vec<u8>> {
+        let mut hashed = Vec::with_capacity(image.len());
+        for r in &self.ranges {
+            // `authenticode` checked every range against this image.
+            hashed.extend_from_slice(image.get(r.clone())?);
+        }
+        alg.hash(&hashed)
+    }
+}
+
+/// The Authenticode ranges of a PE/COFF image.
+pub fn authenticode(image: &[u8]) -> Result<Authenticode, FormatError> {
+    let mut dos = Reader::new(image, WHAT);
+    if dos.bytes(2)? != b"MZ" {
+        return Err(FormatError::invalid(WHAT, "no MZ signature"));
+    }
+    dos.skip(0x3C - 2)?;
+    let pe = usize_of(dos.u32_le()?);
+    let mut coff = reader_at(image, pe)?;
+    if coff.bytes(4)? != b"PE\0\0" {
+        return Err(FormatError::invalid(WHAT, "no PE signature"));
+    }
+    coff.skip(2)?; // Machine
+    let sections = coff.u16_le()?;
+    check_max(
+        "PE image: NumberOfSections",
+        sections.into(),
+        MAX_SECTIONS.into(),
+    )?;
+    coff.skip(12)?; // TimeDateStamp, PointerToSymbolTable, NumberOfSymbols
+    let optional_size = usize::from(coff.u16_le()?);
+    coff.skip(2)?; // Characteristics
+    let optional = coff.position() + pe;
+
+    let mut opt = reader_at(image, optional)?;
+    let pe32_plus = match opt.u16_le()? {
+        0x10b => false,
+        0x20b => true,
+        magic => {
+            return Err(FormatError::invalid(
+                WHAT,
+                format!("optional header magic {magic:#06x} is neither PE32 nor PE32+"),
+            ))
+        }
+    };
+    let size_of_headers = usize_of(reader_at(image, optional + 60)?.u32_le()?);
+    let checksum = optional + 64;
+    let (count_at, directories) = if pe32_plus {
+        (optional + 108, optional + 112)
+    } else {
+        (optional + 92, optional + 96)
+    };
+    let directory_count = reader_at(image, count_at)?.u32_le()?;
+    if size_of_headers > image.len() {
+        return Err(FormatError::invalid(
+            WHAT,
+            format!(
+                "SizeOfHeaders {size_of_headers} is beyond the end of the file ({})",
+                image.len()
+            ),
+        ));
+    }
+
+    let mut ranges = Vec::with_capacity(4);
+    ranges.push(0..checksum);
+    let mut certificate_table = 0;
+    if directory_count <= SECURITY_DIRECTORY {
+        ranges.push(checksum + 4..size_of_headers);
+    } else {
+        let entry = directories + 8 * SECURITY_DIRECTORY as usize;
+        let mut dir = reader_at(image, entry)?;
+        dir.skip(4)?; // VirtualAddress: a file offset for this directory
+        certificate_table = usize_of(dir.u32_le()?);
+        ranges.push(checksum + 4..entry);
+        ranges.push(entry + 8..size_of_headers);
+    }
+    if ranges.iter().any(|r| r.start > r.end) {
+        return Err(FormatError::invalid(
+            WHAT,
+            format!("SizeOfHeaders {size_of_headers} ends inside the optional header"),
+        ));
+    }
+
+    let table = optional
+        .checked_add(optional_size)
+        .ok_or_else(|| FormatError::invalid(WHAT, "section table offset overflows"))?;
+    let mut raw = Vec::with_capacity(usize::from(sections));
+    let mut st = reader_at(image, table)?;
+    for _ in 0..sections {
+        let header = st.bytes(40)?;
+        let mut h = Reader::new(header, WHAT);
+        h.skip(16)?; // Name, VirtualSize, VirtualAddress
+        let size = usize_of(h.u32_le()?);
+        let pointer = usize_of(h.u32_le()?);
+        if size == 0 {
+            continue;
+        }
+        let end = pointer
+            .checked_add(size)
+            .filter(|end| *end <= image.len())
+            .ok_or_else(|| {
+                FormatError::invalid(
+                    WHAT,
+                    format!(
+                        "a section's raw data ({pointer}+{size}) is beyond the end of the file ({})",
+                        image.len()
+                    ),
+                )
+            })?;
+        raw.push(pointer..end);
+    }
+    raw.sort_by_key(|r| r.start);
+    let mut hashed = size_of_headers;
+    for r in &raw {
+        hashed += r.len();
+    }
+    let section_count = raw.len();
+    ranges.extend(raw);
+    if image.len() > hashed {
+        let tail_end = image
+            .len()
+            .checked_sub(certificate_table)
+            .filter(|end| *end >= hashed);
+        match tail_end {
+            Some(end) if end > hashed => ranges.push(hashed..end),
+            Some(_) => {}
+            None => return Err(FormatError::invalid(
+                WHAT,
+                format!(
+                    "the certificate table ({certificate_table} bytes) overlaps the hashed image"
+                ),
+            )),
+        }
+    }
+    Ok(Authenticode {
+        ranges,
+        pe32_plus,
+        sections: section_count,
+        certificate_table,
+    })
+}
+
+/// A reader from `offset` to the end of `image`.
+fn reader_at(image: &[u8], offset: usize) -> Result<Reader<'_>, FormatError> {
+    image
+        .get(offset..)
+        .map(|rest| Reader::new(rest, WHAT))
+        .ok_or(FormatError::Truncated {
+            what: WHAT,
+            need: offset,
+            have: image.len(),
+        })
+}
+
+fn usize_of(v: u32) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
