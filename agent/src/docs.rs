@@ -149,7 +149,7 @@ pub fn configuration_reference() -> String {
     for key in PIN_KEYS {
         let _ = writeln!(out, "| `{}` | `{}` | {} |", key.key, key.default, key.doc);
     }
-    out.push_str("\nEnvironment: `ATTEST_UNLOCK_CONFIG` names the config file for the pin (clevis passes no options); `ATTEST_UNLOCK_ROOT` is the pin's `--root` in debug builds only (a test hook: a release build ignores it, as a service's environment can come from the unmeasured kernel command line).\n");
+    out.push_str("\nEnvironment: `ATTEST_UNLOCK_CONFIG` names the config file for the pin (clevis passes no options) on a booted system, and is ignored in the initramfs (where `/etc/initrd-release` exists), whose config is its own measured file; `ATTEST_UNLOCK_ROOT` is the pin's `--root` in debug builds only (a test hook: a release build ignores it, as a service's environment can come from the unmeasured kernel command line).\n");
     out.push_str("\n## Command line\n\n");
     let mut cmd = crate::cli::Cli::command();
     cmd.build();

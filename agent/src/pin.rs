@@ -32,17 +32,12 @@ const MAX_INPUT: u64 = 1 << 20;
 /// (what `--root` is for the CLI; tests point it at a fake system). Debug builds only.
 pub const ROOT_ENV: &str = "ATTEST_UNLOCK_ROOT";
 
-/// The pin's host: the config file from `$ATTEST_UNLOCK_CONFIG` (required when set) or the
-/// default path, `/proc/cmdline`, and the root: `/`, or `$ATTEST_UNLOCK_ROOT` in a debug build.
+/// The pin's host: the root (`/`, or `$ATTEST_UNLOCK_ROOT` in a debug build), `/proc/cmdline`,
+/// and the config file: in the initramfs (the root holds `/etc/initrd-release`) always the
+/// initramfs's own, measured with it; on a booted system `$ATTEST_UNLOCK_CONFIG` (required
+/// when set) or the default path.
 fn host() -> Host {
-    let mut host = match std::env::var_os(CONFIG_ENV) {
-        Some(p) => Host {
-            config_path: PathBuf::from(p),
-            config_required: true,
-            ..Host::default()
-        },
-        None => Host::default(),
-    };
+    let mut host = Host::default();
     if let Some(root) = std::env::var_os(ROOT_ENV) {
         // A test hook only: the environment of a service can come from the unmeasured kernel
         // command line (`systemd.setenv=`), and the root decides which devices are the TEE.
@@ -52,7 +47,26 @@ fn host() -> Host {
             log::warn!("{ROOT_ENV} is ignored in a release build (a test hook)");
         }
     }
+    if let Some(p) = std::env::var_os(CONFIG_ENV) {
+        if in_initramfs(&host.root) {
+            // Ignition's disks stage runs the pin in the initramfs, where `systemd.setenv=` on
+            // the unmeasured kernel command line reaches every unit's environment: a config
+            // named there could replace the brokers and CAs the initramfs pins.
+            log::warn!(
+                "{CONFIG_ENV} is ignored in the initramfs: the config is {}",
+                host.config_path.display()
+            );
+        } else {
+            host.config_path = PathBuf::from(p);
+            host.config_required = true;
+        }
+    }
     host
+}
+
+/// Whether `root` is an initramfs: systemd's marker file, part of the measured image.
+fn in_initramfs(root: &Path) -> bool {
+    root.join("etc/initrd-release").exists()
 }
 
 /// The config for a pin config: the measured layers, with the pin config as the LUKS2-token

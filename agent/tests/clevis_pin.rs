@@ -478,3 +478,48 @@ fn malformed_jwe_on_stdin_is_an_input_error() {
     assert!(err.contains("class=config"), "{err}");
     assert!(pin.broker.log().is_empty(), "{:?}", pin.broker.log());
 }
+
+/// In the initramfs (the root holds `/etc/initrd-release`), `$ATTEST_UNLOCK_CONFIG` is
+/// ignored: `systemd.setenv=` on the unmeasured kernel command line reaches the environment
+/// of Ignition's disks stage, which runs the pin. On a booted system it names the config.
+#[test]
+fn the_config_variable_is_ignored_in_the_initramfs() {
+    let root = tempfile::tempdir().unwrap();
+    let named = root.path().join("planted-config.toml");
+    let pin_config = r#"{"servers":[{"url":"https://127.0.0.1:9"}],"path":"default/n/root"}"#;
+    let encrypt = || {
+        let bin = tempfile::tempdir().unwrap();
+        let pin = bin.path().join("clevis-encrypt-trustee");
+        std::os::unix::fs::symlink(agent_bin(), &pin).unwrap();
+        run_with_stdin(
+            Command::new(&pin)
+                .arg(pin_config)
+                .env("ATTEST_UNLOCK_CONFIG", &named)
+                .env("ATTEST_UNLOCK_ROOT", root.path()),
+            b"secret",
+        )
+    };
+    // A booted system: the named config is required, and it does not exist.
+    let run = encrypt();
+    assert!(!run.status.success());
+    assert!(
+        run.stderr.contains("planted-config.toml"),
+        "the named config is read: {}",
+        run.stderr
+    );
+    // The initramfs: the variable is ignored, said so, and the named file never read.
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    std::fs::write(root.path().join("etc/initrd-release"), "NAME=test\n").unwrap();
+    let run = encrypt();
+    assert!(
+        run.stderr
+            .contains("ATTEST_UNLOCK_CONFIG is ignored in the initramfs"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("cannot read config"),
+        "the named config must not be read: {}",
+        run.stderr
+    );
+}
