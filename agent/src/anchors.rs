@@ -73,7 +73,7 @@ impl TrustAnchors {
 
     /// What each register holds after this event was its only extend: `(register, hex)` for
     /// the TPM banks a verifier reads (`pcr<N>:sha1`, `sha256`, `sha384`) and TDX's RTMR 3.
-    pub fn register_values(&self, pcr: u32) -> Vec<(String, String)> {
+    pub(crate) fn register_values(&self, pcr: u32) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for alg in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384] {
             if let Some(v) = extended_once(alg, self.event()) {

@@ -51,7 +51,7 @@ impl ErrorClass {
     /// Transport failures and 5xx are transient. A denial may be transient too: the operator
     /// may be updating the policy or registering this node's AK, so it is retried with the
     /// long backoff. Everything else is a local or protocol fault that no retry fixes.
-    pub fn is_retryable(self) -> bool {
+    pub(crate) fn is_retryable(self) -> bool {
         matches!(
             self,
             ErrorClass::Transport | ErrorClass::BrokerUnavailable | ErrorClass::BrokerDenied

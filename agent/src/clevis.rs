@@ -19,10 +19,10 @@ use serde_json::{Map, Value};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// The pin's name in the clevis header.
-pub const PIN: &str = "trustee";
+pub(crate) const PIN: &str = "trustee";
 
 /// Our extension key inside the pin config.
-pub const EXTENSION_KEY: &str = "attest-unlock";
+pub(crate) const EXTENSION_KEY: &str = "attest-unlock";
 
 /// A clevis/pin format problem.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -170,7 +170,7 @@ impl PinConfig {
     /// The config as the LUKS2-token layer of our TOML config: `num_retries`, `initdata` and
     /// our extension. The layer may only name what to fetch ([`crate::config::TOKEN_KEYS`]);
     /// resolving refuses anything else.
-    pub fn to_layer(&self) -> Result<toml::Table, ClevisError> {
+    pub(crate) fn to_layer(&self) -> Result<toml::Table, ClevisError> {
         let mut t = toml::Table::new();
         match self.num_retries {
             Some(NumRetries::Count(n)) => {
@@ -208,7 +208,7 @@ impl PinConfig {
 /// Make the header form of `initdata` from the encrypt-time config value, as the upstream pin
 /// does: a JSON object of strings becomes the TOML init-data document
 /// (`version = "0.1.0"`, `algorithm = "sha256"`, `[data]`); anything else is kept as given.
-pub fn initdata_document(value: &str) -> Result<String, ClevisError> {
+pub(crate) fn initdata_document(value: &str) -> Result<String, ClevisError> {
     let Ok(map) = serde_json::from_str::<std::collections::BTreeMap<String, String>>(value) else {
         return Ok(value.to_owned());
     };
@@ -231,7 +231,7 @@ impl PinKey {
     /// The pin key from what the broker released at `path`: the provisioner's confdata
     /// (`kbs+provisioner:///...`: the 32-character `io.cryptsetup.key.text.<tag>`), or the
     /// operator's `{"key_type":"oct","key":...}` resource.
-    pub fn from_released(path: &str, released: &[u8]) -> Result<PinKey, ClevisError> {
+    pub(crate) fn from_released(path: &str, released: &[u8]) -> Result<PinKey, ClevisError> {
         match crate::config::provisioner_path(path) {
             Some(inner) => {
                 let volume = inner.rsplit('/').next().unwrap_or_default();

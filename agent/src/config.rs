@@ -31,18 +31,18 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 /// Where the config file lives in the initramfs when `--config` is not given.
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/attest-unlock/config.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "/etc/attest-unlock/config.toml";
 
 /// Where a CA bundle is looked for when a server's `cert` is empty (the upstream pin then
 /// trusts the system roots).
-pub const SYSTEM_CA_BUNDLES: &[&str] = &[
+pub(crate) const SYSTEM_CA_BUNDLES: &[&str] = &[
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/certs/ca-certificates.crt",
 ];
 
 /// The system CA bundle, used for a pin server whose `cert` is empty (the upstream pin trusts
 /// the system roots then), if one of [`SYSTEM_CA_BUNDLES`] exists.
-pub fn system_ca_bundle() -> Option<&'static str> {
+pub(crate) fn system_ca_bundle() -> Option<&'static str> {
     SYSTEM_CA_BUNDLES
         .iter()
         .copied()
@@ -50,7 +50,7 @@ pub fn system_ca_bundle() -> Option<&'static str> {
 }
 
 /// The kernel command line prefix of our keys.
-pub const CMDLINE_PREFIX: &str = "rd.attest_unlock.";
+pub(crate) const CMDLINE_PREFIX: &str = "rd.attest_unlock.";
 
 /// A configuration problem: found before anything is contacted or opened.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +166,7 @@ impl Broker {
     /// The SHA-256 of each certificate's DER in `ca_cert`, in order (what
     /// `openssl x509 -noout -fingerprint -sha256` prints for one certificate): the CA's part of
     /// the measured trust anchors. Empty without a CA (an `http://` broker).
-    pub fn ca_fingerprints(&self) -> Result<Vec<[u8; 32]>, ConfigError> {
+    pub(crate) fn ca_fingerprints(&self) -> Result<Vec<[u8; 32]>, ConfigError> {
         use sha2::{Digest, Sha256};
         let Some(pem) = self.ca_pem()? else {
             return Ok(Vec::new());
@@ -196,10 +196,10 @@ impl Broker {
 
 /// The most any file the config names is read: config files, CA bundles and init-data
 /// documents are kilobytes; a path to `/dev/zero` must not grow memory without bound.
-pub const MAX_FILE_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 1 << 20;
 
 /// Read a UTF-8 file of at most [`MAX_FILE_BYTES`].
-pub fn read_capped(path: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read_capped(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read;
     let read_err = |source| ConfigError::Read {
         path: path.to_owned(),
@@ -391,7 +391,7 @@ impl Default for Azure {
 
 impl Azure {
     /// The user-data poll timeout.
-    pub fn poll_timeout(&self) -> Duration {
+    pub(crate) fn poll_timeout(&self) -> Duration {
         Duration::from_millis(self.poll_timeout_ms)
     }
 }
@@ -602,7 +602,7 @@ impl std::fmt::Display for Layer {
 
 /// The keys (dotted; a table's children included) the LUKS2 token may set: what to fetch and
 /// where it goes, never whom to trust. The pin's `servers` are handled apart (see the module).
-pub const TOKEN_KEYS: &[&str] = &[
+pub(crate) const TOKEN_KEYS: &[&str] = &[
     "disk_key",
     "disk_key_format",
     "luks.keyslot",
@@ -613,7 +613,7 @@ pub const TOKEN_KEYS: &[&str] = &[
 ];
 
 /// The keys an unmeasured kernel command line (`trust_kernel_cmdline = false`) may set.
-pub const UNMEASURED_CMDLINE_KEYS: &[&str] = &[
+pub(crate) const UNMEASURED_CMDLINE_KEYS: &[&str] = &[
     "disable",
     "verbose",
     "retry",
@@ -623,7 +623,7 @@ pub const UNMEASURED_CMDLINE_KEYS: &[&str] = &[
 
 /// The boolean keys, which the kernel command line may give as a bare word
 /// (`rd.attest_unlock.disable`) or as `=1`/`=0`/`=yes`/`=no`.
-pub const BOOL_KEYS: &[&str] = &[
+pub(crate) const BOOL_KEYS: &[&str] = &[
     "disable",
     "verbose",
     "insecure_allow_http",
@@ -635,7 +635,7 @@ pub const BOOL_KEYS: &[&str] = &[
 ];
 
 /// The security-relevant keys whose layer is recorded and logged.
-pub const TRACKED_KEYS: &[&str] = &[
+pub(crate) const TRACKED_KEYS: &[&str] = &[
     "brokers",
     "servers_url_override",
     "insecure_allow_http",
@@ -664,7 +664,7 @@ impl Provenance {
 
     /// Whether the brokers came from the LUKS2 token (a clevis drop-in with no measured
     /// broker config).
-    pub fn brokers_from_token(&self) -> bool {
+    pub(crate) fn brokers_from_token(&self) -> bool {
         self.of("brokers") == Layer::Token
     }
 }
@@ -864,7 +864,7 @@ impl Host {
 
 /// Read the config file (at most [`MAX_FILE_BYTES`]); a missing file at the default path is
 /// an empty layer.
-pub fn read_file_layer(
+pub(crate) fn read_file_layer(
     path: &Path,
     required: bool,
 ) -> Result<Option<(String, Table)>, ConfigError> {
@@ -896,7 +896,7 @@ pub fn parse_table(text: &str, origin: &str) -> Result<Table, ConfigError> {
 /// (`true`, `3`, `"quoted"`, `[...]`), and as a plain string otherwise, so
 /// `tpm.tcti=swtpm:port=2321` needs no quoting. A boolean key ([`BOOL_KEYS`]) also takes
 /// `1`/`0`/`yes`/`no`/`on`/`off`.
-pub fn parse_overrides<'a>(
+pub(crate) fn parse_overrides<'a>(
     items: impl IntoIterator<Item = &'a str>,
     origin: &str,
 ) -> Result<Table, ConfigError> {
@@ -1158,7 +1158,7 @@ impl Config {
 
     /// Log where the trust anchors come from, and every weakening setting with the layer that
     /// set it, at warn. Called once per run for the config in use.
-    pub fn log_settings(&self) {
+    pub(crate) fn log_settings(&self) {
         let from = |key: &str| self.provenance.of(key);
         if !self.brokers.is_empty() {
             let urls: Vec<String> = self
@@ -1251,7 +1251,7 @@ impl Config {
     }
 
     /// Checks needed before `unlock` (other subcommands need less).
-    pub fn validate_for_unlock(&self, has_disk_key: bool) -> Result<(), ConfigError> {
+    pub(crate) fn validate_for_unlock(&self, has_disk_key: bool) -> Result<(), ConfigError> {
         if self.brokers.is_empty() {
             return Err(ConfigError::Invalid("no broker configured".to_owned()));
         }
@@ -1271,7 +1271,7 @@ impl Config {
     }
 
     /// The init-data body, if configured.
-    pub fn init_data_body(&self) -> Result<Option<String>, ConfigError> {
+    pub(crate) fn init_data_body(&self) -> Result<Option<String>, ConfigError> {
         match &self.init_data {
             None => Ok(None),
             Some(InitData { body: Some(b), .. }) => Ok(Some(b.clone())),
@@ -1289,7 +1289,7 @@ impl Config {
 /// Check the volume settings that reach cryptsetup's argv: the device must be an absolute
 /// path and the name a device-mapper name that cannot be taken for an option
 /// (`luks.name=--test-passphrase` would turn `open` into a test that activates nothing).
-pub fn validate_volume(luks: &Luks) -> Result<(), ConfigError> {
+pub(crate) fn validate_volume(luks: &Luks) -> Result<(), ConfigError> {
     let name = &luks.name;
     let name_ok = !name.is_empty()
         && name.len() <= 127
@@ -1318,10 +1318,10 @@ pub fn validate_volume(luks: &Luks) -> Result<(), ConfigError> {
 
 /// The scheme of a resource that Trustee's provisioner plugin serves
 /// (`kbs+provisioner:///default/<uuid>/root`, fetched from `/kbs/v0/provisioner/...`).
-pub const PROVISIONER_SCHEME: &str = "kbs+provisioner:///";
+pub(crate) const PROVISIONER_SCHEME: &str = "kbs+provisioner:///";
 
 /// The `repo/type/tag` of a provisioner reference, if `p` is one.
-pub fn provisioner_path(p: &str) -> Option<&str> {
+pub(crate) fn provisioner_path(p: &str) -> Option<&str> {
     p.strip_prefix(PROVISIONER_SCHEME)
 }
 

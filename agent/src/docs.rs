@@ -7,7 +7,7 @@ use std::fmt::Write;
 use clap::CommandFactory;
 
 /// One config key: dotted name, default, what it does.
-pub struct Key {
+pub(crate) struct Key {
     /// Dotted key, as in TOML, `--set` and `rd.attest_unlock.`.
     pub key: &'static str,
     /// The default, as TOML.
@@ -21,7 +21,7 @@ const fn k(key: &'static str, default: &'static str, doc: &'static str) -> Key {
 }
 
 /// Every config key. The tests check this against the config structs both ways.
-pub const KEYS: &[Key] = &[
+pub(crate) const KEYS: &[Key] = &[
     k("platform", "\"auto\"", "Evidence source: `auto`, `tpm`, `snp`, `tdx`, `az-snp-vtpm`, `az-tdx-vtpm`, `gcp-vtpm`. `auto` tries configfs-tsm (SNP/TDX), the Azure HCL report in vTPM NV 0x01400001, `/dev/sev-guest`, the GCE AK template in vTPM NV 0x01c10001/0x01c10003, then the plain TPM. A named platform that is absent is an error, never a fallback."),
     k("brokers", "[]", "Brokers (Trustee KBS), tried in order each round: a list of tables."),
     k("brokers[].url", "(required)", "Base URL, `https://host:port`; the `/kbs/v0/...` paths are appended."),
@@ -72,7 +72,7 @@ pub const KEYS: &[Key] = &[
 ];
 
 /// The clevis pin config keys (drop-in for clevis-pin-trustee).
-pub const PIN_KEYS: &[Key] = &[
+pub(crate) const PIN_KEYS: &[Key] = &[
     k("servers", "(required)", "`[{\"url\": ..., \"cert\": PEM or \"\"}]`. Used only when no measured layer (initramfs file, kernel command line) names a broker, and then measured into `measure.pcr` before any contact; an empty cert trusts the system CA bundle (logged at warn)."),
     k("path", "(required)", "Resource holding `{\"key_type\":\"oct\",\"key\":<32 characters>}` (or `kbs+provisioner:///default/<uuid>/root`: the provisioner's 32-character key); its key encrypts the JWE (`dir` + `A256GCM`)."),
     k("initdata", "null", "At encrypt time a JSON object string of key/values, stored in the header as the TOML init-data document."),

@@ -116,4 +116,4 @@ pub fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// The longest reason the verdict line carries, in characters.
-pub const MAX_REASON: usize = 1000;
+pub(crate) const MAX_REASON: usize = 1000;

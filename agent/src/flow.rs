@@ -13,7 +13,6 @@
 //! at their destinations) before the unlock, and become visible only after it succeeded.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kbs_types::{Attestation, CompositeEvidence, InitData, RuntimeData};
@@ -179,7 +178,7 @@ impl fmt::Display for Failure {
 
 /// Where the disk's passphrase comes from.
 #[derive(Debug, Clone)]
-pub enum DiskKey {
+pub(crate) enum DiskKey {
     /// The resource at this path is the passphrase (in `config.disk_key_format`).
     Resource(String),
     /// The passphrase is a clevis `trustee` JWE (from the LUKS2 token) whose key is the
@@ -189,7 +188,7 @@ pub enum DiskKey {
 
 impl DiskKey {
     /// The resource path to fetch.
-    pub fn resource(&self) -> &str {
+    pub(crate) fn resource(&self) -> &str {
         match self {
             DiskKey::Resource(p) => p,
             DiskKey::Clevis(jwe) => &jwe.config.path,
@@ -259,7 +258,7 @@ pub struct AnchorsMeasured(());
 
 /// What a run fetches, in order: the disk key (if any), then the secrets. The trust-anchor
 /// event names them in this order, so `unlock` and `anchors` must both build it here.
-pub fn resource_paths<'a>(config: &'a Config, disk: Option<&'a str>) -> Vec<&'a str> {
+pub(crate) fn resource_paths<'a>(config: &'a Config, disk: Option<&'a str>) -> Vec<&'a str> {
     disk.into_iter()
         .chain(config.secrets.iter().map(|s| s.resource.as_str()))
         .collect()
@@ -432,7 +431,7 @@ fn check_launch_init_data(
 }
 
 /// The PCR a Trustee TPM verifier compares with the init-data digest.
-pub const INIT_DATA_PCR: u32 = 8;
+pub(crate) const INIT_DATA_PCR: u32 = 8;
 
 /// Bind the init-data to a TPM node's evidence as Trustee's TPM verifier requires: PCR 8 must
 /// be exactly `SHA-256(0^32 || SHA-256(init-data body))`, one extend from zero (what Trustee's
@@ -440,7 +439,7 @@ pub const INIT_DATA_PCR: u32 = 8;
 /// exactly that (a rerun in this boot); anything else there (GRUB measures its commands into
 /// PCR 8) fails closed with what to do. TEE platforms bind init-data at launch (HOST_DATA,
 /// MRCONFIGID): nothing to do here.
-pub fn bind_init_data(
+pub(crate) fn bind_init_data(
     source: &mut dyn EvidenceSource,
     init_data: Option<&str>,
 ) -> Result<(), Error> {
@@ -504,7 +503,7 @@ pub fn clients(config: &Config) -> Result<Vec<Box<dyn BrokerClient>>, Failure> {
 }
 
 /// The retry loop of [`release`] over brokers already built (the real clients, or fakes).
-pub fn release_from(
+pub(crate) fn release_from(
     config: &Config,
     clients: &[Box<dyn BrokerClient>],
     source: &mut dyn EvidenceSource,
@@ -686,7 +685,7 @@ fn disk_key_source(
 
 /// The flow once the disk key's source, the evidence source and the brokers (the real clients,
 /// or fakes in the fast tests) are known.
-pub fn run_with(
+pub(crate) fn run_with(
     config: &Config,
     disk: Option<&DiskKey>,
     source: &mut dyn EvidenceSource,
@@ -1047,24 +1046,10 @@ fn backoff(config: &Config, round: u32, class: ErrorClass) -> Duration {
     Duration::from_millis(lo + OsRng.next_u64() % span)
 }
 
-/// Where the flow's inputs live on this system (injectable for tests).
-#[derive(Debug, Clone)]
-pub struct HostPaths {
-    /// Prefix for `/dev`, `/sys`, `/proc` lookups.
-    pub root: PathBuf,
-}
-
-impl Default for HostPaths {
-    fn default() -> Self {
-        HostPaths {
-            root: PathBuf::from("/"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn operator_key_format() {

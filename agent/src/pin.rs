@@ -23,14 +23,14 @@ use crate::evidence::Platforms as _;
 use crate::flow::{self, Failure};
 
 /// The environment variable naming the config file for the pin (clevis passes no options).
-pub const CONFIG_ENV: &str = "ATTEST_UNLOCK_CONFIG";
+pub(crate) const CONFIG_ENV: &str = "ATTEST_UNLOCK_CONFIG";
 
 /// Largest stdin we accept (a LUKS passphrase or a JWE of one).
 const MAX_INPUT: u64 = 1 << 20;
 
 /// The environment variable naming the root device and firmware paths are looked up under
 /// (what `--root` is for the CLI; tests point it at a fake system). Debug builds only.
-pub const ROOT_ENV: &str = "ATTEST_UNLOCK_ROOT";
+pub(crate) const ROOT_ENV: &str = "ATTEST_UNLOCK_ROOT";
 
 /// The pin's host: the root (`/`, or `$ATTEST_UNLOCK_ROOT` in a debug build), `/proc/cmdline`,
 /// and the config file: in the initramfs (the root holds `/etc/initrd-release`) always the

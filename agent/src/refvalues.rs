@@ -247,7 +247,7 @@ impl Prediction {
 
     /// The whole prediction as JSON: per PCR the current and next values with their events,
     /// then the reference values in the form Trustee's sample reference-value payload takes.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let pcrs: Vec<Value> = self
             .pcrs
             .iter()

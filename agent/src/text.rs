@@ -5,12 +5,12 @@
 use std::fmt::Write;
 
 /// The longest untrusted value printed as is, in characters.
-pub const MAX_VALUE: usize = 200;
+pub(crate) const MAX_VALUE: usize = 200;
 
 /// `s` with every control character (C0, DEL, C1) escaped as `\xNN` / `\u{NNNN}`, double quotes
 /// as `'` (the verdict line quotes its reason), cut to `max` characters with a note saying how
 /// long the value was.
-pub fn printable(s: &str, max: usize) -> String {
+pub(crate) fn printable(s: &str, max: usize) -> String {
     escape(s, max, true)
 }
 

@@ -41,17 +41,17 @@ use crate::hw::nv::{AZURE_HCL_REPORT, AZURE_USER_DATA};
 use crate::hw::tpm::{AkSource, Quote, Tpm};
 
 /// The persistent handle of the AK Azure's vTPM provisions (its public key is `HCLAkPub`).
-pub const AZURE_AK_HANDLE: u32 = 0x8100_0003;
+pub(crate) const AZURE_AK_HANDLE: u32 = 0x8100_0003;
 
 /// Evidence version with a fresh HCL report carrying our user data.
-pub const VERSION_FRESH: u32 = 2;
+pub(crate) const VERSION_FRESH: u32 = 2;
 /// Evidence version with the boot-time HCL report (binding through the quote only).
-pub const VERSION_BOOT: u32 = 1;
+pub(crate) const VERSION_BOOT: u32 = 1;
 
 /// IMDS: the VCEK and its chain (THIM).
-pub const THIM_PATH: &str = "/metadata/THIM/amd/certification";
+pub(crate) const THIM_PATH: &str = "/metadata/THIM/amd/certification";
 /// IMDS: TD report in, TD quote out.
-pub const TD_QUOTE_PATH: &str = "/acc/tdquote";
+pub(crate) const TD_QUOTE_PATH: &str = "/acc/tdquote";
 
 /// The size of a TDREPORT at the start of the HCL report's hardware slot.
 const TD_REPORT_SIZE: usize = 1024;
@@ -69,7 +69,7 @@ const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(
 
 /// Which hardware is behind the paravisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AzureKind {
+pub(crate) enum AzureKind {
     /// AMD SEV-SNP: the HCL report holds an SNP report.
     Snp,
     /// Intel TDX: the HCL report holds a TDREPORT.
@@ -78,7 +78,7 @@ pub enum AzureKind {
 
 impl AzureKind {
     /// The kind of an HCL report's hardware report.
-    pub fn of(report: &HclReport) -> AzureKind {
+    pub(crate) fn of(report: &HclReport) -> AzureKind {
         match report.hw_report {
             HwReport::Snp(_) => AzureKind::Snp,
             HwReport::Tdx(_) => AzureKind::Tdx,
@@ -86,7 +86,7 @@ impl AzureKind {
     }
 
     /// The platform.
-    pub fn platform(self) -> Platform {
+    pub(crate) fn platform(self) -> Platform {
         match self {
             AzureKind::Snp => Platform::AzSnpVtpm,
             AzureKind::Tdx => Platform::AzTdxVtpm,
@@ -104,7 +104,7 @@ pub enum Endorsement {
 }
 
 /// Evidence from an Azure confidential VM.
-pub struct AzureSource {
+pub(crate) struct AzureSource {
     kind: AzureKind,
     config: Azure,
     tcti: String,
@@ -113,7 +113,12 @@ pub struct AzureSource {
 
 impl AzureSource {
     /// A source for `kind` using the vTPM at `tcti` and IMDS as configured.
-    pub fn new(kind: AzureKind, config: Azure, tcti: String, timeouts: &Timeouts) -> AzureSource {
+    pub(crate) fn new(
+        kind: AzureKind,
+        config: Azure,
+        tcti: String,
+        timeouts: &Timeouts,
+    ) -> AzureSource {
         let imds = Imds::new(&config.imds_url, timeouts);
         AzureSource {
             kind,
@@ -242,7 +247,7 @@ pub fn user_data_is(report: &HclReport, want: &[u8; 64]) -> bool {
 /// Re-read the HCL report until it carries `user_data` (and its hardware report still binds
 /// its claims: a read during the paravisor's rewrite may mix two reports), pausing 1 ms,
 /// 2 ms, 4 ms ... up to 50 ms between reads, for at most `timeout`.
-pub fn poll_fresh_report(
+pub(crate) fn poll_fresh_report(
     mut read: impl FnMut() -> Result<Vec<u8>, EvidenceError>,
     user_data: &[u8; 64],
     timeout: Duration,
@@ -320,7 +325,7 @@ pub fn parse_thim_reply(reply: &[u8]) -> Result<Vec<u8>, EvidenceError> {
 }
 
 /// The body of the TD quote request: `{"report": <base64url TDREPORT>}`.
-pub fn td_quote_request(td_report: &[u8]) -> String {
+pub(crate) fn td_quote_request(td_report: &[u8]) -> String {
     serde_json::json!({ "report": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(td_report) })
         .to_string()
 }
@@ -369,7 +374,7 @@ fn check_td_quote(quote: &[u8], report: &HclReport) -> Result<(), EvidenceError>
 
 /// The raw RSASSA signature bytes of a marshalled `TPMT_SIGNATURE` (Trustee's Azure
 /// verifiers take the bare signature, the `tpm` verifier the marshalled structure).
-pub fn raw_rsassa(signature: &[u8]) -> Result<Vec<u8>, EvidenceError> {
+pub(crate) fn raw_rsassa(signature: &[u8]) -> Result<Vec<u8>, EvidenceError> {
     match parse_tpmt_signature(signature) {
         Ok(TpmtSignature::RsaSsa { signature, .. }) => Ok(signature),
         Ok(other) => Err(EvidenceError::Mismatch {

@@ -21,7 +21,7 @@ impl ReportData {
     }
 
     /// The first 32 bytes, which a TPM quote carries as qualifying data.
-    pub fn tpm_qualifying_data(&self) -> [u8; 32] {
+    pub(crate) fn tpm_qualifying_data(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
         out.copy_from_slice(&self.0[..32]);
         out
@@ -46,7 +46,7 @@ pub fn report_data(
 
 /// The binding digest of an additional device's evidence: the same hash computed without the
 /// `additional-evidence` key (that evidence is itself part of the primary binding).
-pub fn device_report_data(
+pub(crate) fn device_report_data(
     nonce: &str,
     tee_pubkey: &TeePubKey,
 ) -> Result<ReportData, serde_json::Error> {

@@ -24,14 +24,14 @@ use crate::hw::nv::{GCE_AK_CERT_RSA, GCE_AK_TEMPLATE_ECC, GCE_AK_TEMPLATE_RSA};
 use crate::hw::tpm::{AkSource, Tpm};
 
 /// Evidence from a GCE vTPM.
-pub struct GcpSource {
+pub(crate) struct GcpSource {
     config: TpmConfig,
     event_log: PathBuf,
 }
 
 impl GcpSource {
     /// A source using the vTPM of `config`; `event_log` is the (rooted) event log path.
-    pub fn new(config: TpmConfig, event_log: PathBuf) -> GcpSource {
+    pub(crate) fn new(config: TpmConfig, event_log: PathBuf) -> GcpSource {
         GcpSource { config, event_log }
     }
 }

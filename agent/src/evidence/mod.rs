@@ -242,7 +242,7 @@ pub enum SnpBackendKind {
 
 /// What detection asks the TPM: which NV indices exist and what they hold. The production
 /// implementation opens the configured TPM lazily; tests substitute their own.
-pub trait NvProbe {
+pub(crate) trait NvProbe {
     /// Whether `index` is defined. `Ok(None)`: the TPM cannot be asked at all (not opened).
     fn defined(&mut self, index: u32) -> Result<Option<bool>, EvidenceError>;
     /// The content of `index`.
@@ -253,7 +253,7 @@ pub trait NvProbe {
 
 /// An [`NvProbe`] on the TPM named by a TCTI string, opened on first use and closed when the
 /// probe is dropped (a swtpm serves one connection at a time).
-pub struct TctiProbe {
+pub(crate) struct TctiProbe {
     tcti: String,
     tpm: Option<Tpm>,
     failed: Option<String>,
@@ -261,7 +261,7 @@ pub struct TctiProbe {
 
 impl TctiProbe {
     /// A probe of the TPM at `tcti`.
-    pub fn new(tcti: &str) -> TctiProbe {
+    pub(crate) fn new(tcti: &str) -> TctiProbe {
         TctiProbe {
             tcti: tcti.to_owned(),
             tpm: None,
@@ -331,7 +331,7 @@ pub fn detect(config: &Config, root: &Path) -> Result<Detected, EvidenceError> {
 }
 
 /// [`detect`] with the vTPM's NV indices read through `probe`.
-pub fn detect_with(
+pub(crate) fn detect_with(
     config: &Config,
     root: &Path,
     probe: &mut dyn NvProbe,
@@ -492,7 +492,7 @@ const ENODEV: i32 = 19;
 const ENXIO: i32 = 6;
 
 /// Join an absolute path under `root`.
-pub fn rooted(root: &Path, path: &str) -> PathBuf {
+pub(crate) fn rooted(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
@@ -501,7 +501,7 @@ fn rooted_path(root: &Path, path: &Path) -> PathBuf {
 }
 
 /// A TEE's evidence with the TPM's as additional evidence.
-pub struct Composite {
+pub(crate) struct Composite {
     primary: Box<dyn EvidenceSource>,
     tpm: tpm::TpmSource,
 }
@@ -545,7 +545,11 @@ impl EvidenceSource for Composite {
 }
 
 /// Build the evidence source for what was detected.
-pub fn source_for(detected: &Detected, config: &Config, root: &Path) -> Box<dyn EvidenceSource> {
+pub(crate) fn source_for(
+    detected: &Detected,
+    config: &Config,
+    root: &Path,
+) -> Box<dyn EvidenceSource> {
     let tpm = || {
         tpm::TpmSource::new(
             config.tpm.clone(),

@@ -18,7 +18,7 @@ use crate::hw::tsm;
 
 /// Where SNP reports come from.
 #[derive(Debug, Clone)]
-pub enum SnpBackend {
+pub(crate) enum SnpBackend {
     /// configfs-tsm, at this report directory.
     Tsm(PathBuf),
     /// The `/dev/sev-guest` ioctl, with the device detection found (under `--root`).
@@ -29,7 +29,7 @@ pub enum SnpBackend {
 const SEV_GUEST: &str = "/dev/sev-guest";
 
 /// Evidence from an SEV-SNP guest.
-pub struct SnpSource {
+pub(crate) struct SnpSource {
     backend: SnpBackend,
     vmpl: u32,
     /// HOST_DATA of the last report produced.
@@ -38,7 +38,7 @@ pub struct SnpSource {
 
 impl SnpSource {
     /// A source using `backend` at `vmpl`.
-    pub fn new(backend: SnpBackend, vmpl: u32) -> SnpSource {
+    pub(crate) fn new(backend: SnpBackend, vmpl: u32) -> SnpSource {
         SnpSource {
             backend,
             vmpl,

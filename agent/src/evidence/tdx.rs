@@ -21,7 +21,7 @@ const END_FLAG: [u8; 8] = [0xFF; 8];
 /// Cut a CCEL area after its last event, where [`crate::formats::eventlog::parse_ccel`] says
 /// the log ends (the one end rule `inspect` and the replay use too); a malformed log is an
 /// error.
-pub fn trim_ccel(ccel: &[u8]) -> Result<&[u8], EvidenceError> {
+pub(crate) fn trim_ccel(ccel: &[u8]) -> Result<&[u8], EvidenceError> {
     let parsed =
         crate::formats::eventlog::parse_ccel(ccel).map_err(|e| EvidenceError::Malformed {
             what: "CCEL",
@@ -68,7 +68,7 @@ pub fn encode(
 }
 
 /// Evidence from a TDX guest.
-pub struct TdxSource {
+pub(crate) struct TdxSource {
     tsm_root: PathBuf,
     ccel: PathBuf,
     rtmr: PathBuf,
@@ -79,7 +79,7 @@ pub struct TdxSource {
 impl TdxSource {
     /// A source using the configfs-tsm tree at `tsm_root`, the CCEL at `ccel` and the RTMR
     /// attribute at `rtmr`.
-    pub fn new(tsm_root: PathBuf, ccel: PathBuf, rtmr: PathBuf) -> TdxSource {
+    pub(crate) fn new(tsm_root: PathBuf, ccel: PathBuf, rtmr: PathBuf) -> TdxSource {
         TdxSource {
             tsm_root,
             ccel,
@@ -124,7 +124,10 @@ impl EvidenceSource for TdxSource {
 /// Extend the RTMR behind `attribute` with SHA-384(`event`): the kernel's attribute takes the
 /// 48-byte digest and extends. Without the attribute (kernels before 6.16) the measurement
 /// cannot be recorded; that is said, not hidden (with a vTPM the PCR is extended too).
-pub fn extend_rtmr(attribute: &std::path::Path, event: &[u8]) -> Result<Recorded, EvidenceError> {
+pub(crate) fn extend_rtmr(
+    attribute: &std::path::Path,
+    event: &[u8],
+) -> Result<Recorded, EvidenceError> {
     use sha2::{Digest, Sha384};
     if !attribute.exists() {
         return Ok(Recorded::Unavailable(format!(

@@ -61,14 +61,14 @@ impl TpmEvidence {
 }
 
 /// Evidence from a TPM 2.0.
-pub struct TpmSource {
+pub(crate) struct TpmSource {
     config: TpmConfig,
     event_log: PathBuf,
 }
 
 impl TpmSource {
     /// A source using `config`; `event_log` is the (rooted) event log path.
-    pub fn new(config: TpmConfig, event_log: PathBuf) -> TpmSource {
+    pub(crate) fn new(config: TpmConfig, event_log: PathBuf) -> TpmSource {
         TpmSource { config, event_log }
     }
 }

@@ -19,10 +19,10 @@ use super::FormatError;
 const WHAT: &str = "provisioner confdata";
 
 /// The key name prefix of a volume's LUKS passphrase.
-pub const LUKS_KEY_PREFIX: &str = "io.cryptsetup.key.text.";
+pub(crate) const LUKS_KEY_PREFIX: &str = "io.cryptsetup.key.text.";
 
 /// The largest confdata accepted (a few keys of a few dozen bytes each).
-pub const MAX_CONFDATA: usize = 64 << 10;
+pub(crate) const MAX_CONFDATA: usize = 64 << 10;
 
 /// The passphrase of `volume` in a confdata document.
 pub fn luks_key(bytes: &[u8], volume: &str) -> Result<Zeroizing<Vec<u8>>, FormatError> {

@@ -26,15 +26,15 @@ use super::{check_max, FormatError, HashAlg};
 /// `EV_NO_ACTION`: informational events that extend no PCR.
 pub const EV_NO_ACTION: u32 = 0x3;
 /// The most records a log may hold. Real logs hold tens to a few hundred.
-pub const MAX_EVENTS: usize = 100_000;
+pub(crate) const MAX_EVENTS: usize = 100_000;
 /// The most digests per record, and the most algorithms a Spec ID event may declare.
-pub const MAX_DIGESTS: u32 = 8;
+pub(crate) const MAX_DIGESTS: u32 = 8;
 /// The largest event data accepted (16 MiB).
-pub const MAX_EVENT_DATA: u32 = 16 * 1024 * 1024;
+pub(crate) const MAX_EVENT_DATA: u32 = 16 * 1024 * 1024;
 /// The number of PCRs of a PC-Client TPM.
 pub const PCR_COUNT: u32 = 24;
 /// The largest digest an event log may declare (SHA-512).
-pub const MAX_DIGEST_SIZE: u16 = 64;
+pub(crate) const MAX_DIGEST_SIZE: u16 = 64;
 
 const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
 const STARTUP_LOCALITY_SIGNATURE: &[u8; 16] = b"StartupLocality\0";
@@ -203,7 +203,7 @@ impl EventLog {
     }
 
     /// The records that extend a register: all but `EV_NO_ACTION`.
-    pub fn extending_events(&self) -> impl Iterator<Item = &Event> {
+    pub(crate) fn extending_events(&self) -> impl Iterator<Item = &Event> {
         self.events.iter().filter(|e| e.event_type != EV_NO_ACTION)
     }
 
@@ -268,7 +268,7 @@ impl CcelLog {
     }
 
     /// How many records extend each of RTMR0 to RTMR3.
-    pub fn extend_counts(&self) -> [usize; 4] {
+    pub(crate) fn extend_counts(&self) -> [usize; 4] {
         let mut counts = [0usize; 4];
         for ev in self.log.extending_events() {
             if let Some(c) = ev
@@ -309,7 +309,7 @@ pub fn parse_ccel(bytes: &[u8]) -> Result<CcelLog, FormatError> {
 /// The Spec ID header of a crypto-agile log, read from the first record only; `None` when
 /// the first record is not a well-formed Spec ID Event03 (a legacy log, or not a log at all).
 /// Cheap enough for guessing what a blob is.
-pub fn spec_id_of(bytes: &[u8]) -> Option<SpecIdEvent> {
+pub(crate) fn spec_id_of(bytes: &[u8]) -> Option<SpecIdEvent> {
     let mut r = Reader::new(bytes, WHAT_TPM);
     let first = read_legacy_event(&mut r).ok()?;
     if first.event_type == EV_NO_ACTION && first.data.starts_with(SPEC_ID_SIGNATURE) {
@@ -575,7 +575,7 @@ pub struct EfiVariable {
 
 /// `EV_EFI_VARIABLE_DRIVER_CONFIG`, `_BOOT`, `_BOOT2` and `_AUTHORITY`: events whose data is a
 /// `UEFI_VARIABLE_DATA`.
-pub fn is_efi_variable_event(event_type: u32) -> bool {
+pub(crate) fn is_efi_variable_event(event_type: u32) -> bool {
     matches!(
         event_type,
         0x8000_0001 | 0x8000_0002 | 0x8000_000C | 0x8000_00E0

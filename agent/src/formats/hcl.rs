@@ -24,18 +24,18 @@ use super::{check_max, FormatError};
 const WHAT: &str = "HCL report";
 
 /// The header signature.
-pub const SIGNATURE: &[u8; 4] = b"HCLA";
+pub(crate) const SIGNATURE: &[u8; 4] = b"HCLA";
 /// The size of the header.
-pub const HEADER_SIZE: usize = 32;
+pub(crate) const HEADER_SIZE: usize = 32;
 /// The size of the hardware report slot.
-pub const HW_REPORT_SLOT_SIZE: usize = 1184;
+pub(crate) const HW_REPORT_SLOT_SIZE: usize = 1184;
 /// The size of the IGVM request data before the variable data.
-pub const REQUEST_DATA_SIZE: usize = 20;
+pub(crate) const REQUEST_DATA_SIZE: usize = 20;
 /// The offset of the variable data.
-pub const VAR_DATA_OFFSET: usize = HEADER_SIZE + HW_REPORT_SLOT_SIZE + REQUEST_DATA_SIZE;
+pub(crate) const VAR_DATA_OFFSET: usize = HEADER_SIZE + HW_REPORT_SLOT_SIZE + REQUEST_DATA_SIZE;
 /// The largest variable data accepted. Real runtime claims are 0.5 to 1.5 KiB; the NV index
 /// holding the whole report is a few KiB.
-pub const MAX_VAR_DATA: u32 = 64 * 1024;
+pub(crate) const MAX_VAR_DATA: u32 = 64 * 1024;
 /// Report type of an SNP hardware report.
 pub const REPORT_TYPE_SNP: u32 = 2;
 /// Report type of a TDX hardware report (TDREPORT).

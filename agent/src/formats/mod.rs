@@ -115,7 +115,7 @@ pub enum HashAlg {
 
 impl HashAlg {
     /// The algorithm with this `TPM_ALG_ID`.
-    pub fn from_id(id: u16) -> Self {
+    pub(crate) fn from_id(id: u16) -> Self {
         match id {
             0x0004 => HashAlg::Sha1,
             0x000B => HashAlg::Sha256,
@@ -139,7 +139,7 @@ impl HashAlg {
     }
 
     /// The digest size in bytes, when the algorithm is known.
-    pub fn digest_size(self) -> Option<usize> {
+    pub(crate) fn digest_size(self) -> Option<usize> {
         match self {
             HashAlg::Sha1 => Some(20),
             HashAlg::Sha256 | HashAlg::Sm3_256 => Some(32),

@@ -14,7 +14,7 @@ use super::{check_max, FormatError, HashAlg};
 
 const WHAT: &str = "PE image";
 /// The most sections accepted; the PE format allows 96 in practice, linkers far fewer.
-pub const MAX_SECTIONS: u16 = 1024;
+pub(crate) const MAX_SECTIONS: u16 = 1024;
 /// `IMAGE_DIRECTORY_ENTRY_SECURITY`: the certificate table's data directory index.
 const SECURITY_DIRECTORY: u32 = 4;
 

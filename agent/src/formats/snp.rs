@@ -11,14 +11,14 @@ use super::reader::Reader;
 use super::FormatError;
 
 /// The size of every SNP attestation report.
-pub const REPORT_SIZE: usize = 1184;
+pub(crate) const REPORT_SIZE: usize = 1184;
 /// The length of the signed part of the report: bytes `[0, SIGNED_LEN)`.
 pub const SIGNED_LEN: usize = 0x2A0;
 /// The oldest report version this parser reads (firmware before 1.51 wrote version 1, whose
 /// reserved fields differ).
-pub const MIN_VERSION: u32 = 2;
+pub(crate) const MIN_VERSION: u32 = 2;
 /// The newest report version this parser knows the layout of.
-pub const MAX_VERSION: u32 = 5;
+pub(crate) const MAX_VERSION: u32 = 5;
 
 const WHAT: &str = "SNP report";
 
@@ -110,12 +110,12 @@ impl SnpReport {
     }
 
     /// Whether the author key digest is present (bit 0 of the key information word).
-    pub fn author_key_en(&self) -> bool {
+    pub(crate) fn author_key_en(&self) -> bool {
         self.key_info & 1 != 0
     }
 
     /// Whether the chip ID was masked (bit 1 of the key information word).
-    pub fn mask_chip_key(&self) -> bool {
+    pub(crate) fn mask_chip_key(&self) -> bool {
         self.key_info & 2 != 0
     }
 
@@ -131,19 +131,19 @@ pub struct GuestPolicy(pub u64);
 
 impl GuestPolicy {
     /// The minimum ABI minor version the guest requires.
-    pub fn abi_minor(self) -> u8 {
+    pub(crate) fn abi_minor(self) -> u8 {
         (self.0 & 0xFF) as u8
     }
     /// The minimum ABI major version the guest requires.
-    pub fn abi_major(self) -> u8 {
+    pub(crate) fn abi_major(self) -> u8 {
         ((self.0 >> 8) & 0xFF) as u8
     }
     /// SMT is allowed (bit 16).
-    pub fn smt_allowed(self) -> bool {
+    pub(crate) fn smt_allowed(self) -> bool {
         self.0 & (1 << 16) != 0
     }
     /// A migration agent may be associated (bit 18).
-    pub fn migrate_ma(self) -> bool {
+    pub(crate) fn migrate_ma(self) -> bool {
         self.0 & (1 << 18) != 0
     }
     /// Debugging is allowed (bit 19): the hypervisor can read guest memory.
@@ -151,7 +151,7 @@ impl GuestPolicy {
         self.0 & (1 << 19) != 0
     }
     /// The guest may run on one socket only (bit 20).
-    pub fn single_socket(self) -> bool {
+    pub(crate) fn single_socket(self) -> bool {
         self.0 & (1 << 20) != 0
     }
 }

@@ -18,27 +18,26 @@ const WHAT_CERT: &str = "TDX quote certification data";
 const WHAT_TDREPORT: &str = "TDREPORT";
 
 /// The TEE type of TDX in the quote header (SGX is 0).
-pub const TEE_TYPE_TDX: u32 = 0x81;
+pub(crate) const TEE_TYPE_TDX: u32 = 0x81;
 /// Attestation key type 2: ECDSA P-256 with SHA-256, the only type Intel's QE produces.
-pub const ATT_KEY_TYPE_ECDSA_P256: u16 = 2;
+pub(crate) const ATT_KEY_TYPE_ECDSA_P256: u16 = 2;
 /// The size of the quote header.
-pub const HEADER_SIZE: usize = 48;
+#[cfg(test)]
+const HEADER_SIZE: usize = 48;
 /// The size of a TDX 1.0 TD report body.
-pub const BODY_SIZE_TD10: usize = 584;
+pub(crate) const BODY_SIZE_TD10: usize = 584;
 /// The size of a TDX 1.5 TD report body.
-pub const BODY_SIZE_TD15: usize = 648;
-/// The size of a TDREPORT (`TDREPORT_STRUCT`).
-pub const TDREPORT_SIZE: usize = 1024;
+pub(crate) const BODY_SIZE_TD15: usize = 648;
 /// The size of an SGX enclave report (the QE report).
-pub const ENCLAVE_REPORT_SIZE: usize = 384;
+pub(crate) const ENCLAVE_REPORT_SIZE: usize = 384;
 /// The largest signature data accepted. Real quotes carry about 4.3 KiB (most of it the PEM
 /// chain); the cap only stops a forged length from describing a huge region.
-pub const MAX_SIGNATURE_DATA: usize = 64 * 1024;
+pub(crate) const MAX_SIGNATURE_DATA: usize = 64 * 1024;
 
 /// Certification data type 5: the PCK leaf, intermediate and root as concatenated PEM.
-pub const CERT_TYPE_PCK_CHAIN: u16 = 5;
+pub(crate) const CERT_TYPE_PCK_CHAIN: u16 = 5;
 /// Certification data type 6: the QE report certification data.
-pub const CERT_TYPE_QE_REPORT: u16 = 6;
+pub(crate) const CERT_TYPE_QE_REPORT: u16 = 6;
 
 /// A parsed TDX quote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,7 +384,7 @@ fn parse_certification(
 }
 
 /// Parses a 384-byte SGX enclave report body.
-pub fn parse_enclave_report(bytes: &[u8]) -> Result<EnclaveReport, FormatError> {
+pub(crate) fn parse_enclave_report(bytes: &[u8]) -> Result<EnclaveReport, FormatError> {
     let mut r = Reader::new(bytes, "SGX enclave report");
     let cpu_svn = r.array()?; // 0
     let misc_select = r.u32_le()?; // 16
@@ -491,7 +490,7 @@ pub fn parse_td_report(bytes: &[u8]) -> Result<TdReport, FormatError> {
     let mr_owner_config = r.array()?;
     let rtmrs = [r.array()?, r.array()?, r.array()?, r.array()?];
     let servtd_hash = r.array()?;
-    r.skip(64)?; // reserved, ends at TDREPORT_SIZE
+    r.skip(64)?; // reserved, ends at the TDREPORT's 1024 bytes
     Ok(TdReport {
         report_type,
         cpu_svn,

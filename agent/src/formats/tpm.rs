@@ -11,30 +11,30 @@ const WHAT_ATTEST: &str = "TPMS_ATTEST";
 const WHAT_SIGNATURE: &str = "TPMT_SIGNATURE";
 
 /// `TPM_GENERATED_VALUE`: the magic that marks a structure the TPM itself produced.
-pub const TPM_GENERATED_VALUE: u32 = 0xFF54_4347;
+pub(crate) const TPM_GENERATED_VALUE: u32 = 0xFF54_4347;
 /// `TPM_ST_ATTEST_QUOTE`.
-pub const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
+pub(crate) const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
 /// `sizeof(TPMU_NAME)`: a hash algorithm ID and a digest of up to 64 bytes.
-pub const MAX_NAME: usize = 2 + 64;
+pub(crate) const MAX_NAME: usize = 2 + 64;
 /// `sizeof(TPMT_HA)`, the bound of `TPM2B_DATA`.
-pub const MAX_DATA: usize = 2 + 64;
+pub(crate) const MAX_DATA: usize = 2 + 64;
 /// The largest digest (SHA-512).
-pub const MAX_DIGEST: usize = 64;
+pub(crate) const MAX_DIGEST: usize = 64;
 /// The most banks a PCR selection may list.
-pub const MAX_PCR_BANKS: u32 = 8;
+pub(crate) const MAX_PCR_BANKS: u32 = 8;
 /// The largest PCR select bitmap: 4 bytes (32 PCRs); PC-Client TPMs use 3.
-pub const MAX_SIZEOF_SELECT: u8 = 4;
+pub(crate) const MAX_SIZEOF_SELECT: u8 = 4;
 /// The largest RSA signature (4096-bit keys).
-pub const MAX_RSA_SIGNATURE: usize = 512;
+pub(crate) const MAX_RSA_SIGNATURE: usize = 512;
 /// The largest ECC parameter (P-521: 66 bytes).
-pub const MAX_ECC_PARAMETER: usize = 66;
+pub(crate) const MAX_ECC_PARAMETER: usize = 66;
 
 /// `TPM_ALG_RSASSA`.
-pub const TPM_ALG_RSASSA: u16 = 0x0014;
+pub(crate) const TPM_ALG_RSASSA: u16 = 0x0014;
 /// `TPM_ALG_RSAPSS`.
-pub const TPM_ALG_RSAPSS: u16 = 0x0016;
+pub(crate) const TPM_ALG_RSAPSS: u16 = 0x0016;
 /// `TPM_ALG_ECDSA`.
-pub const TPM_ALG_ECDSA: u16 = 0x0018;
+pub(crate) const TPM_ALG_ECDSA: u16 = 0x0018;
 
 /// A `TPMS_ATTEST` of type quote.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,12 +14,12 @@ use rand_core::OsRng;
 use zeroize::Zeroizing;
 
 /// The JOSE `alg` this key is for.
-pub const KEY_ALG: &str = "ECDH-ES+A256KW";
+pub(crate) const KEY_ALG: &str = "ECDH-ES+A256KW";
 
 /// A peer public key that is not a valid P-256 point.
 #[derive(Debug, thiserror::Error)]
 #[error("peer public key is not a valid P-256 point")]
-pub struct InvalidPoint;
+pub(crate) struct InvalidPoint;
 
 /// The ephemeral key pair of one session.
 pub struct EphemeralKey {
@@ -55,7 +55,7 @@ impl EphemeralKey {
     }
 
     /// ECDH with a peer's public point given by its affine coordinates; returns Z.
-    pub fn agree(&self, x: &[u8], y: &[u8]) -> Result<Zeroizing<Vec<u8>>, InvalidPoint> {
+    pub(crate) fn agree(&self, x: &[u8], y: &[u8]) -> Result<Zeroizing<Vec<u8>>, InvalidPoint> {
         if x.len() != 32 || y.len() != 32 {
             return Err(InvalidPoint);
         }

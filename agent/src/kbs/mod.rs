@@ -22,13 +22,13 @@ use crate::config::{Broker, Timeouts};
 use crate::net::{agent, transport_message};
 
 /// The protocol version we speak; Trustee accepts exactly this.
-pub const PROTOCOL_VERSION: &str = "0.4.0";
+pub(crate) const PROTOCOL_VERSION: &str = "0.4.0";
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "kbs-session-id";
 
 /// Largest reply body we read. Challenges, tokens and wrapped secrets are a few KiB.
-pub const MAX_REPLY_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_REPLY_BYTES: u64 = 1 << 20;
 
 /// A broker conversation failure. Variants differ in what the retry policy does with them.
 #[derive(Debug, thiserror::Error)]
@@ -165,14 +165,14 @@ pub trait BrokerClient {
 }
 
 /// A client for one broker.
-pub struct KbsClient {
+pub(crate) struct KbsClient {
     agent: ureq::Agent,
     base: String,
 }
 
 impl KbsClient {
     /// Build a client trusting only the broker's configured CA.
-    pub fn new(
+    pub(crate) fn new(
         broker: &Broker,
         ca_pem: Option<&str>,
         timeouts: &Timeouts,
@@ -347,7 +347,7 @@ fn http_agent(
 /// Register this node's AK at first boot: `PUT <url>` with
 /// `{"attestation_key": <PEM>, "uuid": <uuid>}`, as the trusted-execution-clusters
 /// registration server expects; any 2xx is success.
-pub fn register_ak(
+pub(crate) fn register_ak(
     url: &str,
     ca_pem: Option<&str>,
     timeouts: &Timeouts,
