@@ -243,7 +243,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         Command::Ak => {
             let mut tpm = Tpm::open(&config.tpm.tcti).map_err(evidence::EvidenceError::from)?;
             let ak = tpm
-                .ak_public(config.tpm.ak_handle)
+                .ak_public(&config.tpm)
                 .map_err(evidence::EvidenceError::from)?;
             write_out(
                 out,

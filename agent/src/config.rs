@@ -303,6 +303,10 @@ fn deserialize_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Er
     Ok(mode)
 }
 
+/// The persistent handle the derived AK is kept at: in the TCG registry's range for
+/// endorsement-hierarchy primary keys, clear of the EK handles (0x81010001, 0x81010002).
+pub const DEFAULT_AK_CACHE_HANDLE: u32 = 0x8101_0020;
+
 /// TPM access.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -314,6 +318,9 @@ pub struct Tpm {
     /// the AK is a primary key in the endorsement hierarchy made from a fixed template, which
     /// is the same key on every boot of this TPM and needs no NV write.
     pub ak_handle: Option<u32>,
+    /// Where the derived AK is kept after its first creation (0: nowhere, create it on every
+    /// boot). A key found there is used only if it is exactly the derived primary.
+    pub ak_cache_handle: u32,
     /// The TCG event log, sent with the quote when the file exists.
     pub event_log: PathBuf,
 }
@@ -323,6 +330,7 @@ impl Default for Tpm {
         Tpm {
             tcti: "device:/dev/tpmrm0".to_owned(),
             ak_handle: None,
+            ak_cache_handle: DEFAULT_AK_CACHE_HANDLE,
             event_log: PathBuf::from("/sys/kernel/security/tpm0/binary_bios_measurements"),
         }
     }

@@ -39,6 +39,7 @@ pub(crate) const KEYS: &[Key] = &[
     k("secrets[].mode", "\"0600\"", "File mode; group and other bits are refused."),
     k("tpm.tcti", "\"device:/dev/tpmrm0\"", "TCTI string (`device:`, `swtpm:host=..,port=..`)."),
     k("tpm.ak_handle", "(none)", "A persistent AK handle (e.g. 0x81010002); default: the AK derived from the endorsement seed (same key every boot)."),
+    k("tpm.ak_cache_handle", "0x81010020", "Where the derived AK is kept after its first creation, so later boots skip the RSA key generation (seconds on a discrete TPM); a key there is used only if it is exactly the derived primary. 0: keep nothing. Clear with `tpm2_evictcontrol -C o -c 0x81010020`."),
     k("tpm.event_log", "\"/sys/kernel/security/tpm0/binary_bios_measurements\"", "TCG event log sent with the quote when present."),
     k("tee.tsm_root", "\"/sys/kernel/config/tsm/report\"", "configfs-tsm report directory."),
     k("tee.sev_guest", "\"/dev/sev-guest\"", "SEV guest device for kernels without configfs-tsm."),

@@ -188,7 +188,7 @@ fn register(config: &Config, reg: &clevis::Registration) -> Result<(), Error> {
     let mut tpm =
         crate::hw::tpm::Tpm::open(&config.tpm.tcti).map_err(evidence::EvidenceError::from)?;
     let ak = tpm
-        .ak_public(config.tpm.ak_handle)
+        .ak_public(&config.tpm)
         .map_err(evidence::EvidenceError::from)?;
     drop(tpm);
     // A network attacker who swaps the AK in a trust-on-first-use registration owns the

@@ -150,3 +150,141 @@ fn evidence_is_bound_to_the_nonce() {
         b["tee-evidence"]["primary_evidence"]["tpm_quote"]["message"]
     );
 }
+
+/// The AK public key the agent reports, with `extra` settings, and what it logged.
+fn ak_with(tpm: &Swtpm, extra: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["ak", "-v", "--kernel-cmdline", "/dev/null", "--set"])
+        .arg(format!("tpm.tcti={}", tpm.tcti()));
+    for e in extra {
+        cmd.arg("--set").arg(e);
+    }
+    let run = collect(&mut cmd);
+    assert!(run.status.success(), "{}", run.stderr);
+    let pem = run.stdout[run.stdout.find("-----BEGIN").unwrap()..]
+        .trim()
+        .to_owned();
+    (pem, run.stderr)
+}
+
+fn tpm2(tpm: &Swtpm, args: &[&str]) -> String {
+    let out = run_ok(
+        Command::new(args[0])
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .args(&args[1..]),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const CACHE: &str = "0x81010020";
+
+/// The first run creates the derived AK and keeps it at the cache handle; the key there (read
+/// by tpm2_readpublic) is the derived one, and the next run uses it without creating it
+/// again. With the cache off, the same key is derived.
+#[test]
+fn the_derived_ak_is_kept_and_reused() {
+    let tpm = Swtpm::start();
+    let (derived, log) = ak_with(&tpm, &["tpm.ak_cache_handle=0"]);
+    assert!(!log.contains("kept at"), "{log}");
+    assert!(!tpm2(&tpm, &["tpm2_getcap", "handles-persistent"]).contains(CACHE));
+
+    let (first, log) = ak_with(&tpm, &[]);
+    assert_eq!(first, derived);
+    assert!(
+        log.contains("AK created and kept at TPM persistent handle 0x81010020"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("ERROR"),
+        "no TSS noise on a first boot: {log}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("cached.pem");
+    tpm2(
+        &tpm,
+        &[
+            "tpm2_readpublic",
+            "-c",
+            CACHE,
+            "-f",
+            "pem",
+            "-o",
+            pem.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&pem).unwrap().trim(), derived);
+
+    let (second, log) = ak_with(&tpm, &[]);
+    assert_eq!(second, derived);
+    assert!(
+        log.contains("AK: the derived key, kept at 0x81010020"),
+        "{log}"
+    );
+    assert!(!log.contains("created"), "{log}");
+}
+
+/// A key planted at the cache handle is not used, even one made with exactly the AK's template
+/// (a child of a storage key: only its qualified Name tells it from the derived primary). The
+/// agent derives the real AK instead, says so, and leaves the planted key alone.
+#[test]
+fn a_key_planted_at_the_cache_handle_is_not_used() {
+    let tpm = Swtpm::start();
+    let (derived, _) = ak_with(&tpm, &["tpm.ak_cache_handle=0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    tpm2(
+        &tpm,
+        &["tpm2_createprimary", "-C", "o", "-c", &p("parent.ctx")],
+    );
+    tpm2(&tpm, &["tpm2_flushcontext", "-t"]);
+    tpm2(
+        &tpm,
+        &[
+            "tpm2_create",
+            "-C",
+            &p("parent.ctx"),
+            "-G",
+            "rsa2048:rsassa-sha256:null",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|sign",
+            "-u",
+            &p("ak.pub"),
+            "-r",
+            &p("ak.priv"),
+        ],
+    );
+    tpm2(&tpm, &["tpm2_flushcontext", "-t"]);
+    tpm2(
+        &tpm,
+        &[
+            "tpm2_load",
+            "-C",
+            &p("parent.ctx"),
+            "-u",
+            &p("ak.pub"),
+            "-r",
+            &p("ak.priv"),
+            "-c",
+            &p("ak.ctx"),
+        ],
+    );
+    tpm2(&tpm, &["tpm2_flushcontext", "-t"]);
+    tpm2(
+        &tpm,
+        &["tpm2_evictcontrol", "-C", "o", "-c", &p("ak.ctx"), CACHE],
+    );
+
+    let (used, log) = ak_with(&tpm, &[]);
+    assert_eq!(used, derived, "the derived AK, not the planted one");
+    assert!(
+        log.contains("holds a key that is not the derived AK: not used"),
+        "{log}"
+    );
+    assert!(tpm2(&tpm, &["tpm2_getcap", "handles-persistent"]).contains(CACHE));
+    let planted = p("planted.pem");
+    tpm2(
+        &tpm,
+        &["tpm2_readpublic", "-c", CACHE, "-f", "pem", "-o", &planted],
+    );
+    assert_ne!(std::fs::read_to_string(&planted).unwrap().trim(), derived);
+}

@@ -84,7 +84,7 @@ impl EvidenceSource for TpmSource {
 
     fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
         let mut tpm = Tpm::open(&self.config.tcti)?;
-        let (quote, ak) = tpm.quote(self.config.ak_handle, &report_data.tpm_qualifying_data())?;
+        let (quote, ak) = tpm.quote(&self.config, &report_data.tpm_qualifying_data())?;
         // The event log is optional evidence: a kernel without securityfs or firmware
         // without a log still attests by its PCRs.
         let log = crate::hw::fw::read_log(&self.event_log).ok().flatten();

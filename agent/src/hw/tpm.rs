@@ -14,8 +14,9 @@ use tss_esapi::constants::AlgorithmIdentifier;
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
-use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::structures::{
     AttestInfo, CapabilityData, Data, Digest, DigestValues, HashScheme, PcrSelectionListBuilder,
     PcrSlot, Public, PublicBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent,
@@ -103,8 +104,13 @@ pub(crate) struct Tpm {
 /// Which attestation key to quote with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AkSource {
-    /// The primary key our fixed template derives from the endorsement seed.
-    Derived,
+    /// The primary key our fixed template derives from the endorsement seed, kept at the
+    /// `cache` persistent handle after its first creation (when set): a later load checks that
+    /// the key there is exactly that primary before using it.
+    Derived {
+        /// The persistent handle the derived key is kept at.
+        cache: Option<u32>,
+    },
     /// A key already made persistent at this handle (Azure's `0x81000003`, or one an operator
     /// provisioned).
     Persistent(u32),
@@ -115,9 +121,15 @@ pub(crate) enum AkSource {
 }
 
 impl AkSource {
-    /// The AK named by `tpm.ak_handle`: persistent when set, derived otherwise.
-    pub(crate) fn from_handle(handle: Option<u32>) -> AkSource {
-        handle.map_or(AkSource::Derived, AkSource::Persistent)
+    /// The AK of this config: the key at `tpm.ak_handle` when set, otherwise the derived one
+    /// (kept at `tpm.ak_cache_handle` unless that is 0).
+    pub(crate) fn of(config: &crate::config::Tpm) -> AkSource {
+        match config.ak_handle {
+            Some(h) => AkSource::Persistent(h),
+            None => AkSource::Derived {
+                cache: (config.ak_cache_handle != 0).then_some(config.ak_cache_handle),
+            },
+        }
     }
 }
 
@@ -250,11 +262,15 @@ impl Tpm {
                     transient: false,
                 });
             }
-            AkSource::Derived => ak_template().map_err(cmd("build AK template"))?,
+            AkSource::Derived { cache } => return self.derived_ak(*cache),
             AkSource::Template(bytes) => Public::unmarshall(bytes).map_err(|e| {
                 TpmError::Unexpected(format!("AK template is not a marshalled TPMT_PUBLIC: {e}"))
             })?,
         };
+        self.create_primary(template)
+    }
+
+    fn create_primary(&mut self, template: Public) -> Result<Ak, TpmError> {
         let res = self
             .ctx
             .execute_with_nullauth_session(|ctx| {
@@ -268,6 +284,81 @@ impl Tpm {
         })
     }
 
+    /// The derived AK: the key at `cache` when it is exactly that primary, otherwise created
+    /// from the template (an RSA key generation: seconds on a discrete TPM) and made
+    /// persistent at `cache` for the next boots. A key at `cache` that is not the derived one
+    /// is left alone and not used.
+    fn derived_ak(&mut self, cache: Option<u32>) -> Result<Ak, TpmError> {
+        let template = ak_template().map_err(cmd("build AK template"))?;
+        let Some(handle) = cache else {
+            return self.create_primary(template);
+        };
+        let persistent = PersistentTpmHandle::new(handle).map_err(|_| {
+            TpmError::Unexpected(format!(
+                "{handle:#x} is not a persistent handle (tpm.ak_cache_handle)"
+            ))
+        })?;
+        // Asked first: loading an empty handle makes the TSS log errors on every first boot.
+        let present = self.persistent_handles(handle)?.contains(&handle);
+        if let Some(obj) = present
+            .then(|| {
+                self.ctx
+                    .tr_from_tpm_public(TpmHandle::Persistent(persistent))
+            })
+            .and_then(Result::ok)
+        {
+            let key = KeyHandle::from(obj);
+            let (public, name, qualified) = self
+                .ctx
+                .read_public(key)
+                .map_err(cmd("ReadPublic(AK cache)"))?;
+            if is_derived(&public, name.value(), qualified.value(), &template)? {
+                log::debug!("AK: the derived key, kept at {handle:#010x}");
+                return Ok(Ak {
+                    handle: key,
+                    public,
+                    transient: false,
+                });
+            }
+            log::warn!(
+                "TPM persistent handle {handle:#010x} (tpm.ak_cache_handle) holds a key that is not the derived AK: not used, the AK is derived instead"
+            );
+            let mut obj = ObjectHandle::from(key);
+            self.ctx.tr_close(&mut obj).map_err(cmd("TR_Close"))?;
+            return self.create_primary(template);
+        }
+        let ak = self.create_primary(template)?;
+        let kept = self.ctx.execute_with_nullauth_session(|ctx| {
+            ctx.evict_control(
+                Provision::Owner,
+                ObjectHandle::from(ak.handle),
+                Persistent::Persistent(persistent),
+            )
+        });
+        match kept {
+            Ok(mut obj) => {
+                log::info!("AK created and kept at TPM persistent handle {handle:#010x}");
+                self.ctx.tr_close(&mut obj).map_err(cmd("TR_Close"))?;
+            }
+            Err(e) => log::warn!(
+                "AK created, but not kept at {handle:#010x} (the next boot creates it again): {e}"
+            ),
+        }
+        Ok(ak)
+    }
+
+    /// The persistent handles in use from `first` on (up to 16).
+    fn persistent_handles(&mut self, first: u32) -> Result<Vec<u32>, TpmError> {
+        let (data, _) = self
+            .ctx
+            .get_capability(CapabilityType::Handles, first, 16)
+            .map_err(cmd("GetCapability(handles)"))?;
+        Ok(match data {
+            CapabilityData::Handles(list) => list.into_inner().into_iter().map(u32::from).collect(),
+            _ => Vec::new(),
+        })
+    }
+
     fn release(&mut self, ak: Ak) -> Result<(), TpmError> {
         let mut obj = ObjectHandle::from(ak.handle);
         if ak.transient {
@@ -278,8 +369,8 @@ impl Tpm {
     }
 
     /// The AK's public key (`tpm.ak_handle`: persistent when set, derived otherwise).
-    pub(crate) fn ak_public(&mut self, persistent: Option<u32>) -> Result<AkPublic, TpmError> {
-        self.ak_public_of(&AkSource::from_handle(persistent))
+    pub(crate) fn ak_public(&mut self, config: &crate::config::Tpm) -> Result<AkPublic, TpmError> {
+        self.ak_public_of(&AkSource::of(config))
     }
 
     /// The public key of the AK from `source`.
@@ -297,10 +388,10 @@ impl Tpm {
     /// self-consistent (a broker would reject it otherwise, with a generic error).
     pub(crate) fn quote(
         &mut self,
-        persistent: Option<u32>,
+        config: &crate::config::Tpm,
         qualifying_data: &[u8],
     ) -> Result<(Quote, AkPublic), TpmError> {
-        self.quote_by(&AkSource::from_handle(persistent), qualifying_data)
+        self.quote_by(&AkSource::of(config), qualifying_data)
     }
 
     /// Like [`Tpm::quote`], with the AK from `source`.
@@ -450,6 +541,39 @@ impl Tpm {
         }
         Ok(out)
     }
+}
+
+/// Whether a key (its public area, Name and qualified Name as ReadPublic gives them) is the
+/// primary `template` derives in the endorsement hierarchy: its public area is the template's
+/// with only the key filled in, and its qualified Name says its parent is the endorsement
+/// hierarchy itself (`QN = nameAlg || H(TPM_RH_ENDORSEMENT || Name)`). Only `CreatePrimary`
+/// makes such an object, and it makes the same key from the same template every time.
+fn is_derived(
+    public: &Public,
+    name: &[u8],
+    qualified: &[u8],
+    template: &Public,
+) -> Result<bool, TpmError> {
+    use sha2::{Digest as _, Sha256};
+    const TPM_RH_ENDORSEMENT: u32 = 0x4000_000B;
+    const SHA256_ALG: [u8; 2] = [0x00, 0x0B];
+    let have = public.marshall().map_err(cmd("marshal AK public"))?;
+    let want = template.marshall().map_err(cmd("marshal AK template"))?;
+    // The template ends with an empty unique field (a zero size); the key fills it in.
+    let Some(fixed) = want.len().checked_sub(2).and_then(|n| want.get(..n)) else {
+        return Ok(false);
+    };
+    if !have.starts_with(fixed) {
+        return Ok(false);
+    }
+    let mut expected = SHA256_ALG.to_vec();
+    expected.extend(
+        Sha256::new()
+            .chain_update(TPM_RH_ENDORSEMENT.to_be_bytes())
+            .chain_update(name)
+            .finalize(),
+    );
+    Ok(qualified == expected.as_slice())
 }
 
 /// SHA-256 over the concatenated PCR values: what TPMS_QUOTE_INFO.pcrDigest holds.
