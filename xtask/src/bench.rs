@@ -4,7 +4,9 @@
 //!
 //! 1. time to key: `attest-unlock unlock --verify-only` (release build, swtpm, the test broker
 //!    over TLS on loopback) vs `clevis decrypt` of a tang-bound JWE with a local `tangd`, runs
-//!    interleaved, plus our per-step breakdown from the verdict line;
+//!    interleaved, plus our per-step breakdown from the verdict line; 1b. the evidence step with
+//!    the AK created on every boot vs kept at its persistent handle, on swtpm and with a slow
+//!    `CreatePrimary` injected at the TCTI;
 //! 2. keyslot open: our PBKDF2-1000 keyslot vs a default argon2id one, and the cost of not
 //!    naming the slot;
 //! 3. size: the stripped binary and its shared libraries; the bytes our dracut module adds to
@@ -25,6 +27,8 @@ mod plot;
 #[cfg_attr(not(feature = "bench"), allow(dead_code))]
 mod stats;
 
+#[cfg(feature = "bench")]
+mod akcost;
 #[cfg(feature = "bench")]
 mod measure;
 #[cfg(feature = "bench")]

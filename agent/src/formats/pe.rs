@@ -193,3 +193,79 @@ fn reader_at(image: &[u8], offset: usize) -> Result<Reader<'_>, FormatError> {
 fn usize_of(v: u32) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PE32+ image of `sections` (raw size, file offset), headers 0x400 bytes, `len` bytes.
+    fn image(sections: &[(u32, u32)], len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len.max(0x400)];
+        f[0..2].copy_from_slice(b"MZ");
+        f[0x3C..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+        f[0x80..0x84].copy_from_slice(b"PE\0\0");
+        f[0x86..0x88].copy_from_slice(&(sections.len() as u16).to_le_bytes());
+        f[0x94..0x96].copy_from_slice(&240u16.to_le_bytes());
+        let opt = 0x98;
+        f[opt..opt + 2].copy_from_slice(&0x20bu16.to_le_bytes());
+        f[opt + 60..opt + 64].copy_from_slice(&0x400u32.to_le_bytes());
+        f[opt + 108..opt + 112].copy_from_slice(&16u32.to_le_bytes());
+        for (i, (size, ptr)) in sections.iter().enumerate() {
+            let s = opt + 240 + 40 * i;
+            f[s + 16..s + 20].copy_from_slice(&size.to_le_bytes());
+            f[s + 20..s + 24].copy_from_slice(&ptr.to_le_bytes());
+        }
+        f.truncate(len);
+        f
+    }
+
+    #[test]
+    fn ranges_skip_checksum_and_certificate_entry_and_sort_sections() {
+        let f = image(&[(0x100, 0x500), (0x100, 0x400), (0, 0)], 0x700);
+        let a = authenticode(&f).unwrap();
+        let opt = 0x98;
+        assert_eq!(
+            a.ranges,
+            vec![
+                0..opt + 64,
+                opt + 68..opt + 112 + 32,
+                opt + 112 + 40..0x400,
+                0x400..0x500,
+                0x500..0x600,
+                0x600..0x700,
+            ]
+        );
+        assert!(a.pe32_plus);
+        assert_eq!(a.sections, 2);
+    }
+
+    #[test]
+    fn malformed_images_are_typed_errors() {
+        let good = image(&[(0x100, 0x400)], 0x500);
+        assert!(authenticode(&good).is_ok());
+        for (why, bad) in [
+            ("empty", Vec::new()),
+            ("no MZ", {
+                let mut b = good.clone();
+                b[0] = b'X';
+                b
+            }),
+            ("cut in the headers", good[..0x90].to_vec()),
+            ("section beyond the file", image(&[(0x1000, 0x400)], 0x500)),
+            ("e_lfanew beyond the file", {
+                let mut b = good.clone();
+                b[0x3C..0x40].copy_from_slice(&u32::MAX.to_le_bytes());
+                b
+            }),
+            ("certificate table larger than the file", {
+                let mut b = good.clone();
+                let entry = 0x98 + 112 + 32;
+                b[entry + 4..entry + 8].copy_from_slice(&0x10_0000u32.to_le_bytes());
+                b.extend([0u8; 8]);
+                b
+            }),
+        ] {
+            assert!(authenticode(&bad).is_err(), "{why} must be refused");
+        }
+    }
+}

@@ -89,6 +89,8 @@ pub(super) struct World {
     pub secrets_config: PathBuf,
     pub tang_url: String,
     pub argon2: String,
+    /// The swtpm's server port (its control port is the next one).
+    pub tpm_port: u16,
     _swtpm: Proc,
     _broker: Proc,
     _tang: Proc,
@@ -308,6 +310,7 @@ impl World {
             secrets_config,
             tang_url,
             argon2,
+            tpm_port: port,
             _swtpm: swtpm,
             _broker: broker,
             _tang: tang,
@@ -328,8 +331,17 @@ impl World {
     }
 
     /// One `attest-unlock unlock --verify-only`: (wall ms, verdict steps).
-    fn ours_once(&self) -> Result<(f64, Vec<(String, f64)>)> {
-        let (ms, out) = timed(&mut self.agent(&self.unlock_config), b"")?;
+    pub(super) fn ours_once(&self) -> Result<(f64, Vec<(String, f64)>)> {
+        self.ours_with(&[])
+    }
+
+    /// The same with `--set` overrides.
+    pub(super) fn ours_with(&self, set: &[String]) -> Result<(f64, Vec<(String, f64)>)> {
+        let mut cmd = self.agent(&self.unlock_config);
+        for s in set {
+            cmd.arg("--set").arg(s);
+        }
+        let (ms, out) = timed(&mut cmd, b"")?;
         let err = String::from_utf8_lossy(&out.stderr);
         ensure!(
             out.status.success(),
