@@ -22,7 +22,7 @@ use crate::formats::{pe, FormatError, HashAlg};
 const IMAGE_EVENTS: [u32; 3] = [0x8000_0003, 0x8000_0004, 0x8000_0005];
 
 /// Why no prediction could be made. Each message is one line.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PredictError {
     /// The log does not carry the bank asked for.
     #[error("the event log has no {0} bank")]
@@ -129,18 +129,11 @@ pub fn predict(
         .ok_or(PredictError::NoBank(bank))?;
     let hash = |data: &[u8]| bank.hash(data).ok_or(PredictError::Algorithm(bank));
 
-    // Each replacement's (current, next) digest pairs: plain, and Authenticode for images.
-    let mut plain = Vec::new();
-    let mut image = Vec::new();
-    for r in replacements {
-        plain.push((hash(r.current)?, r, false));
-        if let Ok(a) = pe::authenticode(r.current) {
-            let current = a
-                .digest(r.current, bank)
-                .ok_or(PredictError::Algorithm(bank))?;
-            image.push((current, r));
-        }
+    let mut swaps = Vec::new();
+    for (index, r) in replacements.iter().enumerate() {
+        swaps_of(r, index, bank, &mut swaps)?;
     }
+    let mut found = vec![false; replacements.len()];
     let mut next_of: Vec<Option<(Vec<u8>, String)>> = vec![None; log.events.len()];
     for (number, e) in log.events.iter().enumerate() {
         if e.event_type == eventlog::EV_NO_ACTION {
@@ -149,32 +142,27 @@ pub fn predict(
         let Some(digest) = e.digest(bank) else {
             continue;
         };
-        if IMAGE_EVENTS.contains(&e.event_type) {
-            if let Some((_, r)) = image.iter().find(|(d, _)| d == digest) {
-                let next = pe::authenticode(r.next).map_err(|error| PredictError::NotAnImage {
-                    name: r.next_name.to_owned(),
-                    error,
-                })?;
-                let d = next
-                    .digest(r.next, bank)
-                    .ok_or(PredictError::Algorithm(bank))?;
-                mark(&mut plain, r);
-                if let Some(slot) = next_of.get_mut(number) {
-                    *slot = Some((d, r.next_name.to_owned()));
-                }
-                continue;
+        let image = IMAGE_EVENTS.contains(&e.event_type);
+        // An image event is matched by Authenticode first; any event by its whole digest.
+        let swap = swaps
+            .iter()
+            .find(|w| image && w.image && w.current == digest)
+            .or_else(|| swaps.iter().find(|w| !w.image && w.current == digest));
+        if let Some(w) = swap {
+            let next = w.next.clone()?;
+            if let Some(f) = found.get_mut(w.replacement) {
+                *f = true;
             }
-        }
-        if let Some((_, r, _)) = plain.iter().find(|(d, _, _)| d == digest) {
-            let r = **r;
-            let d = hash(r.next)?;
-            mark(&mut plain, &r);
             if let Some(slot) = next_of.get_mut(number) {
-                *slot = Some((d, r.next_name.to_owned()));
+                *slot = Some((next, w.by.clone()));
             }
         }
     }
-    if let Some((_, r, _)) = plain.iter().find(|(_, _, used)| !used) {
+    if let Some(r) = found
+        .iter()
+        .zip(replacements)
+        .find_map(|(f, r)| (!f).then_some(r))
+    {
         return Err(PredictError::NotMeasured(r.current_name.to_owned()));
     }
 
@@ -220,13 +208,111 @@ pub fn predict(
     Ok(Prediction { bank, pcrs: out })
 }
 
-/// Marks the replacement `r` (by identity of its current bytes) as found in the log.
-fn mark(plain: &mut [(Vec<u8>, &Replacement<'_>, bool)], r: &Replacement<'_>) {
-    for entry in plain.iter_mut() {
-        if std::ptr::eq(entry.1.current, r.current) {
-            entry.2 = true;
+/// What one event's digest becomes: the current digest, the next one (or why it cannot be
+/// computed, an error only if an event of this boot has the current digest), and its source.
+struct Swap {
+    /// Matched only against image events (an Authenticode digest).
+    image: bool,
+    current: Vec<u8>,
+    next: Result<Vec<u8>, PredictError>,
+    by: String,
+    /// The `--replace` pair it comes from.
+    replacement: usize,
+}
+
+/// The swaps of one replaced file: its whole digest; its Authenticode digest when it is a PE
+/// image; and for a UKI (a PE image with a `.linux` section) what its stub makes the next
+/// stages measure: each section's data (systemd-stub's PCR 11 events, the initrd the kernel's
+/// EFI stub measures into PCR 9), the command line as the kernel's load options (UCS-2 with its
+/// terminating NUL, PCR 9) and the embedded kernel image (Authenticode, PCR 4).
+fn swaps_of(
+    r: &Replacement<'_>,
+    replacement: usize,
+    bank: HashAlg,
+    out: &mut Vec<Swap>,
+) -> Result<(), PredictError> {
+    let hash = |data: &[u8]| bank.hash(data).ok_or(PredictError::Algorithm(bank));
+    let authenticode = |data: &[u8], name: &str| -> Result<Vec<u8>, PredictError> {
+        pe::authenticode(data)
+            .map_err(|error| PredictError::NotAnImage {
+                name: name.to_owned(),
+                error,
+            })
+            .and_then(|a| a.digest(data, bank).ok_or(PredictError::Algorithm(bank)))
+    };
+    out.push(Swap {
+        image: false,
+        current: hash(r.current)?,
+        next: Ok(hash(r.next)?),
+        by: r.next_name.to_owned(),
+        replacement,
+    });
+    let Ok(current) = authenticode(r.current, r.current_name) else {
+        return Ok(());
+    };
+    out.push(Swap {
+        image: true,
+        current,
+        next: authenticode(r.next, r.next_name),
+        by: r.next_name.to_owned(),
+        replacement,
+    });
+    let sections = |image: &'_ [u8]| -> Vec<(String, Vec<u8>)> {
+        pe::sections(image)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|s| Some((s.name, image.get(s.data)?.to_vec())))
+            .collect()
+    };
+    let (now, then) = (sections(r.current), sections(r.next));
+    if !now.iter().any(|(name, _)| name == ".linux") {
+        return Ok(());
+    }
+    for (name, data) in &now {
+        let next = then.iter().find(|(n, _)| n == name).map(|(_, d)| d);
+        let by = format!("{} ({name})", r.next_name);
+        let missing = || PredictError::NotMeasured(format!("{name} of {}", r.next_name));
+        out.push(Swap {
+            image: false,
+            current: hash(data)?,
+            next: next.ok_or_else(missing).and_then(|d| hash(d)),
+            by: by.clone(),
+            replacement,
+        });
+        if name == ".cmdline" {
+            out.push(Swap {
+                image: false,
+                current: hash(&load_options(data))?,
+                next: next
+                    .ok_or_else(missing)
+                    .and_then(|d| hash(&load_options(d))),
+                by: format!("{} (.cmdline as load options)", r.next_name),
+                replacement,
+            });
+        }
+        if name == ".linux" {
+            if let Ok(current) = authenticode(data, &by) {
+                out.push(Swap {
+                    image: true,
+                    current,
+                    next: next.ok_or_else(missing).and_then(|d| authenticode(d, &by)),
+                    by,
+                    replacement,
+                });
+            }
         }
     }
+    Ok(())
+}
+
+/// A command line as a stub hands it to the kernel: each byte widened to UCS-2, then a NUL.
+fn load_options(cmdline: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 * cmdline.len() + 2);
+    for b in cmdline.iter().take_while(|b| **b != 0) {
+        out.extend([*b, 0]);
+    }
+    out.extend([0, 0]);
+    out
 }
 
 impl Prediction {

@@ -44,8 +44,132 @@ impl Authenticode {
     }
 }
 
+/// A section of an image: its name and where its data is in the file (`VirtualSize` bytes,
+/// or its raw size when that is smaller: what a UKI's stub reads of `.cmdline` or `.initrd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// The name, NUL padding removed.
+    pub name: String,
+    /// The data's range in the file.
+    pub data: Range<usize>,
+}
+
+/// The sections of a PE/COFF image, in table order.
+pub fn sections(image: &[u8]) -> Result<Vec<Section>, FormatError> {
+    let layout = headers(image)?;
+    let mut out = Vec::with_capacity(layout.sections.len());
+    for h in &layout.sections {
+        let len = h.virtual_size.min(h.raw_size);
+        let end = h
+            .raw_pointer
+            .checked_add(len)
+            .filter(|end| *end <= image.len())
+            .ok_or_else(|| {
+                FormatError::invalid(WHAT, "a section's data is beyond the end of the file")
+            })?;
+        out.push(Section {
+            name: h.name.clone(),
+            data: h.raw_pointer..end,
+        });
+    }
+    Ok(out)
+}
+
+/// One section header.
+struct SectionHeader {
+    name: String,
+    virtual_size: usize,
+    raw_size: usize,
+    raw_pointer: usize,
+}
+
+/// What the headers say.
+struct Headers {
+    pe32_plus: bool,
+    size_of_headers: usize,
+    checksum: usize,
+    /// The certificate table's data directory entry, when there is one.
+    certificate_entry: Option<usize>,
+    sections: Vec<SectionHeader>,
+}
+
 /// The Authenticode ranges of a PE/COFF image.
 pub fn authenticode(image: &[u8]) -> Result<Authenticode, FormatError> {
+    let h = headers(image)?;
+    let mut ranges = Vec::with_capacity(4 + h.sections.len());
+    ranges.push(0..h.checksum);
+    let mut certificate_table = 0;
+    match h.certificate_entry {
+        None => ranges.push(h.checksum + 4..h.size_of_headers),
+        Some(entry) => {
+            let mut dir = reader_at(image, entry)?;
+            dir.skip(4)?; // VirtualAddress: a file offset for this directory
+            certificate_table = usize_of(dir.u32_le()?);
+            ranges.push(h.checksum + 4..entry);
+            ranges.push(entry + 8..h.size_of_headers);
+        }
+    }
+    if ranges.iter().any(|r| r.start > r.end) {
+        return Err(FormatError::invalid(
+            WHAT,
+            format!(
+                "SizeOfHeaders {} ends inside the optional header",
+                h.size_of_headers
+            ),
+        ));
+    }
+    let mut raw = Vec::with_capacity(h.sections.len());
+    for sec in h.sections.iter().filter(|sec| sec.raw_size != 0) {
+        let end = sec
+            .raw_pointer
+            .checked_add(sec.raw_size)
+            .filter(|end| *end <= image.len())
+            .ok_or_else(|| {
+                FormatError::invalid(
+                    WHAT,
+                    format!(
+                        "a section's raw data ({}+{}) is beyond the end of the file ({})",
+                        sec.raw_pointer,
+                        sec.raw_size,
+                        image.len()
+                    ),
+                )
+            })?;
+        raw.push(sec.raw_pointer..end);
+    }
+    raw.sort_by_key(|r| r.start);
+    let mut hashed = h.size_of_headers;
+    for r in &raw {
+        hashed += r.len();
+    }
+    let section_count = raw.len();
+    ranges.extend(raw);
+    if image.len() > hashed {
+        let tail_end = image
+            .len()
+            .checked_sub(certificate_table)
+            .filter(|end| *end >= hashed);
+        match tail_end {
+            Some(end) if end > hashed => ranges.push(hashed..end),
+            Some(_) => {}
+            None => return Err(FormatError::invalid(
+                WHAT,
+                format!(
+                    "the certificate table ({certificate_table} bytes) overlaps the hashed image"
+                ),
+            )),
+        }
+    }
+    Ok(Authenticode {
+        ranges,
+        pe32_plus: h.pe32_plus,
+        sections: section_count,
+        certificate_table,
+    })
+}
+
+/// The DOS, COFF and optional headers and the section table.
+fn headers(image: &[u8]) -> Result<Headers, FormatError> {
     let mut dos = Reader::new(image, WHAT);
     if dos.bytes(2)? != b"MZ" {
         return Err(FormatError::invalid(WHAT, "no MZ signature"));
@@ -57,10 +181,10 @@ pub fn authenticode(image: &[u8]) -> Result<Authenticode, FormatError> {
         return Err(FormatError::invalid(WHAT, "no PE signature"));
     }
     coff.skip(2)?; // Machine
-    let sections = coff.u16_le()?;
+    let count = coff.u16_le()?;
     check_max(
         "PE image: NumberOfSections",
-        sections.into(),
+        count.into(),
         MAX_SECTIONS.into(),
     )?;
     coff.skip(12)?; // TimeDateStamp, PointerToSymbolTable, NumberOfSymbols
@@ -80,7 +204,6 @@ pub fn authenticode(image: &[u8]) -> Result<Authenticode, FormatError> {
         }
     };
     let size_of_headers = usize_of(reader_at(image, optional + 60)?.u32_le()?);
-    let checksum = optional + 64;
     let (count_at, directories) = if pe32_plus {
         (optional + 108, optional + 112)
     } else {
@@ -96,85 +219,37 @@ pub fn authenticode(image: &[u8]) -> Result<Authenticode, FormatError> {
             ),
         ));
     }
-
-    let mut ranges = Vec::with_capacity(4);
-    ranges.push(0..checksum);
-    let mut certificate_table = 0;
-    if directory_count <= SECURITY_DIRECTORY {
-        ranges.push(checksum + 4..size_of_headers);
-    } else {
-        let entry = directories + 8 * SECURITY_DIRECTORY as usize;
-        let mut dir = reader_at(image, entry)?;
-        dir.skip(4)?; // VirtualAddress: a file offset for this directory
-        certificate_table = usize_of(dir.u32_le()?);
-        ranges.push(checksum + 4..entry);
-        ranges.push(entry + 8..size_of_headers);
-    }
-    if ranges.iter().any(|r| r.start > r.end) {
-        return Err(FormatError::invalid(
-            WHAT,
-            format!("SizeOfHeaders {size_of_headers} ends inside the optional header"),
-        ));
-    }
+    let certificate_entry = (directory_count > SECURITY_DIRECTORY)
+        .then_some(directories + 8 * SECURITY_DIRECTORY as usize);
 
     let table = optional
         .checked_add(optional_size)
         .ok_or_else(|| FormatError::invalid(WHAT, "section table offset overflows"))?;
-    let mut raw = Vec::with_capacity(usize::from(sections));
     let mut st = reader_at(image, table)?;
-    for _ in 0..sections {
-        let header = st.bytes(40)?;
-        let mut h = Reader::new(header, WHAT);
-        h.skip(16)?; // Name, VirtualSize, VirtualAddress
-        let size = usize_of(h.u32_le()?);
-        let pointer = usize_of(h.u32_le()?);
-        if size == 0 {
-            continue;
-        }
-        let end = pointer
-            .checked_add(size)
-            .filter(|end| *end <= image.len())
-            .ok_or_else(|| {
-                FormatError::invalid(
-                    WHAT,
-                    format!(
-                        "a section's raw data ({pointer}+{size}) is beyond the end of the file ({})",
-                        image.len()
-                    ),
-                )
-            })?;
-        raw.push(pointer..end);
+    let mut sections = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let mut h = Reader::new(st.bytes(40)?, WHAT);
+        let name = h.bytes(8)?;
+        let name = String::from_utf8_lossy(name)
+            .trim_end_matches('\0')
+            .to_owned();
+        let virtual_size = usize_of(h.u32_le()?);
+        h.skip(4)?; // VirtualAddress
+        let raw_size = usize_of(h.u32_le()?);
+        let raw_pointer = usize_of(h.u32_le()?);
+        sections.push(SectionHeader {
+            name,
+            virtual_size,
+            raw_size,
+            raw_pointer,
+        });
     }
-    raw.sort_by_key(|r| r.start);
-    let mut hashed = size_of_headers;
-    for r in &raw {
-        hashed += r.len();
-    }
-    let section_count = raw.len();
-    ranges.extend(raw);
-    if image.len() > hashed {
-        let tail_end = image
-            .len()
-            .checked_sub(certificate_table)
-            .filter(|end| *end >= hashed);
-        match tail_end {
-            Some(end) if end > hashed => ranges.push(hashed..end),
-            Some(_) => {}
-            None => {
-                return Err(FormatError::invalid(
-                    WHAT,
-                    format!(
-                    "the certificate table ({certificate_table} bytes) overlaps the hashed image"
-                ),
-                ))
-            }
-        }
-    }
-    Ok(Authenticode {
-        ranges,
+    Ok(Headers {
         pe32_plus,
-        sections: section_count,
-        certificate_table,
+        size_of_headers,
+        checksum: optional + 64,
+        certificate_entry,
+        sections,
     })
 }
 

@@ -30,7 +30,7 @@ struct Policy {
     /// Behind a lock so [`Kbs::set_trusted_aks`] can change it while the broker runs.
     trusted_aks: Mutex<Vec<Vec<u8>>>,
     /// Behind a lock so [`Kbs::set_expected_pcrs`] can change it while the broker runs.
-    expected_pcrs: Mutex<BTreeMap<u8, [u8; 32]>>,
+    expected_pcrs: Mutex<BTreeMap<u8, Vec<[u8; 32]>>>,
     resources: BTreeMap<String, Vec<u8>>,
     expected_version: String,
     require_affirming: bool,
@@ -47,7 +47,13 @@ struct Policy {
 impl Policy {
     fn new(config: BrokerConfig) -> anyhow::Result<Policy> {
         let trusted_aks = decode_aks(&config.trusted_aks)?;
-        let expected_pcrs = decode_pcrs(&config.expected_pcrs)?;
+        let expected_pcrs = decode_pcrs(
+            &config
+                .expected_pcrs
+                .iter()
+                .map(|(i, v)| (*i, vec![v.clone()]))
+                .collect(),
+        )?;
         for path in config.resources.keys() {
             ensure!(
                 resource_path_is_valid(path),
@@ -237,7 +243,7 @@ impl Kbs {
 
     /// Replaces the reference PCR values for every later attestation. On an invalid value
     /// nothing changes.
-    pub(crate) fn set_expected_pcrs(&self, pcrs: &BTreeMap<u8, String>) -> anyhow::Result<()> {
+    pub(crate) fn set_expected_pcrs(&self, pcrs: &BTreeMap<u8, Vec<String>>) -> anyhow::Result<()> {
         let decoded = decode_pcrs(pcrs)?;
         *lock(&self.policy.expected_pcrs) = decoded;
         self.record(format!(
@@ -618,19 +624,24 @@ impl Kbs {
     }
 }
 
-/// Reference PCR values: index (0-23) to 64 lowercase hex digits.
-fn decode_pcrs(pcrs: &BTreeMap<u8, String>) -> anyhow::Result<BTreeMap<u8, [u8; 32]>> {
+/// Reference PCR values: index (0-23) to the values accepted (as Trustee's reference values,
+/// a list), each 64 lowercase hex digits.
+fn decode_pcrs(pcrs: &BTreeMap<u8, Vec<String>>) -> anyhow::Result<BTreeMap<u8, Vec<[u8; 32]>>> {
     let mut out = BTreeMap::new();
-    for (index, value) in pcrs {
+    for (index, values) in pcrs {
         ensure!(
             usize::from(*index) < PCR_COUNT,
             "expected PCR index {index} is not 0-23"
         );
-        let bytes: [u8; 32] = hex::decode(value)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| anyhow!("expected PCR{index} {value:?} is not 64 hex digits"))?;
-        out.insert(*index, bytes);
+        let mut accepted = Vec::with_capacity(values.len());
+        for value in values {
+            let bytes: [u8; 32] = hex::decode(value)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| anyhow!("expected PCR{index} {value:?} is not 64 hex digits"))?;
+            accepted.push(bytes);
+        }
+        out.insert(*index, accepted);
     }
     Ok(out)
 }

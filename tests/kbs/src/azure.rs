@@ -172,7 +172,7 @@ pub(crate) struct AzureInput<'a> {
     pub evidence: &'a Value,
     /// What the quote's qualifying data must be: the 48-byte binding digest in a session.
     pub nonce: &'a [u8],
-    pub expected_pcrs: &'a BTreeMap<u8, [u8; 32]>,
+    pub expected_pcrs: &'a BTreeMap<u8, Vec<[u8; 32]>>,
     pub snp: &'a SnpPolicy,
     pub tdx: &'a TdxPolicy,
     pub azure: &'a AzurePolicy,
@@ -304,14 +304,10 @@ pub(crate) fn appraise(input: &AzureInput<'_>) -> anyhow::Result<AzureAppraisal>
         }
     };
 
-    for (index, expected) in input.expected_pcrs {
+    for (index, accepted) in input.expected_pcrs {
         let actual = &pcrs[usize::from(*index)];
-        if actual != expected {
-            reasons.push(format!(
-                "PCR{index} is {} but {} is expected",
-                hex::encode(actual),
-                hex::encode(expected)
-            ));
+        if !accepted.contains(actual) {
+            reasons.push(crate::tee::pcr_mismatch(*index, actual, accepted));
         }
     }
     let pcrs: Vec<String> = pcrs.iter().map(hex::encode).collect();
@@ -368,7 +364,7 @@ mod tests {
         snp: &'a SnpPolicy,
         tdx: &'a TdxPolicy,
         azure: &'a AzurePolicy,
-        pcrs: &'a BTreeMap<u8, [u8; 32]>,
+        pcrs: &'a BTreeMap<u8, Vec<[u8; 32]>>,
     ) -> AzureInput<'a> {
         AzureInput {
             tee,
@@ -427,7 +423,7 @@ mod tests {
         );
         // Expected PCRs are appraised.
         let mut want = BTreeMap::new();
-        want.insert(0u8, [0u8; 32]);
+        want.insert(0u8, vec![[0u8; 32]]);
         let w = appraise(&input(Tee::AzSnpVtpm, &ev, &nonce, &snp, &tdx, &az, &want)).unwrap();
         assert!(
             w.reasons.iter().any(|r| r.contains("PCR0")),

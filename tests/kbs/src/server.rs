@@ -137,6 +137,13 @@ impl Broker {
     /// Replaces [`BrokerConfig::expected_pcrs`] while the broker runs (a reference value that
     /// depends on the broker's own URL and CA can only be computed once it listens).
     pub fn set_expected_pcrs(&self, pcrs: BTreeMap<u8, String>) -> anyhow::Result<()> {
+        let lists = pcrs.into_iter().map(|(i, v)| (i, vec![v])).collect();
+        self.shared.kbs.set_expected_pcrs(&lists)
+    }
+
+    /// Like [`Broker::set_expected_pcrs`], with a list of accepted values per PCR (Trustee's
+    /// reference values are lists: this boot's and the next boot's across an update).
+    pub fn accept_pcr_values(&self, pcrs: BTreeMap<u8, Vec<String>>) -> anyhow::Result<()> {
         self.shared.kbs.set_expected_pcrs(&pcrs)
     }
 }

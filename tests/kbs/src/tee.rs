@@ -44,7 +44,7 @@ pub(crate) struct Input<'a> {
     pub nonce: &'a str,
     pub tee_pubkey: &'a Value,
     pub trusted_aks: &'a [Vec<u8>],
-    pub expected_pcrs: &'a BTreeMap<u8, [u8; 32]>,
+    pub expected_pcrs: &'a BTreeMap<u8, Vec<[u8; 32]>>,
     pub snp: &'a SnpPolicy,
     pub tdx: &'a TdxPolicy,
     pub azure: &'a AzurePolicy,
@@ -89,18 +89,30 @@ fn tpm_part(
     if let AkCert::Certified(issuer) = &cert {
         outcome.summary = format!(" (AK certified by {issuer})");
     }
-    for (index, expected) in input.expected_pcrs {
+    for (index, accepted) in input.expected_pcrs {
         let actual = &quote.pcrs[usize::from(*index)];
-        if actual != expected {
-            outcome.reasons.push(format!(
-                "PCR{index} is {} but {} is expected",
-                hex::encode(actual),
-                hex::encode(expected)
-            ));
+        if !accepted.contains(actual) {
+            outcome.reasons.push(pcr_mismatch(*index, actual, accepted));
         }
     }
     outcome.pcrs = quote.pcrs.iter().map(hex::encode).collect();
     Ok(())
+}
+
+/// Why a PCR does not pass: its value and the values a reference list accepts.
+pub(crate) fn pcr_mismatch(index: u8, actual: &[u8; 32], accepted: &[[u8; 32]]) -> String {
+    let accepted: Vec<String> = accepted.iter().map(hex::encode).collect();
+    match accepted.as_slice() {
+        [one] => format!(
+            "PCR{index} is {} but {one} is expected",
+            hex::encode(actual)
+        ),
+        _ => format!(
+            "PCR{index} is {} but one of [{}] is expected",
+            hex::encode(actual),
+            accepted.join(", ")
+        ),
+    }
 }
 
 /// Verifies and appraises one attestation. An error is a verification failure (the broker
