@@ -3,14 +3,20 @@
 //! The e2e boots a Debian kernel under QEMU (TCG) with a dracut + systemd initramfs that
 //! carries our dracut module, a swtpm vTPM and a LUKS2 root bound with the real `clevis luks
 //! bind` to our `trustee` pin; the test broker runs in this process on the host's loopback and
-//! the guest reaches it as `10.0.2.2`. Three kinds of boot:
+//! the guest reaches it as `10.0.2.2`. The kinds of boot:
 //!
 //! - **attested** (OVMF): the agent attests, the broker releases the disk key and the kubelet
 //!   token, the root opens, systemd switches root and the root's init prints the token;
 //! - **deny** (SeaBIOS): the broker no longer trusts the AK; the boot stops in the emergency
 //!   target with our explainer on the console, and nothing is unlocked or delivered;
 //! - **baseline** (OVMF): the same image opened by systemd-cryptsetup with a key file in the
-//!   initramfs and `rd.attest_unlock.disable`, for the time-to-root comparison.
+//!   initramfs and `rd.attest_unlock.disable`, for the time-to-root comparison;
+//! - **update** (OVMF, UKIs on an ESP; `boot/update.rs`): UKI A unlocks and the node predicts
+//!   its PCRs for the staged UKI B; with both values registered B unlocks; an unregistered C
+//!   is refused.
+//!
+//! Then the first boot with upstream Ignition (`boot/firstboot.rs`; `--no-first-boot` skips
+//! it, `--first-boot-only` runs only it).
 //!
 //! The broker (the `test-kbs` library) links tss-esapi, which needs libtss2-dev to build; so
 //! that `cargo xtask setup` works on a machine that has nothing yet, the boot part is behind
@@ -153,6 +159,7 @@ pub(crate) fn e2e(args: &[String]) -> Result<()> {
 #[cfg(feature = "e2e")]
 mod boot {
     mod firstboot;
+    mod update;
 
     use std::collections::BTreeMap;
     use std::io::{BufRead, BufReader, Read, Write};
@@ -173,13 +180,20 @@ mod boot {
     /// The dracut modules of the initramfs (dracut 059 names), ours last.
     const DRACUT_MODULES: &str = "base systemd systemd-initrd dracut-systemd rootfs-block \
                                   udev-rules fs-lib crypt network systemd-networkd attest-unlock";
-    const DRACUT_DRIVERS: &str = "virtio_pci virtio_blk virtio_net dm_crypt ext4 xts";
+    /// vfat and its code pages: the update boots' root reads the ESP with them.
+    const DRACUT_DRIVERS: &str =
+        "virtio_pci virtio_blk virtio_net dm_crypt ext4 xts vfat nls_cp437 nls_utf8";
     const ROOT_RESOURCE: &str = "default/e2e-node/root";
     const KUBELET_RESOURCE: &str = "default/e2e-node/kubelet";
     const KUBELET_PATH: &str = "/run/attest-unlock-e2e/kubelet-token";
     /// Printed by the root's init, so only a boot that switched root prints it.
     const MARKER: &str = "E2E-ROOT-REACHED";
     const DONE: &str = "E2E-ROOT-DONE";
+    /// Around the base64 of `reference-values` run by the root's init on an update boot.
+    const PREDICT_BEGIN: &str = "E2E-REFERENCE-VALUES-BEGIN";
+    const PREDICT_END: &str = "E2E-REFERENCE-VALUES-END";
+    /// The PCRs the update boots predict and the broker checks.
+    const UPDATE_PCRS: &str = "4,9,11";
     /// The first line of our explainer (/run/attest-unlock/failure on the console).
     const EXPLAINER: &str = "attest-unlock: boot stopped";
     /// Where the key file sits in the baseline initramfs.
@@ -193,6 +207,8 @@ mod boot {
         measure: usize,
         /// Only the Ignition first-boot sequence (`--first-boot-only`).
         first_boot_only: bool,
+        /// Without the Ignition first-boot sequence (`--no-first-boot`).
+        no_first_boot: bool,
         boot_timeout: Duration,
     }
 
@@ -200,6 +216,7 @@ mod boot {
         let mut o = Options {
             measure: 1,
             first_boot_only: false,
+            no_first_boot: false,
             boot_timeout: Duration::from_secs(240),
         };
         let mut it = args.iter();
@@ -214,8 +231,9 @@ mod boot {
                 "--measure" => o.measure = usize::try_from(value("--measure")?)?.max(1),
                 "--boot-timeout" => o.boot_timeout = Duration::from_secs(value("--boot-timeout")?),
                 "--first-boot-only" => o.first_boot_only = true,
+                "--no-first-boot" => o.no_first_boot = true,
                 other => bail!(
-                    "e2e: unknown argument {other:?} (usage: e2e [--measure N] [--boot-timeout SECS] [--first-boot-only])"
+                    "e2e: unknown argument {other:?} (usage: e2e [--measure N] [--boot-timeout SECS] [--first-boot-only | --no-first-boot])"
                 ),
             }
         }
@@ -275,7 +293,16 @@ mod boot {
         } else {
             classic(&work, &dist, &kernel, &opts)?
         };
-        let first = firstboot::first_boot(&work, &dist, &kernel, opts.boot_timeout)?;
+        let first = if opts.no_first_boot {
+            None
+        } else {
+            Some(firstboot::first_boot(
+                &work,
+                &dist,
+                &kernel,
+                opts.boot_timeout,
+            )?)
+        };
 
         step("e2e: passed");
         if !opts.first_boot_only {
@@ -288,11 +315,13 @@ mod boot {
                 list(&baseline),
             );
         }
-        eprintln!(
-            "first boot with Ignition (QEMU start to {MARKER}): provisioning {}, the next boot's unlock {}",
-            secs(first.provision),
-            secs(first.unlock)
-        );
+        if let Some(first) = first {
+            eprintln!(
+                "first boot with Ignition (QEMU start to {MARKER}): provisioning {}, the next boot's unlock {}",
+                secs(first.provision),
+                secs(first.unlock)
+            );
+        }
         eprintln!("e2e: total {}", secs(started.elapsed()));
         Ok(())
     }
@@ -348,7 +377,7 @@ mod boot {
             kubelet_token.clone().into_bytes(),
         );
         let broker = Broker::start(BrokerConfig {
-            trusted_aks: vec![ak],
+            trusted_aks: vec![ak.clone()],
             resources,
             ..BrokerConfig::default()
         })?;
@@ -358,7 +387,7 @@ mod boot {
         step("e2e: LUKS2 root image (ext4 with a busybox init, encrypted in place)");
         let t = Instant::now();
         let image = work.join("root.img");
-        make_root_image(&work, &image, &key_file)?;
+        make_root_image(&work, &image, &key_file, &bin)?;
         let uuid = capture(Command::new("cryptsetup").arg("luksUUID").arg(&image))?;
         eprintln!("e2e: LUKS UUID {uuid} ({})", secs(t.elapsed()));
 
@@ -405,6 +434,7 @@ mod boot {
             persistent: false,
             tpm_state: &tpm_state,
             ignition_config: None,
+            esp: None,
             memory_mb: 1024,
             timeout: opts.boot_timeout,
         };
@@ -460,6 +490,21 @@ mod boot {
             eprintln!("e2e: baseline boot reached the root in {}", secs(at));
             baseline_times.push(at);
         }
+
+        broker.set_trusted_aks(vec![ak])?;
+        update::update(
+            &update::Node {
+                work: &work,
+                kernel,
+                image: &image,
+                tpm_state: &tpm_state,
+                initrd: &initrd,
+                cmdline: &attested_cmdline,
+                kubelet_token: &kubelet_token,
+                timeout: opts.boot_timeout,
+            },
+            &broker,
+        )?;
         drop(broker);
         Ok((attested_times, baseline_times))
     }
@@ -827,10 +872,13 @@ mod boot {
 
     /// A tiny root: busybox and an init that prints the marker and the delivered secrets,
     /// then powers off; ext4, encrypted in place to LUKS2 with the key file in keyslot 0.
-    fn make_root_image(work: &Path, image: &Path, key_file: &Path) -> Result<()> {
+    /// The root: busybox, an init that reports what the boot delivered, and the agent with
+    /// its libraries (for `reference-values` on the booted node, as an operator runs it
+    /// before an update).
+    fn make_root_image(work: &Path, image: &Path, key_file: &Path, agent: &Path) -> Result<()> {
         let rootfs = work.join("rootfs");
         for d in [
-            "bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "usr/lib",
+            "bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "usr/lib", "esp",
         ] {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
@@ -842,12 +890,13 @@ mod boot {
         let init = rootfs.join("sbin/init");
         std::fs::write(&init, root_init(&["/run/attest-unlock-e2e"]))?;
         std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::File::create(image)?.set_len(64 << 20)?;
+        install_with_libraries(&rootfs, agent, "usr/bin/attest-unlock")?;
+        std::fs::File::create(image)?.set_len(96 << 20)?;
         run(Command::new("mkfs.ext4")
             .args(["-q", "-L", "e2e-root", "-d"])
             .arg(&rootfs)
             .arg(image)
-            .arg("24M"))?;
+            .arg("56M"))?;
         run(Command::new("cryptsetup")
             .args([
                 "reencrypt",
@@ -865,6 +914,35 @@ mod boot {
             ])
             .arg(key_file)
             .arg(image))?;
+        Ok(())
+    }
+
+    /// `binary` at `rootfs/to`, with the shared libraries `ldd` names and the TPM device TCTI
+    /// the TSS loads at run time, each at its own path.
+    fn install_with_libraries(rootfs: &Path, binary: &Path, to: &str) -> Result<()> {
+        let dest = rootfs.join(to);
+        std::fs::create_dir_all(dest.parent().context("binary destination")?)?;
+        std::fs::copy(binary, &dest)?;
+        let ldd = capture(Command::new("ldd").arg(binary))?;
+        let mut libraries: Vec<PathBuf> = ldd
+            .lines()
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with('/'))
+                    .map(PathBuf::from)
+            })
+            .collect();
+        libraries.push(PathBuf::from(
+            "/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0",
+        ));
+        for lib in libraries {
+            let rel = lib.strip_prefix("/").context("library path")?;
+            let out = rootfs.join(rel);
+            std::fs::create_dir_all(out.parent().context("library directory")?)?;
+            // The file the link points at, under the link's name.
+            std::fs::copy(std::fs::canonicalize(&lib)?, &out)
+                .with_context(|| format!("copy {}", lib.display()))?;
+        }
         Ok(())
     }
 
@@ -904,6 +982,15 @@ mod boot {
              \x20 echo \"E2E-SECRET $f: $($B cat \"$f\")\"\n\
              \x20 $B ls -l \"$f\"\n\
              done\n\
+             if $B grep -qw e2e.predict /proc/cmdline; then\n\
+             \x20 $B mount -t vfat -o ro,iocharset=utf8,codepage=437 /dev/vdb /esp\n\
+             \x20 echo {PREDICT_BEGIN}\n\
+             \x20 /usr/bin/attest-unlock reference-values --kernel-cmdline /dev/null --pcrs {UPDATE_PCRS} \\\n\
+             \x20   --set tpm.tcti=device:/dev/tpmrm0 --replace /esp/EFI/BOOT/BOOTX64.EFI /esp/EFI/Linux/next.efi \\\n\
+             \x20   | $B base64 -w 0\n\
+             \x20 echo\n\
+             \x20 echo {PREDICT_END}\n\
+             fi\n\
              echo {DONE}\n\
              $B sync\n\
              $B poweroff -f\n",
@@ -1153,6 +1240,10 @@ mod boot {
         tpm_state: &'a Path,
         /// An Ignition config for QEMU's fw_cfg entry `opt/com.coreos/config`.
         ignition_config: Option<&'a Path>,
+        /// Boot what this ESP image (a FAT file system) holds at `\EFI\BOOT\BOOTX64.EFI`, as
+        /// firmware does, instead of QEMU's direct kernel boot (whose kernel OVMF measures with
+        /// QEMU's patched setup header, not the file's bytes).
+        esp: Option<&'a Path>,
         memory_mb: u32,
         timeout: Duration,
     }
@@ -1241,25 +1332,33 @@ mod boot {
                     .arg("-drive")
                     .arg(format!("if=pflash,format=raw,file={}", vars.display()));
             }
-            qemu.arg("-kernel")
-                .arg(self.kernel.vmlinuz())
-                .arg("-initrd")
-                .arg(initrd)
-                .arg("-append")
-                .arg(cmdline)
-                .arg("-drive")
+            if self.esp.is_none() {
+                qemu.arg("-kernel")
+                    .arg(self.kernel.vmlinuz())
+                    .arg("-initrd")
+                    .arg(initrd)
+                    .arg("-append")
+                    .arg(cmdline);
+            }
+            qemu.arg("-drive")
                 .arg(format!("file={},if=none,id=d0,format=raw", disk.display()))
-                .args(["-device", "virtio-blk-pci,drive=d0"])
-                .args([
-                    "-netdev",
-                    "user,id=n0",
-                    "-device",
-                    "virtio-net-pci,netdev=n0",
-                ])
-                .arg("-chardev")
-                .arg(format!("socket,id=chrtpm,path={}", sock.display()))
-                .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
-                .args(["-device", "tpm-tis,tpmdev=tpm0"]);
+                .args(["-device", "virtio-blk-pci,drive=d0"]);
+            if let Some(esp) = self.esp {
+                // The second virtio disk: /dev/vdb in the guest.
+                qemu.arg("-drive")
+                    .arg(format!("file={},if=none,id=e0,format=raw", esp.display()))
+                    .args(["-device", "virtio-blk-pci,drive=e0,bootindex=0"]);
+            }
+            qemu.args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ])
+            .arg("-chardev")
+            .arg(format!("socket,id=chrtpm,path={}", sock.display()))
+            .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm"])
+            .args(["-device", "tpm-tis,tpmdev=tpm0"]);
             if let Some(config) = self.ignition_config {
                 qemu.arg("-fw_cfg").arg(format!(
                     "name=opt/com.coreos/config,file={}",

@@ -60,6 +60,11 @@ const PACKAGES: &[&str] = &[
     "luksmeta",
     // Upstream Ignition relabels what it writes (setfiles, with the root's SELinux policy).
     "policycoreutils",
+    // The update boots (e2e): UKIs made from systemd's stub with objcopy, on a FAT ESP.
+    "systemd-boot-efi",
+    "binutils",
+    "dosfstools",
+    "mtools",
 ];
 
 /// Python modules the tests use as independent implementations.

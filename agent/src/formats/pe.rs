@@ -152,12 +152,14 @@ pub fn authenticode(image: &[u8]) -> Result<Authenticode, FormatError> {
         match tail_end {
             Some(end) if end > hashed => ranges.push(hashed..end),
             Some(_) => {}
-            None => return Err(FormatError::invalid(
-                WHAT,
-                format!(
+            None => {
+                return Err(FormatError::invalid(
+                    WHAT,
+                    format!(
                     "the certificate table ({certificate_table} bytes) overlaps the hashed image"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(Authenticode {

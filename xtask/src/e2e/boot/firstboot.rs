@@ -424,6 +424,7 @@ impl Node<'_> {
             image: disk,
             persistent: true,
             tpm_state: &tpm_state,
+            esp: None,
             ignition_config: Some(self.config),
             memory_mb: MEMORY_MB,
             timeout: self.timeout,
