@@ -15,10 +15,10 @@
 //!
 //! **Who may set what.** The LUKS2 header is written by whoever holds the disk (in a
 //! confidential VM, the host), so the token layer may only name *what* to fetch: the keys in
-//! [`TOKEN_KEYS`]. Trust anchors (brokers and their CAs), every `insecure_*`, the measurement,
+//! `TOKEN_KEYS`. Trust anchors (brokers and their CAs), every `insecure_*`, the measurement,
 //! the TPM/TEE interfaces come only from measured layers: the initramfs file, the kernel
 //! command line (measured by the boot; `trust_kernel_cmdline = false` in the file restricts it
-//! to [`UNMEASURED_CMDLINE_KEYS`] where it is not) and `--set`. A token that sets anything else
+//! to `UNMEASURED_CMDLINE_KEYS` where it is not) and `--set`. A token that sets anything else
 //! is an error. The pin's own `servers` are used only when no measured layer names a broker
 //! (a pure clevis drop-in), and then only with the trust-anchor measurement on, so a broker
 //! that checks that register refuses evidence relayed by a broker the node was pointed at.
@@ -558,7 +558,7 @@ pub struct Config {
     /// Whether the boot measures the kernel command line (GRUB into PCR 8, systemd-stub into
     /// PCR 12, TDX into RTMR 2, SNP measured direct boot), so that it may set trust anchors.
     /// Set `false` in the initramfs file where it is not: the command line may then only set
-    /// the keys of [`UNMEASURED_CMDLINE_KEYS`].
+    /// the keys of `UNMEASURED_CMDLINE_KEYS`.
     #[serde(default = "yes")]
     pub trust_kernel_cmdline: bool,
     /// Which layer set each security-relevant value (filled by [`Layers::resolve`]).
@@ -660,7 +660,7 @@ pub(crate) const TRACKED_KEYS: &[&str] = &[
     "trust_kernel_cmdline",
 ];
 
-/// Which layer set each of the [`TRACKED_KEYS`].
+/// Which layer set each of the `TRACKED_KEYS`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Provenance(BTreeMap<&'static str, Layer>);
 
@@ -684,7 +684,7 @@ pub struct Layers {
     pub rd_luks: Option<Table>,
     /// The config file, with its path for messages.
     pub file: Option<(String, Table)>,
-    /// The LUKS2 token's settings (only [`TOKEN_KEYS`]).
+    /// The LUKS2 token's settings (only `TOKEN_KEYS`).
     pub luks_token: Option<Table>,
     /// The brokers the LUKS2 token names (the pin's `servers`): used only when no measured
     /// layer names one.
@@ -1334,7 +1334,7 @@ pub(crate) fn provisioner_path(p: &str) -> Option<&str> {
 }
 
 /// Check a resource path has the `repo/type/tag` shape (plain, or after
-/// [`PROVISIONER_SCHEME`]) the KBS serves, with no empty
+/// `PROVISIONER_SCHEME`) the KBS serves, with no empty
 /// component, no `..` and only URL-safe characters, so it can be put in a URL as is.
 pub fn validate_resource_path(p: &str) -> Result<(), ConfigError> {
     let parts: Vec<&str> = provisioner_path(p).unwrap_or(p).split('/').collect();

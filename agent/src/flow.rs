@@ -597,7 +597,7 @@ pub struct Node<'a> {
 
 /// The whole unlock, from the config layers to delivered secrets: where the disk key comes
 /// from (the config's `disk_key`, or the trustee token in the volume's LUKS2 header, whose pin
-/// config becomes the config's token layer), detection, then [`run_with`]. `config` is
+/// config becomes the config's token layer), detection, then `run_with`. `config` is
 /// `layers` resolved; it is resolved again only when the token adds its layer.
 pub fn unlock(
     layers: Layers,

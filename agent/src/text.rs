@@ -40,7 +40,7 @@ fn escape(s: &str, max: usize, quotes: bool) -> String {
     out
 }
 
-/// A value from outside, for a message: [`printable`] with [`MAX_VALUE`].
+/// A value from outside, for a message: `printable` with `MAX_VALUE`.
 pub fn value(s: &str) -> String {
     printable(s, MAX_VALUE)
 }

@@ -1,6 +1,6 @@
 //! The Trustee KBS protocol 0.4.0 client (RCAR: request, challenge, attestation, response).
 //!
-//! One [`KbsClient`] per broker holds one HTTP agent, so the TLS connection is reused across
+//! One `KbsClient` per broker holds one HTTP agent, so the TLS connection is reused across
 //! `auth`, `attest` and every resource GET of a session. Only the CA named in the config is
 //! trusted; no proxy is used; redirects are refused (a redirect would carry the session
 //! cookie elsewhere). Replies are read with a size cap, so a hostile broker cannot make the
