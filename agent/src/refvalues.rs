@@ -168,16 +168,8 @@ pub fn predict(
 
     let mut out = Vec::with_capacity(pcrs.len());
     for &pcr in pcrs {
-        let mut current = vec![0u8; size];
+        let mut current = log.initial_value(pcr, size);
         let mut next = current.clone();
-        if pcr == 0 {
-            if let (Some(locality), Some(c), Some(n)) =
-                (log.startup_locality, current.last_mut(), next.last_mut())
-            {
-                *c = locality;
-                *n = locality;
-            }
-        }
         let mut events = Vec::new();
         for (number, e) in log.events.iter().enumerate() {
             if e.index != pcr || e.event_type == eventlog::EV_NO_ACTION {
@@ -365,16 +357,21 @@ impl Prediction {
                 })
             })
             .collect();
-        let payload: serde_json::Map<String, Value> = self
+        json!({
+            "bank": self.bank.name(),
+            "pcrs": pcrs,
+            "reference_values": self.payload(),
+        })
+    }
+
+    /// The reference values as Trustee's sample payload takes them: name to list.
+    fn payload(&self) -> Value {
+        let map: serde_json::Map<String, Value> = self
             .reference_values()
             .into_iter()
             .map(|(name, values)| (name, json!(values)))
             .collect();
-        json!({
-            "bank": self.bank.name(),
-            "pcrs": pcrs,
-            "reference_values": payload,
-        })
+        Value::Object(map)
     }
 }
 
@@ -440,12 +437,14 @@ impl Request<'_> {
         let tpm = match self.tpm {
             None => "not compared (--offline)",
             Some(tcti) => {
-                let mut tpm = crate::hw::tpm::Tpm::open(tcti)
+                let held = crate::hw::tpm::Tpm::open(tcti)
+                    .and_then(|mut tpm| tpm.pcrs_sha256())
                     .map_err(crate::evidence::EvidenceError::from)?;
                 for p in &prediction.pcrs {
-                    let held = tpm
-                        .pcr_sha256(p.pcr)
-                        .map_err(crate::evidence::EvidenceError::from)?;
+                    let held = usize::try_from(p.pcr)
+                        .ok()
+                        .and_then(|i| held.get(i))
+                        .ok_or(PredictError::Pcr(p.pcr))?;
                     if held.as_slice() != p.current.as_slice() {
                         return Err(PredictError::NotThisBoot {
                             pcr: p.pcr,
@@ -474,7 +473,7 @@ impl Report {
     /// value does not change.
     fn message(&self) -> Value {
         use base64::Engine as _;
-        let payload = self.prediction.to_json()["reference_values"].to_string();
+        let payload = self.prediction.payload().to_string();
         json!({
             "version": "0.1.0",
             "type": "sample",
@@ -482,8 +481,8 @@ impl Report {
         })
     }
 
-    fn commands(&self) -> Vec<String> {
-        let message = self.message().to_string();
+    /// The commands that register the values: `message` posted, and `kbs-client` lines.
+    fn commands(&self, message: &Value) -> Vec<String> {
         let mut out = vec![format!(
             "curl --cacert KBS-CA.pem -H 'Authorization: Bearer ADMIN-TOKEN' -H 'Content-Type: application/json' --data '{message}' {}/kbs/v0/reference-value",
             self.kbs
@@ -504,10 +503,11 @@ impl Report {
         let mut v = self.prediction.to_json();
         v["event_log"] = json!(self.log);
         v["tpm"] = json!(self.tpm);
+        let message = self.message();
         v["trustee"] = json!({
-            "message": self.message(),
+            "commands": self.commands(&message),
+            "message": message,
             "post": "/kbs/v0/reference-value",
-            "commands": self.commands(),
         });
         v
     }
@@ -554,7 +554,7 @@ impl Report {
             s,
             "\nRegister every value before rebooting into the update (Trustee keeps a list per name; POST /kbs/v0/reference-value replaces a name's list whole):"
         );
-        for c in self.commands() {
+        for c in self.commands(&self.message()) {
             let _ = writeln!(s, "  {c}");
         }
         s

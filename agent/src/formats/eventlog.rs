@@ -209,7 +209,7 @@ impl EventLog {
 
     /// The value a register holds at reset: zero, except that PCR0 holds the startup
     /// locality in its last byte (a TPM started from locality 3 by an H-CRTM or Boot Guard).
-    fn initial_value(&self, index: u32, size: usize) -> Vec<u8> {
+    pub(crate) fn initial_value(&self, index: u32, size: usize) -> Vec<u8> {
         let mut value = vec![0u8; size];
         if let (0, Some(locality), Some(last)) = (index, self.startup_locality, value.last_mut()) {
             *last = locality;

@@ -226,16 +226,10 @@ impl Tpm {
     /// kernel resource manager (`/dev/tpmrm0`) there are none; on a bare TPM or swtpm there
     /// can be, and three of them block every further key load.
     fn flush_stale_transients(&mut self) -> Result<(), TpmError> {
-        let (data, _) = self
-            .ctx
-            .get_capability(CapabilityType::Handles, TRANSIENT_FIRST, 16)
-            .map_err(cmd("GetCapability(handles)"))?;
-        if let CapabilityData::Handles(list) = data {
-            for h in list.into_inner() {
-                if let Ok(obj) = self.ctx.tr_from_tpm_public(h) {
-                    log::debug!("flushing stale transient TPM object {h:?}");
-                    self.ctx.flush_context(obj).map_err(cmd("FlushContext"))?;
-                }
+        for h in self.handles(TRANSIENT_FIRST)? {
+            if let Ok(obj) = self.ctx.tr_from_tpm_public(h) {
+                log::debug!("flushing stale transient TPM object {h:?}");
+                self.ctx.flush_context(obj).map_err(cmd("FlushContext"))?;
             }
         }
         Ok(())
@@ -299,7 +293,9 @@ impl Tpm {
             ))
         })?;
         // Asked first: loading an empty handle makes the TSS log errors on every first boot.
-        let present = self.persistent_handles(handle)?.contains(&handle);
+        let present = self
+            .handles(handle)?
+            .contains(&TpmHandle::Persistent(persistent));
         if let Some(obj) = present
             .then(|| {
                 self.ctx
@@ -347,14 +343,14 @@ impl Tpm {
         Ok(ak)
     }
 
-    /// The persistent handles in use from `first` on (up to 16).
-    fn persistent_handles(&mut self, first: u32) -> Result<Vec<u32>, TpmError> {
+    /// The handles in use from `first` on, in `first`'s range (up to 16).
+    fn handles(&mut self, first: u32) -> Result<Vec<TpmHandle>, TpmError> {
         let (data, _) = self
             .ctx
             .get_capability(CapabilityType::Handles, first, 16)
             .map_err(cmd("GetCapability(handles)"))?;
         Ok(match data {
-            CapabilityData::Handles(list) => list.into_inner().into_iter().map(u32::from).collect(),
+            CapabilityData::Handles(list) => list.into_inner(),
             _ => Vec::new(),
         })
     }
@@ -429,7 +425,7 @@ impl Tpm {
                     ctx.quote(ak.handle, data.clone(), scheme, selection.clone())
                 })
                 .map_err(cmd("Quote"))?;
-            let pcrs = self.read_pcrs()?;
+            let pcrs = self.pcrs_sha256()?;
             let AttestInfo::Quote { info } = attest.attested() else {
                 return Err(TpmError::Unexpected(
                     "returned a non-quote attestation".into(),
@@ -511,7 +507,7 @@ impl Tpm {
 
     /// The SHA-256 value of one PCR.
     pub(crate) fn pcr_sha256(&mut self, pcr: u32) -> Result<[u8; 32], TpmError> {
-        let pcrs = self.read_pcrs()?;
+        let pcrs = self.pcrs_sha256()?;
         usize::try_from(pcr)
             .ok()
             .and_then(|i| pcrs.get(i))
@@ -519,7 +515,8 @@ impl Tpm {
             .ok_or_else(|| TpmError::Unexpected(format!("has no PCR {pcr}")))
     }
 
-    fn read_pcrs(&mut self) -> Result<PcrValues, TpmError> {
+    /// SHA-256 PCRs 0-23, in one read.
+    pub(crate) fn pcrs_sha256(&mut self) -> Result<PcrValues, TpmError> {
         let selection = PcrSelectionListBuilder::new()
             .with_selection(HashingAlgorithm::Sha256, &ALL_PCRS)
             .build()
