@@ -249,6 +249,11 @@ impl PinKey {
         }
     }
 
+    /// The key's bytes (to derive from; never printed).
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// `{"key_type":"oct","key":"<32 characters>"}` -> the 32 bytes of the string (the
     /// operator makes `key` as the standard base64 of 24 random bytes).
     pub fn from_resource(resource: &[u8]) -> Result<PinKey, ClevisError> {
@@ -401,79 +406,6 @@ impl ClevisJwe {
     }
 }
 
-/// A trustee clevis token found in a LUKS2 header.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrusteeToken {
-    /// The token id.
-    pub id: u32,
-    /// The keyslot it opens.
-    pub keyslot: u32,
-    /// The JWE, in compact form.
-    pub jwe: String,
-}
-
-/// Find the trustee clevis token in `cryptsetup luksDump --dump-json-metadata` output.
-///
-/// clevis stores `{"type":"clevis","keyslots":["1"],"jwe":{"protected","iv","ciphertext",
-/// "tag"[,"encrypted_key"]}}` (the JWE in JSON form). Tokens of other pins are skipped.
-pub fn find_trustee_token(metadata: &[u8]) -> Result<TrusteeToken, ClevisError> {
-    let meta: Value = serde_json::from_slice(metadata)
-        .map_err(|e| ClevisError::Token(format!("metadata: {e}")))?;
-    let tokens = meta
-        .get("tokens")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ClevisError::Token("metadata has no tokens object".into()))?;
-    let mut seen = Vec::new();
-    for (id, token) in tokens {
-        if token.get("type").and_then(Value::as_str) != Some("clevis") {
-            continue;
-        }
-        let Some(jwe) = token.get("jwe") else {
-            seen.push(format!("token {id}: clevis token without jwe"));
-            continue;
-        };
-        let s = |k: &str| jwe.get(k).and_then(Value::as_str).unwrap_or_default();
-        let compact = format!(
-            "{}.{}.{}.{}.{}",
-            s("protected"),
-            s("encrypted_key"),
-            s("iv"),
-            s("ciphertext"),
-            s("tag")
-        );
-        match ClevisJwe::parse_compact(&compact) {
-            Ok(_) => {}
-            Err(e) => {
-                seen.push(format!("token {id}: {e}"));
-                continue;
-            }
-        }
-        let keyslot = token
-            .get("keyslots")
-            .and_then(Value::as_array)
-            .and_then(|k| k.first())
-            .and_then(|k| match k {
-                Value::String(s) => s.parse().ok(),
-                Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-                _ => None,
-            })
-            .ok_or_else(|| ClevisError::Token(format!("token {id} names no keyslot")))?;
-        let id = id
-            .parse()
-            .map_err(|_| ClevisError::Token(format!("token id {id:?} is not a number")))?;
-        return Ok(TrusteeToken {
-            id,
-            keyslot,
-            jwe: compact,
-        });
-    }
-    Err(ClevisError::Token(if seen.is_empty() {
-        "no clevis trustee token".into()
-    } else {
-        format!("no usable clevis trustee token ({})", seen.join("; "))
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,21 +509,5 @@ mod tests {
             initdata_document("version = \"0.1.0\"").unwrap(),
             "version = \"0.1.0\""
         );
-    }
-
-    #[test]
-    fn finds_trustee_token_in_luks_metadata() {
-        let jwe = encrypt(&key(), clevis(), b"p").unwrap();
-        let p: Vec<&str> = jwe.split('.').collect();
-        let meta = serde_json::json!({"keyslots":{}, "tokens":{
-            "0":{"type":"systemd-tpm2","keyslots":["2"]},
-            "1":{"type":"clevis","keyslots":["1"],"jwe":{"protected":p[0],"iv":p[2],"ciphertext":p[3],"tag":p[4]}}
-        }});
-        let t = find_trustee_token(meta.to_string().as_bytes()).unwrap();
-        assert_eq!((t.id, t.keyslot), (1, 1));
-        assert_eq!(t.jwe, jwe);
-        let none = serde_json::json!({"tokens":{}});
-        assert!(find_trustee_token(none.to_string().as_bytes()).is_err());
-        assert!(find_trustee_token(b"garbage").is_err());
     }
 }

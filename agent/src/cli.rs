@@ -133,6 +133,15 @@ pub enum Command {
         #[arg(long)]
         text: bool,
     },
+    /// Move the volume to a new disk key at the broker: attest once, fetch the current and the
+    /// new key, add a keyslot for the new one, point the token (clevis `trustee`, or ours for
+    /// a `disk_key` config) at it, remove the old keyslot. Every step leaves a token naming a
+    /// keyslot that opens; a rerun finishes a rotation that was stopped.
+    Rotate {
+        /// The new key's resource path at the broker (`repository/type/tag`).
+        #[arg(long, value_name = "PATH")]
+        to: String,
+    },
     /// Print the trust-anchor event this node measures before contacting a broker (brokers,
     /// CA fingerprints, resources, init-data) and the register values to require at the
     /// broker: the reference value that makes a relayed attestation fail.
@@ -229,6 +238,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
                     .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;
                 write_out(out, &json);
             }
+            Ok(Outcome::Success)
+        }
+        Command::Rotate { to } => {
+            let done =
+                crate::rotate::rotate(layers, config, &cli.root, to, &Cryptsetup::default())?;
+            write_out(out, &done.to_string());
             Ok(Outcome::Success)
         }
         Command::Inspect { file, kind, text } => {

@@ -13,6 +13,7 @@
 //! at their destinations) before the unlock, and become visible only after it succeeded.
 
 use std::fmt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kbs_types::{Attestation, CompositeEvidence, InitData, RuntimeData};
@@ -24,6 +25,7 @@ use crate::config::{Config, KeyFormat, Layers};
 use crate::deliver::{self, Item};
 use crate::error::{Error, ErrorClass};
 use crate::evidence::{binding, EvidenceSource, Platforms};
+use crate::header::{Header, KeySource, KeyToken};
 use crate::kbs::key::EphemeralKey;
 use crate::kbs::{jwe, BrokerClient, KbsClient, KbsError};
 use crate::luks::Volume;
@@ -176,26 +178,6 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Where the disk's passphrase comes from.
-#[derive(Debug, Clone)]
-pub(crate) enum DiskKey {
-    /// The resource at this path is the passphrase (in `config.disk_key_format`).
-    Resource(String),
-    /// The passphrase is a clevis `trustee` JWE (from the LUKS2 token) whose key is the
-    /// resource at the pin config's `path`.
-    Clevis(Box<crate::clevis::ClevisJwe>),
-}
-
-impl DiskKey {
-    /// The resource path to fetch.
-    pub(crate) fn resource(&self) -> &str {
-        match self {
-            DiskKey::Resource(p) => p,
-            DiskKey::Clevis(jwe) => &jwe.config.path,
-        }
-    }
-}
-
 /// Resources released in one session, decrypted, held in zeroizing buffers.
 pub struct Released {
     /// The broker that released them.
@@ -221,6 +203,14 @@ impl Resources {
         self.0
             .iter()
             .any(|(p, v)| p == path && v.as_slice() == expected)
+    }
+
+    /// A copy of the plaintext released for `path`.
+    pub(crate) fn cloned(&self, path: &str) -> Option<Zeroizing<Vec<u8>>> {
+        self.0
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, v)| v.clone())
     }
 
     /// Takes the plaintext released for `path` (the first one left).
@@ -585,6 +575,57 @@ pub(crate) fn release_from(
     }
 }
 
+/// Detect the platform and measure the trust anchors for fetching `paths`: what must happen
+/// before the first network byte of a command that fetches keys outside the unlock (the pin,
+/// the rotation).
+pub(crate) fn prepare(config: &Config, root: &Path, paths: &[&str]) -> Result<Prepared, Error> {
+    let (_, mut source) = crate::evidence::Hardware { root }.detect(config)?;
+    let init_data = init_data_for(config, paths)?;
+    let anchors = trust_anchors(config, paths, init_data.as_deref())?;
+    bind_init_data(source.as_mut(), init_data.as_deref())?;
+    let measured = measure_anchors(config, source.as_mut(), &anchors)?;
+    Ok(Prepared {
+        source,
+        init_data,
+        measured,
+    })
+}
+
+/// What [`prepare`] leaves for the fetch.
+pub(crate) struct Prepared {
+    source: Box<dyn EvidenceSource>,
+    init_data: Option<String>,
+    measured: AnchorsMeasured,
+}
+
+impl Prepared {
+    /// Attest and fetch `paths` (those [`prepare`] measured) in one session. A failure logs
+    /// its step and broker; `main` reports the error (one verdict).
+    pub(crate) fn fetch(&mut self, config: &Config, paths: &[&str]) -> Result<Released, Error> {
+        release(
+            config,
+            self.source.as_mut(),
+            paths,
+            self.init_data.as_deref(),
+            &self.measured,
+        )
+        .map_err(
+            |Failure {
+                 step,
+                 broker,
+                 error,
+                 ..
+             }| {
+                log::warn!(
+                    "step={step} broker={}",
+                    broker.as_deref().map_or("-".into(), crate::text::value)
+                );
+                error
+            },
+        )
+    }
+}
+
 /// The parts of a node the unlock works with: the real ones, or fakes in the fast tests.
 pub struct Node<'a> {
     /// The LUKS2 volume (header, keyslot test, open, close).
@@ -639,55 +680,90 @@ pub fn unlock(
     Ok(report)
 }
 
-/// Where the disk key comes from: `disk_key` in the config, or the trustee clevis token in the
-/// volume's LUKS2 header, whose pin config then becomes the config's LUKS-token layer (what to
-/// fetch; its servers only when no measured layer names a broker) and whose keyslot is the one
-/// to open. Returns the config to use, resolved with every layer.
+/// Where the disk key comes from: `disk_key` in the config (and, after a rotation, our native
+/// token in the volume's LUKS2 header, which then names the path and the keyslot), or the
+/// trustee clevis token, whose pin config then becomes the config's LUKS-token layer (what to
+/// fetch; its servers only when no measured layer names a broker) with its keyslot. Returns
+/// the config to use, resolved with every layer.
 fn disk_key_source(
-    mut layers: Layers,
+    layers: Layers,
     config: Config,
     volume: &dyn Volume,
-) -> Result<(Config, Option<DiskKey>), Failure> {
-    if let Some(path) = &config.disk_key {
-        let disk = DiskKey::Resource(path.clone());
-        return Ok((config, Some(disk)));
-    }
-    let Some(luks) = config.luks.clone() else {
-        return Ok((config, None));
-    };
+) -> Result<(Config, Option<KeySource>), Failure> {
     let token_err = |e: Error| Failure::at(Step::Token, None, 0, e);
-    volume
-        .appear(&luks.device, Duration::from_millis(luks.device_timeout_ms))
-        .map_err(|e| token_err(e.into()))?;
-    let meta = volume
-        .metadata(&luks.device)
-        .map_err(|e| token_err(e.into()))?;
-    let token = crate::clevis::find_trustee_token(&meta).map_err(|e| token_err(e.into()))?;
-    let jwe =
-        crate::clevis::ClevisJwe::parse_compact(&token.jwe).map_err(|e| token_err(e.into()))?;
-    log::info!(
-        "{}: trustee clevis token {} for keyslot {}",
-        luks.device.display(),
-        token.id,
-        token.keyslot
+    let Some(token) = key_token(&config, volume).map_err(token_err)? else {
+        let disk = config.disk_key.clone().map(KeySource::Native);
+        return Ok((config, disk));
+    };
+    let resolved = with_token(layers, &token).map_err(|e| match e {
+        Error::Config(e) => Failure::at(Step::Config, None, 0, e.into()),
+        e => token_err(e),
+    })?;
+    Ok((resolved, Some(token.source)))
+}
+
+/// The key token of the volume the config names: our native token when the measured config
+/// names `disk_key` (none: the config alone says where the key is), the trustee clevis token
+/// otherwise (required). `None` without a volume.
+pub(crate) fn key_token(config: &Config, volume: &dyn Volume) -> Result<Option<KeyToken>, Error> {
+    let Some(luks) = &config.luks else {
+        return Ok(None);
+    };
+    volume.appear(&luks.device, Duration::from_millis(luks.device_timeout_ms))?;
+    let header = Header::parse(&volume.metadata(&luks.device)?)?;
+    let token = if config.disk_key.is_some() {
+        header.native_token()?
+    } else {
+        Some(header.trustee_token()?)
+    };
+    if let Some(t) = &token {
+        log::info!(
+            "{}: {} token {} for keyslot {} ({})",
+            luks.device.display(),
+            match t.source {
+                KeySource::Clevis(..) => "trustee clevis",
+                KeySource::Native(_) => crate::header::NATIVE_TYPE,
+            },
+            t.id,
+            t.keyslot,
+            crate::text::value(t.source.path())
+        );
+    }
+    Ok(token)
+}
+
+/// `layers` with `token` as the LUKS-token layer (its path and keyslot; for a clevis token
+/// the pin config), resolved.
+pub(crate) fn with_token(mut layers: Layers, token: &KeyToken) -> Result<Config, Error> {
+    let mut table = match &token.source {
+        KeySource::Clevis(jwe, _) => {
+            jwe.config
+                .add_to(&mut layers, crate::config::system_ca_bundle())?;
+            layers.luks_token.take().unwrap_or_default()
+        }
+        KeySource::Native(path) => {
+            let mut t = toml::Table::new();
+            t.insert("disk_key".into(), toml::Value::String(path.clone()));
+            t
+        }
+    };
+    let mut luks = toml::Table::new();
+    luks.insert(
+        "keyslot".into(),
+        toml::Value::Integer(i64::from(token.keyslot)),
     );
-    jwe.config
-        .add_to(&mut layers, crate::config::system_ca_bundle())
-        .map_err(|e| token_err(e.into()))?;
-    let mut resolved = layers
-        .resolve()
-        .map_err(|e| Failure::at(Step::Config, None, 0, e.into()))?;
-    let mut luks = resolved.luks.take().unwrap_or(luks);
-    luks.keyslot = luks.keyslot.or(Some(token.keyslot));
-    resolved.luks = Some(luks);
-    Ok((resolved, Some(DiskKey::Clevis(Box::new(jwe)))))
+    let mut slot = toml::Table::new();
+    slot.insert("luks".into(), toml::Value::Table(luks));
+    crate::config::merge(&mut table, slot);
+    layers.luks_token = Some(table);
+    Ok(layers.resolve()?)
 }
 
 /// The flow once the disk key's source, the evidence source and the brokers (the real clients,
 /// or fakes in the fast tests) are known.
 pub(crate) fn run_with(
     config: &Config,
-    disk: Option<&DiskKey>,
+    disk: Option<&KeySource>,
     source: &mut dyn EvidenceSource,
     brokers: &[Box<dyn BrokerClient>],
     cryptsetup: &dyn Volume,
@@ -697,7 +773,7 @@ pub(crate) fn run_with(
     config
         .validate_for_unlock(disk.is_some())
         .map_err(|e| early(Step::Config, e.into()))?;
-    let paths = resource_paths(config, disk.map(DiskKey::resource));
+    let paths = resource_paths(config, disk.map(KeySource::path));
     // Read once: the anchors name its digest, PCR 8 binds it, the broker gets it.
     let init_data = init_data_for(config, &paths).map_err(|e| early(Step::Config, e.into()))?;
     let anchors =
@@ -729,7 +805,7 @@ pub(crate) fn run_with(
         Some(d) => {
             let key = timings
                 .time(Step::Passphrase, || {
-                    let raw = resources.take_released(d.resource())?;
+                    let raw = resources.take_released(d.path())?;
                     passphrase_for(d, raw, config.disk_key_format)
                 })
                 .map_err(|e| fail_at(Step::Passphrase, e))?;
@@ -821,19 +897,19 @@ pub(crate) fn run_with(
     })
 }
 
-fn passphrase_for(
-    disk: &DiskKey,
+pub(crate) fn passphrase_for(
+    disk: &KeySource,
     raw: Zeroizing<Vec<u8>>,
     format: KeyFormat,
 ) -> Result<Zeroizing<Vec<u8>>, Error> {
     match disk {
-        DiskKey::Resource(path) => {
+        KeySource::Native(path) => {
             disk_passphrase(path, raw, format).map_err(|message| Error::KeyFormat {
                 resource: path.clone(),
                 message,
             })
         }
-        DiskKey::Clevis(jwe) => {
+        KeySource::Clevis(jwe, _) => {
             let key =
                 crate::clevis::PinKey::from_released(&jwe.config.path, &raw).map_err(|e| {
                     Error::KeyFormat {
@@ -1340,7 +1416,7 @@ mod tests {
                 fail_measure,
             };
             let volume = self.volume(sigterm_on_open);
-            let disk = DiskKey::Resource("default/n/root".into());
+            let disk = KeySource::Native("default/n/root".into());
             let mut config = self.config.clone();
             config.disk_key_format = KeyFormat::Raw;
             run_with(
@@ -1502,7 +1578,8 @@ mod tests {
         assert_eq!(f.calls(), ["metadata"]);
     }
 
-    /// A detection failure is reported at `detect`, before any measurement or contact.
+    /// A detection failure is reported at `detect`, before any measurement or contact (the
+    /// header was read for a native token).
     #[test]
     fn a_detection_failure_contacts_nothing() {
         let f = Fast::new();
@@ -1510,13 +1587,14 @@ mod tests {
             .unlock(f.config.clone(), true, &[f.broker("b1", false)])
             .unwrap_err();
         assert_eq!(e.step, Step::Detect);
-        assert_eq!(f.calls(), ["detect"]);
+        assert_eq!(f.calls(), ["metadata", "detect"]);
     }
 
-    /// A configured `disk_key` never reads the header; the report names the platform and
-    /// leads its timings with detection.
+    /// A configured `disk_key` reads the header only for our native token (a rotation's); with
+    /// none, the config's path and keyslot are used. The report names the platform and leads
+    /// its timings with detection.
     #[test]
-    fn a_configured_disk_key_skips_the_header_and_the_report_names_the_platform() {
+    fn a_configured_disk_key_without_a_native_token_uses_the_config() {
         let f = Fast::new();
         let mut config = f.config.clone();
         config.disk_key_format = KeyFormat::Raw;
@@ -1524,8 +1602,7 @@ mod tests {
         assert_eq!(report.platform, Some(crate::config::Platform::Tpm));
         assert_eq!(report.timings.0[0].0, Step::Detect);
         let calls = f.calls();
-        assert_eq!(calls[0], "detect", "{calls:?}");
-        assert!(!calls.iter().any(|c| c == "metadata"), "{calls:?}");
+        assert_eq!(calls[..2], ["metadata", "detect"], "{calls:?}");
         assert!(
             calls.iter().any(|c| c.starts_with("test_key disk-key")),
             "{calls:?}"

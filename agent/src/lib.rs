@@ -27,6 +27,8 @@ pub mod evidence;
 pub mod flow;
 #[doc(hidden)]
 pub mod formats;
+#[doc(hidden)]
+pub mod header;
 pub(crate) mod hw;
 #[doc(hidden)]
 pub mod inspect;
@@ -37,6 +39,7 @@ pub(crate) mod net;
 pub mod pin;
 #[doc(hidden)]
 pub mod refvalues;
+pub(crate) mod rotate;
 pub mod text;
 pub mod verdict;
 

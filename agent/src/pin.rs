@@ -19,8 +19,7 @@ use crate::clevis::{self, ClevisJwe, PinConfig, PinKey};
 use crate::config::{Config, ConfigError, Host};
 use crate::error::Error;
 use crate::evidence;
-use crate::evidence::Platforms as _;
-use crate::flow::{self, Failure};
+use crate::flow;
 
 /// The environment variable naming the config file for the pin (clevis passes no options).
 pub(crate) const CONFIG_ENV: &str = "ATTEST_UNLOCK_CONFIG";
@@ -88,51 +87,9 @@ fn read_stdin() -> Result<Zeroizing<Vec<u8>>, Error> {
     Ok(buf)
 }
 
-/// Detect the platform and measure the trust anchors for fetching `path`: what must happen
-/// before the pin's first network byte (the AK registration included).
-fn prepare(config: &Config, root: &Path, path: &str) -> Result<Prepared, Error> {
-    let (_, mut source) = evidence::Hardware { root }.detect(config)?;
-    let init_data = flow::init_data_for(config, &[path])?;
-    let anchors = flow::trust_anchors(config, &[path], init_data.as_deref())?;
-    flow::bind_init_data(source.as_mut(), init_data.as_deref())?;
-    let measured = flow::measure_anchors(config, source.as_mut(), &anchors)?;
-    Ok(Prepared {
-        source,
-        init_data,
-        measured,
-    })
-}
-
-/// What [`prepare`] leaves for the fetch.
-struct Prepared {
-    source: Box<dyn evidence::EvidenceSource>,
-    init_data: Option<String>,
-    measured: flow::AnchorsMeasured,
-}
-
 /// Attest and fetch the pin's key resource. A failure is reported by `main` (one verdict).
-fn fetch_key(config: &Config, prepared: &mut Prepared, path: &str) -> Result<PinKey, Error> {
-    let released = flow::release(
-        config,
-        prepared.source.as_mut(),
-        &[path],
-        prepared.init_data.as_deref(),
-        &prepared.measured,
-    )
-    .map_err(
-        |Failure {
-             step,
-             broker,
-             error,
-             ..
-         }| {
-            log::warn!(
-                "step={step} broker={}",
-                broker.as_deref().map_or("-".into(), crate::text::value)
-            );
-            error
-        },
-    )?;
+fn fetch_key(config: &Config, prepared: &mut flow::Prepared, path: &str) -> Result<PinKey, Error> {
+    let released = prepared.fetch(config, &[path])?;
     let mut resources = released.resources;
     let key = resources
         .take(path)
@@ -168,7 +125,7 @@ pub fn encrypt(config_json: &str, out: &mut dyn Write) -> Result<(), Error> {
     clevis_header[clevis::PIN] = nested;
     let host = host();
     let config = resolve(&host, &pin)?;
-    let mut prepared = prepare(&config, &host.root, &pin.path)?;
+    let mut prepared = flow::prepare(&config, &host.root, &[&pin.path])?;
     if let Some(reg) = pin
         .attestation_key
         .as_ref()
@@ -255,7 +212,7 @@ pub fn decrypt(out: &mut dyn Write) -> Result<(), Error> {
     })?;
     let host = host();
     let config = resolve(&host, &jwe.config)?;
-    let mut prepared = prepare(&config, &host.root, &jwe.config.path)?;
+    let mut prepared = flow::prepare(&config, &host.root, &[&jwe.config.path])?;
     let key = fetch_key(&config, &mut prepared, &jwe.config.path)?;
     let plaintext = jwe.decrypt(&key)?;
     out.write_all(&plaintext)

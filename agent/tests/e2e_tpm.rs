@@ -206,8 +206,19 @@ fn missing_luks_device_fails_without_writing() {
     let broker = Broker::start(w.broker_config()).unwrap();
     let mut c = w.agent_config(&broker);
     c.image = Some(w.work.path().join("no-such-disk.img"));
-    let v = w.expect_failure(&c, "luks");
+    let before = w.image.digest();
+    let run = unlock_with(
+        &c,
+        w.work.path(),
+        &["--set".into(), "luks.device_timeout_ms=200".into()],
+    );
+    let v = w.failed(&run, &before, "luks");
     assert!(v.contains("does not exist"), "{v}");
+    assert!(
+        broker.log().is_empty(),
+        "broker contacted: {:?}",
+        broker.log()
+    );
 }
 
 #[test]

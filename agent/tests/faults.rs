@@ -472,8 +472,14 @@ fn luks_device_absent() {
     let b = w.broker(Faults::default());
     let mut c = w.agent_config(&b);
     c.image = Some(w.work.path().join("no-such-disk.img"));
-    let v = w.fails(&c, &[], want("luks", "unlock", 1));
+    // The header is read (for a rotation's token) before any broker: nothing is fetched.
+    let v = w.fails(
+        &c,
+        &["--set", "luks.device_timeout_ms=200"],
+        want("luks", "token", 0),
+    );
     says(&v, &["no-such-disk.img does not exist"]);
+    assert!(b.log().is_empty(), "broker contacted: {:?}", b.log());
 }
 
 #[test]

@@ -1,5 +1,8 @@
 #![no_main]
 // `cryptsetup luksDump --dump-json-metadata` output, as written by whoever wrote the header.
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = attest_unlock::clevis::find_trustee_token(data);
+    if let Ok(h) = attest_unlock::header::Header::parse(data) {
+        let _ = h.trustee_token();
+        let _ = h.native_token();
+    }
 });

@@ -33,10 +33,18 @@ pub enum LuksError {
         #[source]
         source: std::io::Error,
     },
+    /// A rotation's current key does not open the keyslot its token names: rotating would
+    /// lose track of what opens the disk.
+    #[error("{0}: not rotating")]
+    NotRotating(String),
+    /// The header has no room for the rotation's keyslot.
+    #[error("{0} has no free keyslot (LUKS2 has 32)")]
+    NoFreeKeyslot(PathBuf),
     /// cryptsetup failed otherwise.
     #[error("cryptsetup {op} {device} failed (exit {code}): {message}")]
     Failed {
-        /// `open`, `test-passphrase`, `close` or `luksDump`.
+        /// `open`, `test-passphrase`, `close`, `luksDump`, or a rotation's `luksAddKey`,
+        /// `luksKillSlot` or `token import`.
         op: &'static str,
         /// The device.
         device: PathBuf,
@@ -227,6 +235,117 @@ impl Cryptsetup {
                 message: first_line(&out.stderr, "no message"),
             }),
         }
+    }
+}
+
+/// The header writes a key rotation makes, each one atomic in cryptsetup (the LUKS2 header is
+/// written as a whole, in two copies with a sequence number). Keys go on pipes, never in argv
+/// or a file.
+pub(crate) trait Rekey: Volume {
+    /// Add `new` in keyslot `new_slot`, authorised by `existing`, which opens `existing_slot`;
+    /// the new slot gets `kdf` (the old slot's), or cryptsetup's defaults.
+    fn add_key(
+        &self,
+        device: &Path,
+        existing_slot: u32,
+        existing: &[u8],
+        new_slot: u32,
+        new: &[u8],
+        kdf: Option<&crate::header::Kdf>,
+    ) -> Result<(), LuksError>;
+    /// Remove keyslot `slot`; `remaining` must open another keyslot (cryptsetup checks).
+    fn kill_slot(&self, device: &Path, slot: u32, remaining: &[u8]) -> Result<(), LuksError>;
+    /// Write token `id` (replacing the one there).
+    fn write_token(&self, device: &Path, id: u32, json: &str) -> Result<(), LuksError>;
+}
+
+impl Rekey for Cryptsetup {
+    fn add_key(
+        &self,
+        device: &Path,
+        existing_slot: u32,
+        existing: &[u8],
+        new_slot: u32,
+        new: &[u8],
+        kdf: Option<&crate::header::Kdf>,
+    ) -> Result<(), LuksError> {
+        use crate::header::Kdf;
+        // The new key on a pipe of its own, inherited by cryptsetup as /dev/fd/N: written and
+        // its write end closed before the spawn, so cryptsetup reads it to EOF.
+        let (read, write) = nix::unistd::pipe().map_err(|e| LuksError::Spawn {
+            binary: self.binary.clone(),
+            source: e.into(),
+        })?;
+        std::fs::File::from(write)
+            .write_all(new)
+            .map_err(|source| LuksError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        let mut args = vec![
+            "luksAddKey".to_owned(),
+            "--batch-mode".to_owned(),
+            "--key-slot".to_owned(),
+            existing_slot.to_string(),
+            "--new-key-slot".to_owned(),
+            new_slot.to_string(),
+            format!(
+                "--new-keyfile=/dev/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&read)
+            ),
+        ];
+        match kdf {
+            Some(Kdf::Pbkdf2 { hash, iterations }) => args.extend([
+                "--pbkdf=pbkdf2".to_owned(),
+                format!("--hash={hash}"),
+                format!("--pbkdf-force-iterations={iterations}"),
+            ]),
+            Some(Kdf::Argon2 {
+                kind,
+                time,
+                memory,
+                cpus,
+            }) => args.extend([
+                format!("--pbkdf={kind}"),
+                format!("--pbkdf-force-iterations={time}"),
+                format!("--pbkdf-memory={memory}"),
+                format!("--pbkdf-parallel={cpus}"),
+            ]),
+            None => {}
+        }
+        args.extend([
+            "--key-file=-".to_owned(),
+            "--".to_owned(),
+            device.display().to_string(),
+        ]);
+        let result = self.run("luksAddKey", device, Some(existing_slot), &args, existing);
+        drop(read);
+        result
+    }
+
+    fn kill_slot(&self, device: &Path, slot: u32, remaining: &[u8]) -> Result<(), LuksError> {
+        let args = [
+            "luksKillSlot".to_owned(),
+            "--key-file=-".to_owned(),
+            "--".to_owned(),
+            device.display().to_string(),
+            slot.to_string(),
+        ];
+        self.run("luksKillSlot", device, None, &args, remaining)
+    }
+
+    fn write_token(&self, device: &Path, id: u32, json: &str) -> Result<(), LuksError> {
+        let args = [
+            "token".to_owned(),
+            "import".to_owned(),
+            "--token-id".to_owned(),
+            id.to_string(),
+            "--token-replace".to_owned(),
+            "--json-file=-".to_owned(),
+            "--".to_owned(),
+            device.display().to_string(),
+        ];
+        self.run("token import", device, None, &args, json.as_bytes())
     }
 }
 

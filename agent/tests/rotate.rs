@@ -1,0 +1,523 @@
+//! `attest-unlock rotate`: the disk moves to a new broker key and opens at every instant.
+//!
+//! Real parts: swtpm, the test broker, cryptsetup on a LUKS2 image (slot 0: a recovery key),
+//! and for the pin's token the real `clevis luks bind/pass/list` from Debian. The faults:
+//! - the agent killed (SIGKILL) right after each header write, by a `cryptsetup` wrapper first
+//!   in its PATH that runs the real one, then kills its parent;
+//! - the broker failing at each request (auth, attest, the resources) and the new key absent.
+//!
+//! After every fault the volume opens through the boot path (`unlock --verify-only`: the token
+//! names a keyslot that opens with the key at its path), and a rerun finishes with exactly the
+//! recovery slot and the new one.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use test_kbs::{Broker, BrokerConfig, Endpoint, Faults};
+
+/// Where the operator put the new key.
+const NEW: &str = "default/node1/root-2";
+
+/// The `cryptsetup` wrapper: counts the header writes (`luksAddKey`, `luksKillSlot`,
+/// `token import`) in `$ROTATE_COUNT`; at write number `$ROTATE_CRASH_AT` it runs the real
+/// cryptsetup, then kills the agent that ran it with SIGKILL.
+struct Crasher {
+    dir: tempfile::TempDir,
+}
+
+impl Crasher {
+    fn new() -> Crasher {
+        use std::os::unix::fs::PermissionsExt;
+        let real = String::from_utf8(
+            run_ok(Command::new("sh").args(["-c", "command -v cryptsetup"])).stdout,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(
+            r#"#!/bin/sh
+case "$1" in
+luksAddKey|luksKillSlot|token)
+    n=$(( $(cat "$ROTATE_COUNT" 2>/dev/null || echo 0) + 1 ))
+    echo "$n" > "$ROTATE_COUNT"
+    {real} "$@"
+    rc=$?
+    if [ "$n" = "$ROTATE_CRASH_AT" ]; then kill -9 "$PPID"; fi
+    exit $rc ;;
+esac
+exec {real} "$@"
+"#,
+            real = real.trim()
+        );
+        let path = dir.path().join("cryptsetup");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Crasher { dir }
+    }
+
+    /// `cmd` with the wrapper first in PATH, crashing at write `at` (0: never); the writes are
+    /// counted in `count`.
+    fn arm(&self, cmd: &mut Command, at: u32, count: &Path) {
+        let path = format!(
+            "{}:{}",
+            self.dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("PATH", path)
+            .env("ROTATE_CRASH_AT", at.to_string())
+            .env("ROTATE_COUNT", count);
+    }
+}
+
+/// The header's JSON metadata.
+fn metadata(img: &Path) -> serde_json::Value {
+    let out = run_ok(
+        Command::new("cryptsetup")
+            .args(["luksDump", "--dump-json-metadata"])
+            .arg(img),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn keyslots(img: &Path) -> Vec<u32> {
+    metadata(img)["keyslots"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.parse().unwrap())
+        .collect()
+}
+
+/// The tokens of `kind` (`clevis` or `attest-unlock`).
+fn tokens(img: &Path, kind: &str) -> Vec<serde_json::Value> {
+    metadata(img)["tokens"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|t| t["type"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// A native node: the measured config names `disk_key` (slot 1); the broker serves the old key
+/// and, at `NEW`, a new one.
+struct Native {
+    w: World,
+    _broker: Broker,
+    new_pass: Vec<u8>,
+    new_resource: Vec<u8>,
+    cfg: PathBuf,
+}
+
+impl Native {
+    fn new() -> Native {
+        Native::with(Faults::default(), true)
+    }
+
+    fn with(faults: Faults, serve_new: bool) -> Native {
+        let w = World::new();
+        let (new_resource, new_pass) = operator_disk_key();
+        let mut config = w.broker_config();
+        if serve_new {
+            config
+                .resources
+                .insert(NEW.to_owned(), new_resource.clone());
+        }
+        config.faults = faults;
+        let broker = Broker::start(config).unwrap();
+        let cfg = write_config(&w.agent_config(&broker), w.work.path());
+        Native {
+            w,
+            _broker: broker,
+            new_pass,
+            new_resource,
+            cfg,
+        }
+    }
+
+    fn rotate(&self, crasher: Option<(&Crasher, u32)>) -> Run {
+        rotate_cmd(&self.cfg, &[], crasher, self.w.work.path())
+    }
+
+    /// The boot path opens the volume (the token's slot with its path's key, or the config's).
+    fn opens(&self) -> String {
+        let run = collect(Command::new(agent_bin()).args(unlock_args(&self.cfg, &[])));
+        assert!(
+            run.status.success() && run.verdict().contains("volume=verified"),
+            "{}",
+            run.stderr
+        );
+        run.stderr
+    }
+
+    /// The end state: slot 0 (recovery) and one slot for the new key, which the native token
+    /// names with the new path; the old key opens nothing.
+    fn rotated(&self) -> u32 {
+        let img = &self.w.image.path;
+        let slots = keyslots(img);
+        assert_eq!(slots.len(), 2, "recovery + new, no orphan: {slots:?}");
+        let t = tokens(img, "attest-unlock");
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0]["disk_key"], NEW);
+        assert!(t[0].get("retire").is_none(), "{t:?}");
+        let slot: u32 = t[0]["keyslots"][0].as_str().unwrap().parse().unwrap();
+        assert!(opens_keyslot(img, slot, &self.new_pass));
+        for s in &slots {
+            assert!(
+                !opens_keyslot(img, *s, &self.w.passphrase),
+                "old key opens {s}"
+            );
+        }
+        assert!(opens_keyslot(
+            img,
+            0,
+            &std::fs::read(&self.w.image.recovery_key).unwrap()
+        ));
+        slot
+    }
+}
+
+fn rotate_cmd(cfg: &Path, extra: &[&str], crasher: Option<(&Crasher, u32)>, dir: &Path) -> Run {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "rotate",
+        "--to",
+        NEW,
+        "--kernel-cmdline",
+        "/dev/null",
+        "--config",
+    ])
+    .arg(cfg)
+    .args(extra);
+    if let Some((c, at)) = crasher {
+        let count = dir.join("writes");
+        let _ = std::fs::remove_file(&count);
+        c.arm(&mut cmd, at, &count);
+    }
+    collect(&mut cmd)
+}
+
+/// The rerun after a kill at write `at` took up where the killed run stopped.
+fn resumed(at: u32, run: &Run) {
+    let want = match at {
+        // The slot was added, the token not yet rewritten: found, not added again.
+        1 => "already holds the new key (an earlier run added it)",
+        // The token names the new slot and the old one to retire.
+        2 => "step 3/4: removed keyslot 1",
+        // The old slot is gone; the token still carries the record.
+        3 => "step 3/4: keyslot 1 is already gone",
+        _ => "nothing to do",
+    };
+    assert!(
+        run.stderr.contains(want),
+        "after write {at}: {}",
+        run.stderr
+    );
+}
+
+fn killed(run: &Run) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    run.status.signal() == Some(9)
+}
+
+#[test]
+fn native_key_rotates_and_the_boot_follows_the_token() {
+    let n = Native::new();
+    let run = n.rotate(None);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(
+        run.stdout.trim(),
+        format!("rotated: keyslot=2 path={NEW} added=2 removed=1"),
+        "{}",
+        run.stderr
+    );
+    for step in ["step 1/4", "step 2/4", "step 3/4", "step 4/4"] {
+        assert!(run.stderr.contains(step), "{step}: {}", run.stderr);
+    }
+    assert_eq!(n.rotated(), 2);
+    // The config still says the old path and keyslot 1: the token beats it.
+    let boot = n.opens();
+    assert!(
+        boot.contains("attest-unlock token 0 for keyslot 2 (default/node1/root-2)"),
+        "{boot}"
+    );
+    // Again: nothing to do, nothing written.
+    let before = n.w.image.digest();
+    let again = n.rotate(None);
+    assert!(again.status.success(), "{}", again.stderr);
+    assert!(again.stderr.contains("nothing to do"), "{}", again.stderr);
+    assert_eq!(n.w.image.digest(), before);
+    // The old key retired at the broker: the node still boots.
+    let mut config = n.w.broker_config();
+    config.resources.remove(DISK);
+    config
+        .resources
+        .insert(NEW.to_owned(), n.new_resource.clone());
+    let only_new = Broker::start(config).unwrap();
+    let cfg = write_config(&n.w.agent_config(&only_new), n.w.work.path());
+    let run = collect(Command::new(agent_bin()).args(unlock_args(&cfg, &[])));
+    assert!(run.status.success(), "{}", run.stderr);
+}
+
+#[test]
+fn native_rotation_killed_after_each_header_write_still_opens_and_resumes() {
+    let crasher = Crasher::new();
+    for at in 1..=4 {
+        let n = Native::new();
+        let run = n.rotate(Some((&crasher, at)));
+        assert!(killed(&run), "write {at}: {:?}\n{}", run.status, run.stderr);
+        n.opens();
+        let run = n.rotate(None);
+        assert!(run.status.success(), "after write {at}: {}", run.stderr);
+        resumed(at, &run);
+        n.rotated();
+        n.opens();
+    }
+}
+
+#[test]
+fn a_failing_broker_changes_nothing() {
+    let faults = [
+        (Endpoint::Auth, 500),
+        (Endpoint::Attest, 403),
+        (Endpoint::Resource, 500),
+    ];
+    let mut cases: Vec<(String, Native)> = faults
+        .into_iter()
+        .map(|(e, status)| {
+            (
+                format!("{e:?} {status}"),
+                Native::with(
+                    Faults {
+                        status_for: Some((e, status, None)),
+                        ..Faults::default()
+                    },
+                    true,
+                ),
+            )
+        })
+        .collect();
+    cases.push((
+        "new key absent".into(),
+        Native::with(Faults::default(), false),
+    ));
+    for (what, n) in cases {
+        let before = n.w.image.digest();
+        let run = n.rotate(None);
+        assert!(!run.status.success(), "{what}: {}", run.stderr);
+        assert_eq!(n.w.image.digest(), before, "{what}: the header changed");
+        assert!(run.stdout.is_empty(), "{what}: {}", run.stdout);
+    }
+}
+
+#[test]
+fn a_planted_retire_record_removes_no_slot_the_old_key_does_not_open() {
+    let n = Native::new();
+    // The host writes a token whose record names the recovery slot.
+    let planted = serde_json::json!({
+        "type": "attest-unlock", "keyslots": ["1"], "disk_key": DISK,
+        "retire": {"keyslot": "0", "disk_key": DISK},
+    });
+    let mut import = Command::new("cryptsetup");
+    import
+        .args(["token", "import", "--token-id", "0", "--json-file=-"])
+        .arg(&n.w.image.path);
+    let run = run_with_stdin(&mut import, planted.to_string().as_bytes());
+    assert!(run.status.success(), "{}", run.stderr);
+    let run = n.rotate(None);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("which the old key does not open: left as it is"),
+        "{}",
+        run.stderr
+    );
+    assert!(opens_keyslot(
+        &n.w.image.path,
+        0,
+        &std::fs::read(&n.w.image.recovery_key).unwrap()
+    ));
+    n.rotated();
+}
+
+#[test]
+fn a_token_whose_slot_does_not_open_is_not_rotated() {
+    let n = Native::new();
+    // The token names the recovery slot with the broker's path: the key does not open it.
+    let wrong = serde_json::json!({"type": "attest-unlock", "keyslots": ["0"], "disk_key": DISK});
+    let mut import = Command::new("cryptsetup");
+    import
+        .args(["token", "import", "--token-id", "0", "--json-file=-"])
+        .arg(&n.w.image.path);
+    assert!(run_with_stdin(&mut import, wrong.to_string().as_bytes())
+        .status
+        .success());
+    let before = n.w.image.digest();
+    let run = n.rotate(None);
+    assert!(!run.status.success());
+    assert!(
+        run.stderr.contains("keyslot 0 of")
+            && run
+                .stderr
+                .contains("does not open with the key at default/node1/root: not rotating"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(n.w.image.digest(), before);
+}
+
+/// A node bound with the real `clevis luks bind` and our pin (token 0, keyslot 1).
+struct Pinned {
+    _tpm: Swtpm,
+    broker: Broker,
+    image: LuksImage,
+    bin_dir: tempfile::TempDir,
+    cfg: PathBuf,
+}
+
+impl Pinned {
+    fn new() -> Pinned {
+        let tpm = Swtpm::start();
+        let mut resources = BTreeMap::new();
+        resources.insert(DISK.to_owned(), operator_disk_key().0);
+        resources.insert(NEW.to_owned(), operator_disk_key().0);
+        let broker = Broker::start(BrokerConfig {
+            trusted_aks: vec![ak_public(&tpm)],
+            resources,
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let bin_dir = tempfile::tempdir().unwrap();
+        for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
+            std::os::unix::fs::symlink(agent_bin(), bin_dir.path().join(name)).unwrap();
+        }
+        let cfg = bin_dir.path().join("attest-unlock.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[tpm]\ntcti = {:?}\n[retry]\nmax_rounds = 1\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n[measure]\nlog = {:?}\n",
+                tpm.tcti(),
+                bin_dir.path().join("measurements.log").display().to_string()
+            ),
+        )
+        .unwrap();
+        let image = LuksImage::recovery_only();
+        let p = Pinned {
+            _tpm: tpm,
+            broker,
+            image,
+            bin_dir,
+            cfg,
+        };
+        let pin = serde_json::json!({
+            "servers": [{"url": p.broker.url(), "cert": p.broker.ca_pem()}],
+            "path": DISK,
+        });
+        let mut bind = p.clevis();
+        bind.args(["luks", "bind", "-y", "-k"])
+            .arg(&p.image.recovery_key)
+            .arg("-d")
+            .arg(&p.image.path)
+            .args(["trustee", &pin.to_string()]);
+        run_ok(&mut bind);
+        p
+    }
+
+    fn clevis(&self) -> Command {
+        let mut c = Command::new("clevis");
+        let path = format!(
+            "{}:{}",
+            self.bin_dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        c.env("PATH", path).env("ATTEST_UNLOCK_CONFIG", &self.cfg);
+        c
+    }
+
+    fn device(&self) -> String {
+        format!("luks.device={:?}", self.image.path.display().to_string())
+    }
+
+    fn rotate(&self, crasher: Option<(&Crasher, u32)>) -> Run {
+        rotate_cmd(
+            &self.cfg,
+            &["--set", &self.device()],
+            crasher,
+            self.bin_dir.path(),
+        )
+    }
+
+    fn opens(&self) {
+        let args = unlock_args(&self.cfg, &["--set".into(), self.device()]);
+        let run = collect(Command::new(agent_bin()).args(args));
+        assert!(
+            run.status.success() && run.verdict().contains("volume=verified"),
+            "{}",
+            run.stderr
+        );
+    }
+
+    /// The end state: the recovery slot and the new one; clevis lists one binding, and
+    /// `clevis luks pass` (our decrypt, fetching the new path) gives what opens it.
+    fn rotated(&self) {
+        let img = &self.image.path;
+        let slots = keyslots(img);
+        assert_eq!(slots.len(), 2, "recovery + new, no orphan: {slots:?}");
+        let t = tokens(img, "clevis");
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!(t[0].get("attest-unlock-retire").is_none(), "{t:?}");
+        let slot = t[0]["keyslots"][0].as_str().unwrap().to_owned();
+        let list = run_ok(self.clevis().args(["luks", "list", "-d"]).arg(img));
+        assert_eq!(
+            String::from_utf8_lossy(&list.stdout).trim(),
+            format!("{slot}: unknown pin 'trustee'")
+        );
+        let pass = run_ok(
+            self.clevis()
+                .args(["luks", "pass", "-d"])
+                .arg(img)
+                .args(["-s", &slot]),
+        );
+        assert!(opens_keyslot(img, slot.parse().unwrap(), &pass.stdout));
+        let header = t[0]["jwe"]["protected"].as_str().unwrap();
+        let header: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["clevis"]["trustee"]["path"], NEW, "{header}");
+    }
+}
+
+#[test]
+fn clevis_token_rebinds_to_the_new_key_and_clevis_still_reads_it() {
+    let p = Pinned::new();
+    let run = p.rotate(None);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(
+        run.stdout.trim(),
+        format!("rotated: keyslot=2 path={NEW} added=2 removed=1")
+    );
+    p.rotated();
+    p.opens();
+}
+
+#[test]
+fn clevis_rebinding_killed_after_each_header_write_still_opens_and_resumes() {
+    let crasher = Crasher::new();
+    for at in 1..=4 {
+        let p = Pinned::new();
+        let run = p.rotate(Some((&crasher, at)));
+        assert!(killed(&run), "write {at}: {:?}\n{}", run.status, run.stderr);
+        p.opens();
+        let run = p.rotate(None);
+        assert!(run.status.success(), "after write {at}: {}", run.stderr);
+        resumed(at, &run);
+        p.rotated();
+        p.opens();
+    }
+}
