@@ -74,13 +74,25 @@ impl TrustAnchors {
     /// What each register holds after this event was its only extend: `(register, hex)` for
     /// the TPM banks a verifier reads (`pcr<N>:sha1`, `sha256`, `sha384`) and TDX's RTMR 3.
     pub(crate) fn register_values(&self, pcr: u32) -> Vec<(String, String)> {
+        self.register_values_after(pcr, &[])
+    }
+
+    /// What each register holds after the events `before`, then this one, from zero (a
+    /// command run on a booted node: the boot's anchors and the post-release event came
+    /// first).
+    pub(crate) fn register_values_after(
+        &self,
+        pcr: u32,
+        before: &[&[u8]],
+    ) -> Vec<(String, String)> {
+        let events: Vec<&[u8]> = before.iter().copied().chain([self.event()]).collect();
         let mut out = Vec::new();
         for alg in [HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384] {
-            if let Some(v) = extended_once(alg, self.event()) {
+            if let Some(v) = extended(alg, &events) {
                 out.push((format!("pcr{pcr:02}:{alg}"), hex::encode(v)));
             }
         }
-        if let Some(v) = extended_once(HashAlg::Sha384, self.event()) {
+        if let Some(v) = extended(HashAlg::Sha384, &events) {
             out.push(("rtmr3:sha384".to_owned(), hex::encode(v)));
         }
         out
@@ -90,10 +102,17 @@ impl TrustAnchors {
 /// `H(0^n || H(event))`: a register of algorithm `alg` after one extend with `event` from
 /// its reset value (`None` for an algorithm this build cannot compute).
 pub(crate) fn extended_once(alg: HashAlg, event: &[u8]) -> Option<Vec<u8>> {
-    let size = alg.digest_size()?;
-    let mut input = vec![0u8; size];
-    input.extend(alg.hash(event)?);
-    alg.hash(&input)
+    extended(alg, &[event])
+}
+
+/// A register of algorithm `alg` after extends with `events`, in order, from its reset value.
+pub(crate) fn extended(alg: HashAlg, events: &[&[u8]]) -> Option<Vec<u8>> {
+    let mut register = vec![0u8; alg.digest_size()?];
+    for event in events {
+        register.extend(alg.hash(event)?);
+        register = alg.hash(&register)?;
+    }
+    Some(register)
 }
 
 #[cfg(test)]

@@ -150,6 +150,11 @@ pub enum Command {
         /// node bound with the clevis pin; a path or the JSON itself.
         #[arg(long, value_name = "JSON|PATH")]
         pin_config: Option<String>,
+        /// Also print what `rotate --to PATH` measures when run on this node after its boot's
+        /// unlock (the boot's anchors and the post-release event came first): the value the
+        /// broker must accept for the rotation.
+        #[arg(long, value_name = "PATH")]
+        rotate_to: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -208,8 +213,18 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             *verify_only,
             failure_report.as_deref(),
         )),
-        Command::Anchors { pin_config, json } => {
-            anchors(layers, pin_config.as_deref(), *json, out)?;
+        Command::Anchors {
+            pin_config,
+            rotate_to,
+            json,
+        } => {
+            anchors(
+                layers,
+                pin_config.as_deref(),
+                rotate_to.as_deref(),
+                *json,
+                out,
+            )?;
             Ok(Outcome::Success)
         }
         Command::ReferenceValues {
@@ -400,6 +415,7 @@ fn unlock(
 fn anchors(
     mut layers: Layers,
     pin_config: Option<&str>,
+    rotate_to: Option<&str>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
@@ -428,18 +444,42 @@ fn anchors(
     let paths = flow::resource_paths(&config, disk);
     let init_data = flow::init_data_for(&config, &paths)?;
     let anchors = flow::trust_anchors(&config, &paths, init_data.as_deref())?;
-    let values = anchors.register_values(config.measure.pcr);
-    if json {
-        let regs: serde_json::Map<String, serde_json::Value> = values
+    let pcr = config.measure.pcr;
+    let values = anchors.register_values(pcr);
+    // The rotation on the booted node: its own event after the boot's and the release.
+    let rotation = match (rotate_to, disk) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::Invalid(
+                "--rotate-to needs the disk key's current path (disk_key, or --pin-config)".into(),
+            )
+            .into())
+        }
+        (Some(to), Some(current)) => {
+            config::validate_resource_path(to)?;
+            let paths = crate::rotate::fetched(current, to, None);
+            let init_data = flow::init_data_for(&config, &paths)?;
+            let event = flow::trust_anchors(&config, &paths, init_data.as_deref())?;
+            let values = event.register_values_after(pcr, &[anchors.event(), flow::RELEASE_EVENT]);
+            Some((event, values))
+        }
+    };
+    let map = |values: &[(String, String)]| -> serde_json::Map<String, serde_json::Value> {
+        values
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        let doc = serde_json::json!({
+            .collect()
+    };
+    if json {
+        let mut doc = serde_json::json!({
             "event": anchors.text(),
             "brokers_from": config.provenance.of("brokers").as_str(),
             "measured": config.measure.enabled,
-            "registers": regs,
+            "registers": map(&values),
         });
+        if let Some((event, values)) = &rotation {
+            doc["rotation"] = serde_json::json!({"event": event.text(), "registers": map(values)});
+        }
         let text = serde_json::to_string_pretty(&doc)
             .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;
         write_out(out, &text);
@@ -456,14 +496,24 @@ fn anchors(
     for (register, value) in &values {
         text.push_str(&format!("{register} {value}\n"));
     }
-    let pcr = config.measure.pcr;
-    if let Some((_, v)) = values
-        .iter()
-        .find(|(r, _)| r == &format!("pcr{pcr:02}:sha256"))
-    {
+    let sha256 = |values: &[(String, String)]| {
+        values
+            .iter()
+            .find(|(r, _)| r == &format!("pcr{pcr:02}:sha256"))
+            .map(|(_, v)| v.clone())
+    };
+    if let Some(v) = sha256(&values) {
         text.push_str(&format!(
-            "# Trustee: kbs-client config set-sample-reference-value tpm_pcr{pcr:02} {v}\n# and require it in the attestation policy (see docs/deploying.md)"
+            "# Trustee: kbs-client config set-sample-reference-value tpm_pcr{pcr:02} {v}\n# and require it in the attestation policy (see docs/deploying.md)\n"
         ));
+    }
+    if let Some((event, values)) = &rotation {
+        text.push_str("# `rotate` on this node after its boot's unlock extends, after the boot's event and the post-release event:\n");
+        text.push_str(event.text());
+        text.push_str("# register values then (accept them for the rotation's paths only):\n");
+        for (register, value) in values {
+            text.push_str(&format!("{register} {value}\n"));
+        }
     }
     write_out(out, text.trim_end());
     Ok(())

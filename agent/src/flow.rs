@@ -279,6 +279,18 @@ pub fn measure_anchors(
     source: &mut dyn EvidenceSource,
     anchors: &TrustAnchors,
 ) -> Result<AnchorsMeasured, Error> {
+    measure_anchors_after(config, source, anchors, &[])
+}
+
+/// [`measure_anchors`] for a command whose register may already hold `prior` events (a
+/// rotation on a booted node: the boot's anchors and the post-release event): a rerun that
+/// finds the register at `prior`, then this event, leaves it too.
+pub(crate) fn measure_anchors_after(
+    config: &Config,
+    source: &mut dyn EvidenceSource,
+    anchors: &TrustAnchors,
+    prior: &[&[u8]],
+) -> Result<AnchorsMeasured, Error> {
     use crate::evidence::{EvidenceError, Recorded};
     let from_token = config.provenance.brokers_from_token();
     let pcr = config.measure.pcr;
@@ -292,7 +304,9 @@ pub fn measure_anchors(
         log::warn!("measure.enabled = false: the trust anchors are not measured");
         return Ok(AnchorsMeasured(()));
     }
-    if holds_only(source, pcr, anchors.event())? {
+    if holds(source, pcr, &[], anchors.event())?
+        || (!prior.is_empty() && holds(source, pcr, prior, anchors.event())?)
+    {
         log::info!(
             "PCR {pcr} already holds the trust anchors (a rerun in this boot): not extended again"
         );
@@ -320,17 +334,19 @@ pub fn measure_anchors(
     }
 }
 
-/// Whether TPM PCR `pcr` holds exactly one extend of `event` from zero (a rerun in the same
-/// boot after a failure, which must not extend it a second time).
-fn holds_only(
+/// Whether TPM PCR `pcr` holds exactly the extends of `prior`, then `event`, from zero (a
+/// rerun in the same boot after a failure, which must not extend it a second time).
+fn holds(
     source: &mut dyn EvidenceSource,
     pcr: u32,
+    prior: &[&[u8]],
     event: &[u8],
 ) -> Result<bool, crate::evidence::EvidenceError> {
-    let once = crate::anchors::extended_once(crate::formats::HashAlg::Sha256, event);
+    let events: Vec<&[u8]> = prior.iter().copied().chain([event]).collect();
+    let want = crate::anchors::extended(crate::formats::HashAlg::Sha256, &events);
     Ok(source
         .pcr_sha256(pcr)?
-        .is_some_and(|v| once.as_deref() == Some(&v[..])))
+        .is_some_and(|v| want.as_deref() == Some(&v[..])))
 }
 
 /// The init-data of a run: the configured one, or, for a `kbs+provisioner:///` resource with
@@ -456,7 +472,7 @@ pub(crate) fn bind_init_data(
         source.measure(INIT_DATA_PCR, event)?;
         log::info!("extended PCR {INIT_DATA_PCR} with the init-data digest (Trustee's TPM init-data binding)");
         Ok(())
-    } else if holds_only(source, INIT_DATA_PCR, event)? {
+    } else if holds(source, INIT_DATA_PCR, &[], event)? {
         log::info!("PCR {INIT_DATA_PCR} already holds the init-data digest (a rerun in this boot)");
         Ok(())
     } else {
@@ -578,12 +594,19 @@ pub(crate) fn release_from(
 /// Detect the platform and measure the trust anchors for fetching `paths`: what must happen
 /// before the first network byte of a command that fetches keys outside the unlock (the pin,
 /// the rotation).
-pub(crate) fn prepare(config: &Config, root: &Path, paths: &[&str]) -> Result<Prepared, Error> {
+/// `prior`: the events the register may hold before this command's (see
+/// [`measure_anchors_after`]).
+pub(crate) fn prepare(
+    config: &Config,
+    root: &Path,
+    paths: &[&str],
+    prior: &[&[u8]],
+) -> Result<Prepared, Error> {
     let (_, mut source) = crate::evidence::Hardware { root }.detect(config)?;
     let init_data = init_data_for(config, paths)?;
     let anchors = trust_anchors(config, paths, init_data.as_deref())?;
     bind_init_data(source.as_mut(), init_data.as_deref())?;
-    let measured = measure_anchors(config, source.as_mut(), &anchors)?;
+    let measured = measure_anchors_after(config, source.as_mut(), &anchors, prior)?;
     Ok(Prepared {
         source,
         init_data,

@@ -125,7 +125,7 @@ pub fn encrypt(config_json: &str, out: &mut dyn Write) -> Result<(), Error> {
     clevis_header[clevis::PIN] = nested;
     let host = host();
     let config = resolve(&host, &pin)?;
-    let mut prepared = flow::prepare(&config, &host.root, &[&pin.path])?;
+    let mut prepared = flow::prepare(&config, &host.root, &[&pin.path], &[])?;
     if let Some(reg) = pin
         .attestation_key
         .as_ref()
@@ -212,7 +212,7 @@ pub fn decrypt(out: &mut dyn Write) -> Result<(), Error> {
     })?;
     let host = host();
     let config = resolve(&host, &jwe.config)?;
-    let mut prepared = flow::prepare(&config, &host.root, &[&jwe.config.path])?;
+    let mut prepared = flow::prepare(&config, &host.root, &[&jwe.config.path], &[])?;
     let key = fetch_key(&config, &mut prepared, &jwe.config.path)?;
     let plaintext = jwe.decrypt(&key)?;
     out.write_all(&plaintext)

@@ -90,6 +90,18 @@ fn with_path(mut header: serde_json::Value, path: &str) -> serde_json::Value {
     header
 }
 
+/// What a rotation fetches, in order (the trust-anchor event names them so): the current key,
+/// the new one, and a stopped rotation's old key.
+pub(crate) fn fetched<'a>(current: &'a str, to: &'a str, retired: Option<&'a str>) -> Vec<&'a str> {
+    let mut paths = vec![current];
+    for p in [Some(to), retired].into_iter().flatten() {
+        if !paths.contains(&p) {
+            paths.push(p);
+        }
+    }
+    paths
+}
+
 /// Rotate the volume `config` names to the key at `to`. `layers` are those `config` was
 /// resolved from (the token adds its layer).
 pub(crate) fn rotate(
@@ -137,14 +149,13 @@ pub(crate) fn rotate(
     }
 
     // Every key, in one attestation, before the first write.
-    let mut paths: Vec<&str> = vec![current.path(), to];
-    if let Some(r) = &retire {
-        paths.push(r.source.path());
-    }
-    paths.dedup();
-    paths.sort_unstable();
-    paths.dedup();
-    let mut prepared = flow::prepare(&config, root, &paths)?;
+    let paths = fetched(current.path(), to, retire.as_ref().map(|r| r.source.path()));
+    // On a booted node the register already holds the boot's anchors and the post-release
+    // event; a rerun after a refusal must not extend it again.
+    let boot_paths = flow::resource_paths(&config, Some(current.path()));
+    let boot_init = flow::init_data_for(&config, &boot_paths)?;
+    let boot = flow::trust_anchors(&config, &boot_paths, boot_init.as_deref())?;
+    let mut prepared = flow::prepare(&config, root, &paths, &[boot.event(), flow::RELEASE_EVENT])?;
     let released = prepared.fetch(&config, &paths)?;
     log::info!(
         "attested to {} ({} sessions): {} keys released",

@@ -107,7 +107,7 @@ fn tokens(img: &Path, kind: &str) -> Vec<serde_json::Value> {
 /// and, at `NEW`, a new one.
 struct Native {
     w: World,
-    _broker: Broker,
+    broker: Broker,
     new_pass: Vec<u8>,
     new_resource: Vec<u8>,
     cfg: PathBuf,
@@ -132,7 +132,7 @@ impl Native {
         let cfg = write_config(&w.agent_config(&broker), w.work.path());
         Native {
             w,
-            _broker: broker,
+            broker,
             new_pass,
             new_resource,
             cfg,
@@ -261,6 +261,45 @@ fn native_key_rotates_and_the_boot_follows_the_token() {
     let cfg = write_config(&n.w.agent_config(&only_new), n.w.work.path());
     let run = collect(Command::new(agent_bin()).args(unlock_args(&cfg, &[])));
     assert!(run.status.success(), "{}", run.stderr);
+}
+
+/// On a booted node PCR 15 holds the boot's anchors and the post-release event, so the
+/// rotation's attestation carries another value: a broker pinning the boot's refuses it (and
+/// nothing changes) until it also accepts what `anchors --rotate-to` printed.
+#[test]
+fn on_a_booted_node_the_rotation_needs_the_value_anchors_prints() {
+    let n = Native::new();
+    let printed = anchors_json(&n.cfg, &["--rotate-to", NEW]);
+    let value = |v: &serde_json::Value| v["pcr15:sha256"].as_str().unwrap().to_owned();
+    let boot = value(&printed["registers"]);
+    let rotation = value(&printed["rotation"]["registers"]);
+    assert!(
+        printed["rotation"]["event"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("resource {DISK}\nresource {NEW}\n")),
+        "{printed}"
+    );
+    n.broker
+        .accept_pcr_values(BTreeMap::from([(15, vec![boot.clone()])]))
+        .unwrap();
+    n.opens();
+    let before = n.w.image.digest();
+    let run = n.rotate(None);
+    assert!(!run.status.success(), "{}", run.stderr);
+    assert!(run.stderr.contains("denied (PolicyDeny)"), "{}", run.stderr);
+    assert_eq!(n.w.image.digest(), before);
+    n.broker
+        .accept_pcr_values(BTreeMap::from([(15, vec![boot, rotation.clone()])]))
+        .unwrap();
+    let run = n.rotate(None);
+    assert!(run.status.success(), "{}", run.stderr);
+    n.rotated();
+    // The broker accepted the rotation's value; the release was then measured after it.
+    assert_eq!(
+        pcr_by_tpm2_tools(&n.w.tpm, "sha256", 15),
+        extend_by_hashlib("sha256", &rotation, &[b"attest-unlock:secrets-released:v1"])
+    );
 }
 
 #[test]
