@@ -722,7 +722,18 @@ fn disk_key_source(
         Error::Config(e) => Failure::at(Step::Config, None, 0, e.into()),
         e => token_err(e),
     })?;
-    Ok((resolved, Some(token.source)))
+    let source = key_source(&resolved, token.source);
+    Ok((resolved, source))
+}
+
+/// The key source of a run whose config was resolved with `token`'s layer: a native token's
+/// path is only that layer's word (the kernel command line and `--set` beat it); a clevis
+/// token's JWE is the key.
+pub(crate) fn key_source(resolved: &Config, token: KeySource) -> Option<KeySource> {
+    match token {
+        KeySource::Native(_) => resolved.disk_key.clone().map(KeySource::Native),
+        clevis => Some(clevis),
+    }
 }
 
 /// The key token of the volume the config names: our native token when the measured config

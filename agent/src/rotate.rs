@@ -121,13 +121,16 @@ pub(crate) fn rotate(
     let device = luks.device.clone();
     let token = flow::key_token(&config, volume)?;
     let (config, current, keyslot, token_id, retire) = match token {
-        Some(t) => (
-            flow::with_token(layers, &t)?,
-            t.source,
-            Some(t.keyslot),
-            Some(t.id),
-            t.retire,
-        ),
+        Some(t) => {
+            // What the boot would use: a native token's path and keyslot lose to the kernel
+            // command line and `--set`.
+            let config = flow::with_token(layers, &t)?;
+            let keyslot = config.luks.as_ref().and_then(|l| l.keyslot);
+            let Some(current) = flow::key_source(&config, t.source) else {
+                return Err(ConfigError::Invalid("no disk key to rotate".into()).into());
+            };
+            (config, current, keyslot, Some(t.id), t.retire)
+        }
         None => {
             let Some(path) = config.disk_key.clone() else {
                 return Err(ConfigError::Invalid("no disk key to rotate".into()).into());

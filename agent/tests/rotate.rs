@@ -245,6 +245,17 @@ fn native_key_rotates_and_the_boot_follows_the_token() {
         boot.contains("attest-unlock token 0 for keyslot 2 (default/node1/root-2)"),
         "{boot}"
     );
+    // The token is the LUKS-token layer only: `--set` (like the kernel command line) beats
+    // its path, and the old key does not open the token's keyslot.
+    let overridden = collect(Command::new(agent_bin()).args(unlock_args(
+        &n.cfg,
+        &["--set".into(), format!("disk_key={DISK:?}")],
+    )));
+    assert!(
+        overridden.verdict().contains("class=luks") && overridden.stderr.contains("keyslot 2"),
+        "{}",
+        overridden.stderr
+    );
     // Again: nothing to do, nothing written.
     let before = n.w.image.digest();
     let again = n.rotate(None);

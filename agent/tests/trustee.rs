@@ -452,10 +452,13 @@ fn provisioner_plugin_bind_unlock_and_refusals() {
 }
 
 /// The `sh` block of docs/deploying.md that contains `marker`, continuation lines joined.
-fn doc_shell(marker: &str) -> String {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/deploying.md"))
-            .unwrap();
+fn doc_shell(doc: &str, marker: &str) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs")
+            .join(doc),
+    )
+    .unwrap();
     let blocks: Vec<&str> = text
         .split("```sh\n")
         .skip(1)
@@ -465,7 +468,7 @@ fn doc_shell(marker: &str) -> String {
     assert_eq!(
         blocks.len(),
         1,
-        "one sh block with {marker:?} in docs/deploying.md"
+        "one sh block with {marker:?} in docs/{doc}"
     );
     blocks[0].to_owned()
 }
@@ -487,7 +490,7 @@ fn docs_resource_upload_runs_as_written() {
     )
     .unwrap();
     std::fs::write(dir.path().join("bootstrap.kubeconfig"), KUBELET_TOKEN).unwrap();
-    let script = doc_shell("set-resource --path").replace(
+    let script = doc_shell("deploying.md", "set-resource --path").replace(
         "KBS=https://kbs.example.com:8080",
         &format!("KBS={}", kbs.url()),
     );
@@ -532,4 +535,83 @@ fn docs_resource_upload_runs_as_written() {
     let key: serde_json::Value = serde_json::from_slice(&std::fs::read(&root).unwrap()).unwrap();
     assert_eq!(key["key_type"], "oct");
     assert_eq!(key["key"].as_str().unwrap().len(), 32, "{key}");
+}
+
+/// The key rotation of docs/operations.md runs as written against the real KBS and
+/// `kbs-client` (the node's `attest-unlock` is the binary under test with this node's config):
+/// the new key uploaded, the node rotated, the old key deleted; the node then unlocks with
+/// the new key alone, its token following the new path.
+#[test]
+fn docs_key_rotation_runs_as_written() {
+    let node = Node::new();
+    let kbs = kbs_for(&node);
+    node.register(&kbs);
+    let cfg = node.config(&kbs.url(), &kbs.ca_pem(), "");
+    let before = node.unlock(&cfg);
+    assert!(before.status.success(), "{}\n{}", before.stderr, kbs.log());
+    let dir = secret_dir();
+    std::fs::write(dir.path().join("kbs-ca.pem"), kbs.ca_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("admin-token"),
+        "not checked by InsecureAllowAll",
+    )
+    .unwrap();
+    // `attest-unlock` as the node runs it: its config file, its kernel command line.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let wrapper = bin.join("attest-unlock");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {:?} \"$@\" --config {:?} --kernel-cmdline /dev/null\n",
+            agent_bin().display().to_string(),
+            cfg.display().to_string()
+        ),
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(&wrapper));
+    let client = common::shared_tools::unpack("trustee-kbs-78962cd", "kbs-client");
+    let script = doc_shell("operations.md", "rotate --to").replace(
+        "KBS=https://kbs.example.com:8080",
+        &format!("KBS={}", kbs.url()),
+    );
+    let out = run_ok(
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir.path())
+            .env("UUID", "node1")
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}:{}",
+                    bin.display(),
+                    client.parent().unwrap().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            ),
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("rotated: keyslot=2 path=default/node1/root-2 added=2 removed=1"),
+        "{printed}"
+    );
+    // The old key is gone from the KBS; the node boots with the new one, through its token.
+    let run = node.unlock(&cfg);
+    assert!(run.status.success(), "{}\n{}", run.stderr, kbs.log());
+    assert!(
+        run.stderr
+            .contains("attest-unlock token 0 for keyslot 2 (default/node1/root-2)"),
+        "{}",
+        run.stderr
+    );
+    // The old path is deleted: asking for it (`--set` beats the token) is refused at the fetch.
+    let old = collect(Command::new(agent_bin()).args(unlock_args(
+        &cfg,
+        &["--set".into(), format!("disk_key={DISK:?}")],
+    )));
+    assert!(
+        old.verdict().contains("step=fetch") && old.verdict().contains("PluginInternalError"),
+        "{}",
+        old.stderr
+    );
 }
