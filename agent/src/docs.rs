@@ -91,7 +91,9 @@ pub fn configuration_reference() -> String {
         "Precedence, lowest first: built-in defaults < the volume named by `rd.luks.uuid=` / \
          `rd.luks.name=` < the config file (`/etc/attest-unlock/config.toml`, `--config`, or \
          `$ATTEST_UNLOCK_CONFIG` for the pin) < the LUKS2 token (the trustee pin config, with our \
-         `attest-unlock` extension) < the kernel command line (`rd.attest_unlock.KEY=VALUE`) < \
+         `attest-unlock` extension and the token's keyslot; or, when the config names \
+         `disk_key`, our own `attest-unlock` token, which `attest-unlock rotate` writes: its \
+         `disk_key` and keyslot) < the kernel command line (`rd.attest_unlock.KEY=VALUE`) < \
          `--set KEY=VALUE`. Tables merge key by key; any other value is replaced whole. Unknown \
          keys are errors in every layer. What each layer may set is below.\n\n",
     );
