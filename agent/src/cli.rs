@@ -403,7 +403,13 @@ fn unlock(
             };
             verdict_failed(&ctx, start, &f.error);
             if let Some(path) = &report {
-                write_failure_report(path, &ctx, &f.error, allow_persistent);
+                write_failure_report(
+                    path,
+                    &ctx,
+                    &f.error,
+                    f.hint.as_deref().map(String::as_str),
+                    allow_persistent,
+                );
             }
             Outcome::Failed
         }
@@ -540,9 +546,10 @@ fn write_failure_report(
     path: &Path,
     ctx: &FailureContext<'_>,
     error: &Error,
+    since: Option<&str>,
     allow_persistent: bool,
 ) {
-    let text = format!(
+    let mut text = format!(
         "attest-unlock: boot stopped: the root disk was NOT unlocked and no secret was written.\n\
          \x20 device:   {}\n\
          \x20 broker:   {}\n\
@@ -559,6 +566,11 @@ fn write_failure_report(
         crate::error::chain(error),
         hint(error.class()),
     );
+    if let Some(h) = since {
+        text.push_str(&format!(
+            "\x20 since:    {h} (a hint from the LUKS2 header, which the host can write)\n"
+        ));
+    }
     if let Err(e) = crate::deliver::write_run_file(path, text.as_bytes(), false, allow_persistent) {
         log::warn!("cannot write the failure report: {e}");
     }
@@ -642,7 +654,7 @@ mod tests {
                 device: Some("/dev/disk/by-uuid/abcd".into()),
                 attempts: 3,
             };
-            write_failure_report(&path, &ctx, error, false);
+            write_failure_report(&path, &ctx, error, None, false);
             let text = std::fs::read_to_string(&path).unwrap();
             let lines: Vec<&str> = text.lines().collect();
             assert!(

@@ -25,7 +25,7 @@ use crate::config::{Config, KeyFormat, Layers};
 use crate::deliver::{self, Item};
 use crate::error::{Error, ErrorClass};
 use crate::evidence::{binding, EvidenceSource, Platforms};
-use crate::header::{Header, KeySource, KeyToken};
+use crate::header::{Header, KeySource, KeyToken, PcrRecord};
 use crate::kbs::key::EphemeralKey;
 use crate::kbs::{jwe, BrokerClient, KbsClient, KbsError};
 use crate::luks::Volume;
@@ -152,11 +152,14 @@ pub struct Failure {
     /// The platform, once detected.
     pub platform: Option<crate::config::Platform>,
     /// The broker of the last session, if one was tried.
-    pub broker: Option<String>,
+    pub broker: Option<Box<str>>,
     /// Sessions tried.
     pub attempts: u32,
     /// Why.
     pub error: Error,
+    /// For a denial: which PCRs differ from the last successful unlock on this node (a hint
+    /// from the LUKS2 header).
+    pub hint: Option<Box<String>>,
 }
 
 impl Failure {
@@ -165,9 +168,10 @@ impl Failure {
         Failure {
             step,
             platform: None,
-            broker,
+            broker: broker.map(String::into_boxed_str),
             attempts,
             error,
+            hint: None,
         }
     }
 }
@@ -669,7 +673,7 @@ pub fn unlock(
     node: &Node<'_>,
     opts: &Options,
 ) -> Result<Report, Failure> {
-    let (config, disk) = disk_key_source(layers, config, node.volume)?;
+    let (config, disk, header) = disk_key_source(layers, config, node.volume)?;
     config.log_settings();
     let start = Instant::now();
     let (platform, mut source) = node
@@ -689,18 +693,87 @@ pub fn unlock(
             &owned
         }
     };
-    let mut report = run_with(
+    let run = run_with(
         &config,
         disk.as_ref(),
         source.as_mut(),
         brokers,
         node.volume,
         opts,
-    )
-    .map_err(with_platform)?;
+    );
+    let device = config.luks.as_ref().map(|l| l.device.as_path());
+    let mut report = match run {
+        Ok(report) => report,
+        Err(mut f) => {
+            if f.error.class() == ErrorClass::BrokerDenied {
+                f.hint = header
+                    .as_ref()
+                    .and_then(|h| explain_denial(h, source.as_mut()))
+                    .map(Box::new);
+            }
+            return Err(with_platform(f));
+        }
+    };
+    if let (crate::verdict::Volume::Opened, Some(h), Some(device)) =
+        (report.volume, &header, device)
+    {
+        record_pcrs(h, source.as_mut(), node.volume, device);
+    }
     report.timings.0.insert(0, (Step::Detect, detect_time));
     report.platform = Some(platform);
     Ok(report)
+}
+
+/// After an unlock that opened the volume: keep the PCRs of this boot in the LUKS2 header
+/// (a token of their own, no keyslot), where the next boot can read them before anything is
+/// unlocked, for [`explain_denial`]. Written only when they changed (an update, not every
+/// boot). Never fails the run: the disk is open, the secrets delivered.
+fn record_pcrs(
+    header: &Header,
+    source: &mut dyn EvidenceSource,
+    volume: &dyn Volume,
+    device: &Path,
+) {
+    let pcrs = match source.pcrs_sha256() {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(e) => {
+            log::warn!("the PCRs of this unlock are not recorded: {e}");
+            return;
+        }
+    };
+    let record = header.pcr_record();
+    if record.as_ref().is_some_and(|r| r.matches(&pcrs)) {
+        return;
+    }
+    let id = record.map_or_else(|| header.free_token_id(), |r| r.id);
+    let json = PcrRecord::token_json(&pcrs).to_string();
+    match volume.write_token(device, id, &json) {
+        Ok(()) => log::info!(
+            "recorded this unlock's PCRs in the LUKS2 header (token {id}): the next denial says which changed"
+        ),
+        Err(e) => log::warn!("the PCRs of this unlock are not recorded: {e}"),
+    }
+}
+
+/// For a denial: which PCRs differ from those recorded at the last successful unlock. The
+/// record comes from the LUKS2 header, which the host writes: a hint for the operator, never
+/// a decision.
+fn explain_denial(header: &Header, source: &mut dyn EvidenceSource) -> Option<String> {
+    let pcrs = source.pcrs_sha256().ok().flatten()?;
+    let hint = match header.pcr_record() {
+        None => "no record of a successful unlock in the LUKS2 header (a first boot, or the record was removed)".to_owned(),
+        Some(r) => match r.changed(&pcrs)[..] {
+            [] => "the PCRs are those of the last successful unlock on this node: the broker's policy or reference values changed, not this boot".to_owned(),
+            ref changed => format!(
+                "PCR{} {} changed since the last successful unlock on this node (register the new values, see `attest-unlock reference-values`)",
+                if changed.len() > 1 { "s" } else { "" },
+                changed.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        },
+    };
+    log::warn!("{hint} [a hint from the LUKS2 header, which the host can write]");
+    Some(hint)
 }
 
 /// Where the disk key comes from: `disk_key` in the config (and, after a rotation, our native
@@ -712,18 +785,22 @@ fn disk_key_source(
     layers: Layers,
     config: Config,
     volume: &dyn Volume,
-) -> Result<(Config, Option<KeySource>), Failure> {
+) -> Result<(Config, Option<KeySource>, Option<Header>), Failure> {
     let token_err = |e: Error| Failure::at(Step::Token, None, 0, e);
-    let Some(token) = key_token(&config, volume).map_err(token_err)? else {
+    let Some((header, token)) = read_header(&config, volume).map_err(token_err)? else {
         let disk = config.disk_key.clone().map(KeySource::Native);
-        return Ok((config, disk));
+        return Ok((config, disk, None));
+    };
+    let Some(token) = token else {
+        let disk = config.disk_key.clone().map(KeySource::Native);
+        return Ok((config, disk, Some(header)));
     };
     let resolved = with_token(layers, &token).map_err(|e| match e {
         Error::Config(e) => Failure::at(Step::Config, None, 0, e.into()),
         e => token_err(e),
     })?;
     let source = key_source(&resolved, token.source);
-    Ok((resolved, source))
+    Ok((resolved, source, Some(header)))
 }
 
 /// The key source of a run whose config was resolved with `token`'s layer: a native token's
@@ -740,6 +817,14 @@ pub(crate) fn key_source(resolved: &Config, token: KeySource) -> Option<KeySourc
 /// names `disk_key` (none: the config alone says where the key is), the trustee clevis token
 /// otherwise (required). `None` without a volume.
 pub(crate) fn key_token(config: &Config, volume: &dyn Volume) -> Result<Option<KeyToken>, Error> {
+    Ok(read_header(config, volume)?.and_then(|(_, t)| t))
+}
+
+/// The header of the volume the config names and its key token (see [`key_token`]).
+fn read_header(
+    config: &Config,
+    volume: &dyn Volume,
+) -> Result<Option<(Header, Option<KeyToken>)>, Error> {
     let Some(luks) = &config.luks else {
         return Ok(None);
     };
@@ -763,7 +848,7 @@ pub(crate) fn key_token(config: &Config, volume: &dyn Volume) -> Result<Option<K
             crate::text::value(t.source.path())
         );
     }
-    Ok(token)
+    Ok(Some((header, token)))
 }
 
 /// `layers` with `token` as the LUKS-token layer (its path and keyslot; for a clevis token
@@ -1264,7 +1349,17 @@ mod tests {
             }
             Ok(Recorded::Registers("PCR 15 (fake)".into()))
         }
+        fn pcrs_sha256(&mut self) -> Result<Option<[[u8; 32]; 24]>, EvidenceError> {
+            Ok(Some(FAKE_PCRS))
+        }
     }
+
+    /// The fake TPM's SHA-256 bank: zero but PCR 4.
+    const FAKE_PCRS: [[u8; 32]; 24] = {
+        let mut p = [[0u8; 32]; 24];
+        p[4] = [4; 32];
+        p
+    };
 
     /// A broker that serves `resources` (encrypted to the session key) or denies at attest.
     struct FakeBroker {
@@ -1359,6 +1454,13 @@ mod tests {
         }
         fn close(&self, _: &str) -> Result<(), LuksError> {
             self.calls.borrow_mut().push("close".into());
+            Ok(())
+        }
+        fn write_token(&self, _: &std::path::Path, id: u32, json: &str) -> Result<(), LuksError> {
+            let t: serde_json::Value = serde_json::from_str(json).unwrap();
+            self.calls
+                .borrow_mut()
+                .push(format!("write_token {id} {}", t["type"].as_str().unwrap()));
             Ok(())
         }
     }
@@ -1480,21 +1582,43 @@ mod tests {
             detect_fails: bool,
             brokers: &[Box<dyn BrokerClient>],
         ) -> Result<Report, Failure> {
+            let volume = self.volume(false);
+            self.unlock_on(config, detect_fails, brokers, &volume, true)
+        }
+
+        /// [`Fast::unlock`] on `volume`, opening it unless `verify_only`.
+        fn unlock_on(
+            &self,
+            config: Config,
+            detect_fails: bool,
+            brokers: &[Box<dyn BrokerClient>],
+            volume: &FakeVolume,
+            verify_only: bool,
+        ) -> Result<Report, Failure> {
             let platforms = FakePlatforms {
                 calls: self.calls.clone(),
                 fails: detect_fails,
             };
             let node = Node {
-                volume: &self.volume(false),
+                volume,
                 platforms: &platforms,
                 brokers: Some(brokers),
             };
-            unlock(
-                Layers::default(),
-                config,
-                &node,
-                &Options { verify_only: true },
-            )
+            unlock(Layers::default(), config, &node, &Options { verify_only })
+        }
+
+        /// A volume whose header holds a PCR record of `pcrs` (none: no record).
+        fn volume_recording(&self, pcrs: Option<[[u8; 32]; 24]>) -> FakeVolume {
+            let tokens = match pcrs {
+                Some(p) => serde_json::json!({"3": PcrRecord::token_json(&p)}),
+                None => serde_json::json!({}),
+            };
+            FakeVolume {
+                header: serde_json::json!({"keyslots": {"0": {}}, "tokens": tokens})
+                    .to_string()
+                    .into_bytes(),
+                ..self.volume(false)
+            }
         }
 
         fn dest(&self) -> PathBuf {
@@ -1641,5 +1765,73 @@ mod tests {
             calls.iter().any(|c| c.starts_with("test_key disk-key")),
             "{calls:?}"
         );
+    }
+
+    /// An unlock that opened the volume keeps its PCRs in the header once (an update writes
+    /// them again, an unchanged boot does not); a check (`--verify-only`) writes nothing.
+    #[test]
+    fn an_opened_volume_records_its_pcrs_when_they_changed() {
+        let writes = |f: &Fast| {
+            f.calls()
+                .into_iter()
+                .filter(|c| c.starts_with("write_token"))
+                .collect::<Vec<_>>()
+        };
+        let mut config = Fast::new().config;
+        config.disk_key_format = KeyFormat::Raw;
+        for (record, verify_only, want) in [
+            (None, false, vec!["write_token 0 attest-unlock-pcrs"]),
+            (
+                Some([[0u8; 32]; 24]),
+                false,
+                vec!["write_token 3 attest-unlock-pcrs"],
+            ),
+            (Some(FAKE_PCRS), false, vec![]),
+            (None, true, vec![]),
+        ] {
+            let f = Fast::new();
+            let volume = f.volume_recording(record);
+            let brokers = [f.broker("b1", false)];
+            f.unlock_on(config.clone(), false, &brokers, &volume, verify_only)
+                .unwrap();
+            assert_eq!(
+                writes(&f),
+                want,
+                "record {record:?}, verify_only {verify_only}"
+            );
+        }
+    }
+
+    /// A denial says which PCRs differ from the recorded unlock, or that there is no record.
+    #[test]
+    fn a_denial_names_the_pcrs_changed_since_the_recorded_unlock() {
+        let mut config = Fast::new().config;
+        config.disk_key_format = KeyFormat::Raw;
+        config.retry.max_rounds = Some(1);
+        let mut before_update = FAKE_PCRS;
+        before_update[4] = [0; 32];
+        before_update[9] = [9; 32];
+        for (record, want) in [
+            (
+                Some(before_update),
+                "PCRs 4, 9 changed since the last successful unlock",
+            ),
+            (
+                Some(FAKE_PCRS),
+                "the PCRs are those of the last successful unlock",
+            ),
+            (None, "no record of a successful unlock"),
+        ] {
+            let f = Fast::new();
+            let volume = f.volume_recording(record);
+            let brokers = [f.broker("b1", true)];
+            let e = f
+                .unlock_on(config.clone(), false, &brokers, &volume, false)
+                .unwrap_err();
+            assert_eq!(e.error.class(), ErrorClass::BrokerDenied);
+            let hint = e.hint.unwrap_or_default();
+            assert!(hint.contains(want), "{hint}");
+            assert!(!f.calls().iter().any(|c| c.starts_with("write_token")));
+        }
     }
 }

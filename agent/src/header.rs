@@ -22,6 +22,11 @@ use crate::clevis::{ClevisError, ClevisJwe};
 pub(crate) const NATIVE_TYPE: &str = "attest-unlock";
 /// The member of a clevis token that holds a rotation's retire record.
 pub(crate) const CLEVIS_RETIRE: &str = "attest-unlock-retire";
+/// The type of the token that records the PCRs of the last successful unlock (no keyslot).
+pub(crate) const PCRS_TYPE: &str = "attest-unlock-pcrs";
+/// The PCRs recorded: the firmware's, the boot chain's and the OS's; not IMA's (10: its order
+/// differs between boots), ours (15), nor the debug and application ones.
+pub(crate) const RECORDED_PCRS: [u32; 14] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14];
 /// LUKS2 has keyslots 0 to 31.
 pub(crate) const MAX_KEYSLOTS: u32 = 32;
 
@@ -290,6 +295,66 @@ fn clevis_token(id: u32, token: &Map<String, Value>) -> Result<KeyToken, ClevisE
     })
 }
 
+/// The record of the last successful unlock: token id and the SHA-256 value of each recorded
+/// PCR. The host writes the header: this is a hint for the explainer, never a trust input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrRecord {
+    /// Its token id.
+    pub id: u32,
+    /// SHA-256 values by PCR.
+    pub sha256: BTreeMap<u32, [u8; 32]>,
+}
+
+impl Header {
+    /// The PCR record, if one parses (anything malformed is no record: a hint only).
+    pub fn pcr_record(&self) -> Option<PcrRecord> {
+        let (id, token) = self
+            .tokens
+            .iter()
+            .find(|(_, t)| t.get("type").and_then(Value::as_str) == Some(PCRS_TYPE))?;
+        let mut sha256 = BTreeMap::new();
+        for (pcr, v) in token.get("sha256")?.as_object()? {
+            let pcr: u32 = pcr.parse().ok().filter(|p| RECORDED_PCRS.contains(p))?;
+            let bytes: [u8; 32] = hex::decode(v.as_str()?).ok()?.try_into().ok()?;
+            sha256.insert(pcr, bytes);
+        }
+        Some(PcrRecord { id: *id, sha256 })
+    }
+}
+
+impl PcrRecord {
+    /// The record's token for `pcrs` (the TPM's SHA-256 bank).
+    pub(crate) fn token_json(pcrs: &[[u8; 32]; 24]) -> Value {
+        let values: Map<String, Value> = RECORDED_PCRS
+            .iter()
+            .filter_map(|p| {
+                let v = pcrs.get(usize::try_from(*p).ok()?)?;
+                Some((p.to_string(), Value::String(hex::encode(v))))
+            })
+            .collect();
+        serde_json::json!({"type": PCRS_TYPE, "keyslots": [], "sha256": values})
+    }
+
+    /// Whether the record holds exactly these values.
+    pub(crate) fn matches(&self, pcrs: &[[u8; 32]; 24]) -> bool {
+        self.changed(pcrs).is_empty() && RECORDED_PCRS.iter().all(|p| self.sha256.contains_key(p))
+    }
+
+    /// The recorded PCRs whose value differs now.
+    pub(crate) fn changed(&self, pcrs: &[[u8; 32]; 24]) -> Vec<u32> {
+        self.sha256
+            .iter()
+            .filter(|(p, v)| {
+                usize::try_from(**p)
+                    .ok()
+                    .and_then(|i| pcrs.get(i))
+                    .is_some_and(|now| now != *v)
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
 /// The token's JSON as `cryptsetup token import` takes it.
 pub(crate) fn token_json(keyslot: u32, source: &KeySource, retire: Option<&Retire>) -> Value {
     let slots = Value::Array(vec![Value::String(keyslot.to_string())]);
@@ -412,5 +477,32 @@ mod tests {
         let none = serde_json::json!({"tokens":{}});
         let h = Header::parse(none.to_string().as_bytes()).unwrap();
         assert!(h.trustee_token().is_err());
+    }
+
+    #[test]
+    fn the_pcr_record_says_what_changed_and_ignores_what_does_not_parse() {
+        let mut pcrs = [[0u8; 32]; 24];
+        pcrs[4] = [4; 32];
+        let token = PcrRecord::token_json(&pcrs);
+        let meta = serde_json::json!({"keyslots": {}, "tokens": {"5": token}});
+        let h = Header::parse(meta.to_string().as_bytes()).unwrap();
+        let r = h.pcr_record().unwrap();
+        assert_eq!((r.id, r.sha256.len()), (5, 14));
+        assert!(r.matches(&pcrs));
+        pcrs[4] = [5; 32];
+        pcrs[9] = [9; 32];
+        pcrs[15] = [1; 32];
+        assert_eq!(r.changed(&pcrs), [4, 9]);
+        assert!(!r.matches(&pcrs));
+        for bad in [
+            serde_json::json!({"type": PCRS_TYPE, "keyslots": [], "sha256": {"4": "zz"}}),
+            serde_json::json!({"type": PCRS_TYPE, "keyslots": [], "sha256": {"15": "00".repeat(32)}}),
+            serde_json::json!({"type": PCRS_TYPE, "keyslots": [], "sha256": []}),
+            serde_json::json!({"type": PCRS_TYPE, "keyslots": []}),
+        ] {
+            let meta = serde_json::json!({"keyslots": {}, "tokens": {"0": bad}});
+            let h = Header::parse(meta.to_string().as_bytes()).unwrap();
+            assert_eq!(h.pcr_record(), None, "{meta}");
+        }
     }
 }

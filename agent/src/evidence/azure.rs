@@ -31,7 +31,7 @@ use kbs_types::Tee;
 use rsa::pkcs8::EncodePublicKey;
 use rsa::{BigUint, RsaPublicKey};
 
-use super::tpm::{extend_pcr, read_pcr};
+use super::tpm::{extend_pcr, read_pcrs};
 use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::{Azure, Platform, Timeouts};
 use crate::formats::hcl::{self, HclReport, HwReport};
@@ -224,8 +224,8 @@ impl EvidenceSource for AzureSource {
         extend_pcr(&self.tcti, pcr, event)
     }
 
-    fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
-        read_pcr(&self.tcti, pcr)
+    fn pcrs_sha256(&mut self) -> Result<Option<[[u8; 32]; 24]>, EvidenceError> {
+        read_pcrs(&self.tcti)
     }
 }
 

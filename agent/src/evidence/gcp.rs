@@ -17,7 +17,7 @@ use base64::Engine;
 use kbs_types::Tee;
 
 use super::tpm::TpmEvidence;
-use super::tpm::{extend_pcr, read_pcr};
+use super::tpm::{extend_pcr, read_pcrs};
 use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::{Platform, Tpm as TpmConfig};
 use crate::hw::nv::{GCE_AK_CERT_RSA, GCE_AK_TEMPLATE_ECC, GCE_AK_TEMPLATE_RSA};
@@ -91,8 +91,8 @@ impl EvidenceSource for GcpSource {
         extend_pcr(&self.config.tcti, pcr, event)
     }
 
-    fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
-        read_pcr(&self.config.tcti, pcr)
+    fn pcrs_sha256(&mut self) -> Result<Option<[[u8; 32]; 24]>, EvidenceError> {
+        read_pcrs(&self.config.tcti)
     }
 }
 

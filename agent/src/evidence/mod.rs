@@ -147,9 +147,17 @@ pub trait EvidenceSource {
         None
     }
 
-    /// The SHA-256 value of TPM PCR `pcr`, where the evidence has a TPM (`None` otherwise).
-    fn pcr_sha256(&mut self, _pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
+    /// The SHA-256 values of TPM PCRs 0-23 (one read), where the evidence has a TPM (`None`
+    /// otherwise).
+    fn pcrs_sha256(&mut self) -> Result<Option<[[u8; 32]; 24]>, EvidenceError> {
         Ok(None)
+    }
+
+    /// The SHA-256 value of TPM PCR `pcr` (`None` without a TPM).
+    fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
+        Ok(self
+            .pcrs_sha256()?
+            .and_then(|p| usize::try_from(pcr).ok().and_then(|i| p.get(i).copied())))
     }
 }
 
@@ -535,8 +543,8 @@ impl EvidenceSource for Composite {
         })
     }
 
-    fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
-        self.tpm.pcr_sha256(pcr)
+    fn pcrs_sha256(&mut self) -> Result<Option<[[u8; 32]; 24]>, EvidenceError> {
+        self.tpm.pcrs_sha256()
     }
 
     fn launch_init_data(&self) -> Option<LaunchInitData> {

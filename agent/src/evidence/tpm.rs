@@ -96,8 +96,8 @@ impl EvidenceSource for TpmSource {
         extend_pcr(&self.config.tcti, pcr, event)
     }
 
-    fn pcr_sha256(&mut self, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
-        read_pcr(&self.config.tcti, pcr)
+    fn pcrs_sha256(&mut self) -> Result<Option<[[u8; 32]; 24]>, EvidenceError> {
+        read_pcrs(&self.config.tcti)
     }
 }
 
@@ -113,8 +113,8 @@ pub(crate) fn extend_pcr(tcti: &str, pcr: u32, event: &[u8]) -> Result<Recorded,
     )))
 }
 
-/// The SHA-256 value of PCR `pcr` of the TPM at `tcti`.
-pub(crate) fn read_pcr(tcti: &str, pcr: u32) -> Result<Option<[u8; 32]>, EvidenceError> {
+/// The SHA-256 PCRs 0-23 of the TPM at `tcti`, in one read.
+pub(crate) fn read_pcrs(tcti: &str) -> Result<Option<[[u8; 32]; 24]>, EvidenceError> {
     let mut tpm = Tpm::open(tcti)?;
-    Ok(Some(tpm.pcr_sha256(pcr)?))
+    Ok(Some(tpm.pcrs_sha256()?))
 }

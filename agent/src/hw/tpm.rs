@@ -505,16 +505,6 @@ impl Tpm {
             .collect())
     }
 
-    /// The SHA-256 value of one PCR.
-    pub(crate) fn pcr_sha256(&mut self, pcr: u32) -> Result<[u8; 32], TpmError> {
-        let pcrs = self.pcrs_sha256()?;
-        usize::try_from(pcr)
-            .ok()
-            .and_then(|i| pcrs.get(i))
-            .copied()
-            .ok_or_else(|| TpmError::Unexpected(format!("has no PCR {pcr}")))
-    }
-
     /// SHA-256 PCRs 0-23, in one read.
     pub(crate) fn pcrs_sha256(&mut self) -> Result<PcrValues, TpmError> {
         let selection = PcrSelectionListBuilder::new()

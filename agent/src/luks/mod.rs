@@ -77,6 +77,8 @@ pub trait Volume {
     ) -> Result<(), LuksError>;
     /// Deactivate `name`.
     fn close(&self, name: &str) -> Result<(), LuksError>;
+    /// Write token `id` (replacing the one there).
+    fn write_token(&self, device: &Path, id: u32, json: &str) -> Result<(), LuksError>;
 }
 
 /// How to run cryptsetup.
@@ -185,6 +187,20 @@ impl Volume for Cryptsetup {
             })
         }
     }
+
+    fn write_token(&self, device: &Path, id: u32, json: &str) -> Result<(), LuksError> {
+        let args = [
+            "token".to_owned(),
+            "import".to_owned(),
+            "--token-id".to_owned(),
+            id.to_string(),
+            "--token-replace".to_owned(),
+            "--json-file=-".to_owned(),
+            "--".to_owned(),
+            device.display().to_string(),
+        ];
+        self.run("token import", device, None, &args, json.as_bytes())
+    }
 }
 
 impl Cryptsetup {
@@ -255,8 +271,6 @@ pub(crate) trait Rekey: Volume {
     ) -> Result<(), LuksError>;
     /// Remove keyslot `slot`; `remaining` must open another keyslot (cryptsetup checks).
     fn kill_slot(&self, device: &Path, slot: u32, remaining: &[u8]) -> Result<(), LuksError>;
-    /// Write token `id` (replacing the one there).
-    fn write_token(&self, device: &Path, id: u32, json: &str) -> Result<(), LuksError>;
 }
 
 impl Rekey for Cryptsetup {
@@ -332,20 +346,6 @@ impl Rekey for Cryptsetup {
             slot.to_string(),
         ];
         self.run("luksKillSlot", device, None, &args, remaining)
-    }
-
-    fn write_token(&self, device: &Path, id: u32, json: &str) -> Result<(), LuksError> {
-        let args = [
-            "token".to_owned(),
-            "import".to_owned(),
-            "--token-id".to_owned(),
-            id.to_string(),
-            "--token-replace".to_owned(),
-            "--json-file=-".to_owned(),
-            "--".to_owned(),
-            device.display().to_string(),
-        ];
-        self.run("token import", device, None, &args, json.as_bytes())
     }
 }
 

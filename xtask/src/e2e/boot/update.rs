@@ -8,7 +8,9 @@
 //! 2. The broker is given both values of each (current, predicted), as an operator registers
 //!    them before rolling an update; B is made the boot entry; B boots and unlocks: the
 //!    prediction is what the TPM holds after the reboot.
-//! 3. UKI C, never registered, boots: the broker refuses it, nothing is released.
+//! 3. UKI C, never registered, boots: the broker refuses it, nothing is released, and the
+//!    explainer names the PCRs that changed since B's unlock (which B recorded in the LUKS2
+//!    header of the one disk the three boots share).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,8 @@ use super::{
     UPDATE_PCRS,
 };
 
+/// What an unlock that recorded its PCRs in the LUKS2 header logs.
+const RECORDED: &str = "recorded this unlock's PCRs in the LUKS2 header";
 /// systemd's UKI stub (Debian's systemd-boot-efi).
 const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 /// The modules the root needs to read the ESP, loaded by the initramfs (they stay loaded after
@@ -136,11 +140,15 @@ pub(super) fn update(node: &Node<'_>, broker: &Broker) -> Result<()> {
     let a = uki(node.work, node.kernel, node.initrd, &cmdline("a"), "a")?;
     let b = uki(node.work, node.kernel, node.initrd, &cmdline("b"), "b")?;
     let esp = esp(node.work, &a, &b)?;
+    // One disk for the three boots, as a node keeps its disk across updates: each unlock
+    // records its PCRs in the LUKS2 header, and C's denial names those that changed since B.
+    let image = node.work.join("update-root.img");
+    std::fs::copy(node.image, &image)?;
     let vm = Vm {
         work: node.work,
         kernel: node.kernel,
-        image: node.image,
-        persistent: false,
+        image: &image,
+        persistent: true,
         tpm_state: node.tpm_state,
         ignition_config: None,
         esp: Some(&esp),
@@ -153,6 +161,10 @@ pub(super) fn update(node: &Node<'_>, broker: &Broker) -> Result<()> {
     let boot = vm.boot("update-a", true, node.initrd, &cmdline("a"))?;
     let released: Vec<String> = broker.released().split_off(before);
     check_attested(&boot, node.kubelet_token, &released).map_err(|e| boot.fail(e, broker))?;
+    ensure!(
+        boot.has(RECORDED),
+        "A's unlock did not record its PCRs in the LUKS2 header ({RECORDED})"
+    );
     let predicted = prediction(&boot).map_err(|e| boot.fail(e, broker))?;
     ensure!(
         predicted["tpm"] == "matches the event log",
@@ -189,6 +201,10 @@ pub(super) fn update(node: &Node<'_>, broker: &Broker) -> Result<()> {
     let boot = vm.boot("update-b", true, node.initrd, &cmdline("b"))?;
     let released: Vec<String> = broker.released().split_off(before);
     check_attested(&boot, node.kubelet_token, &released).map_err(|e| boot.fail(e, broker))?;
+    ensure!(
+        boot.has(RECORDED),
+        "B's unlock did not record its new PCRs in the LUKS2 header ({RECORDED})"
+    );
     let b_values = values(&prediction(&boot).map_err(|e| boot.fail(e, broker))?)?;
     for (pcr, (_, next)) in &a_values {
         let now = b_values.get(pcr).map(|(c, _)| c.as_str());
@@ -220,6 +236,21 @@ pub(super) fn update(node: &Node<'_>, broker: &Broker) -> Result<()> {
         Some("PCR4 is "),
     )
     .map_err(|e| boot.fail(e, broker))?;
+    // The explainer says what changed since B's unlock: C is another UKI with another
+    // command line, so PCRs 4, 9 and 11 (and nothing the firmware measures).
+    let since = boot
+        .lines
+        .iter()
+        .find(|(_, l)| {
+            l.contains("since:") && l.contains("changed since the last successful unlock")
+        })
+        .map(|(_, l)| l.clone());
+    ensure!(
+        since
+            .as_deref()
+            .is_some_and(|l| l.contains("PCRs 4, 9, 11 changed")),
+        "C's explainer does not say PCRs 4, 9, 11 changed since B's unlock: {since:?}"
+    );
     eprintln!(
         "e2e: update: UKI A {}, UKI B (predicted values) {}, UKI C refused after {}",
         secs(a_at),
