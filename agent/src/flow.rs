@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorClass};
 use crate::evidence::{binding, EvidenceSource, Platforms};
 use crate::header::{Header, KeySource, KeyToken, PcrRecord};
 use crate::kbs::key::EphemeralKey;
-use crate::kbs::{jwe, BrokerClient, KbsClient, KbsError};
+use crate::kbs::{jwe, BrokerClient, KbsClient, KbsError, Session};
 use crate::luks::Volume;
 
 /// The states of the flow, also the names of the timed steps.
@@ -45,6 +45,10 @@ pub enum Step {
     Keygen,
     /// `POST /kbs/v0/auth`.
     Auth,
+    /// Make the evidence ready but for the nonce (load the AK), while `auth` runs.
+    Prepare,
+    /// Not a step: the time `auth` and `prepare` ran at once, i.e. what overlapping them saved.
+    Overlap,
     /// Produce the evidence bound to the nonce and key.
     Evidence,
     /// `POST /kbs/v0/attest`.
@@ -76,6 +80,8 @@ impl Step {
             Step::Anchors => "anchors",
             Step::Keygen => "keygen",
             Step::Auth => "auth",
+            Step::Prepare => "prepare",
+            Step::Overlap => "overlap",
             Step::Evidence => "evidence",
             Step::Attest => "attest",
             Step::Fetch => "fetch",
@@ -1119,11 +1125,68 @@ fn session(
     init_data: Option<&str>,
     t: &mut Timings,
 ) -> Result<SessionOutput, (Step, Error)> {
+    let out = session_steps(client, source, paths, init_data, t);
+    // Whatever happened, nothing stays open for the next session or the measurement.
+    source.unprepare();
+    out
+}
+
+/// `POST /kbs/v0/auth` on a thread of its own while this one prepares the evidence (loads the
+/// AK): neither needs the other, and each usually waits on a device or the network. The
+/// timings get both and what running them at once saved (`overlap`).
+fn auth_and_prepare(
+    client: &dyn BrokerClient,
+    source: &mut dyn EvidenceSource,
+    t: &mut Timings,
+) -> Result<Session, (Step, Error)> {
+    let tee = source.tee();
+    let start = Instant::now();
+    let (auth, (prepared, prepare_time)) = std::thread::scope(|s| {
+        let auth = s.spawn(|| {
+            let start = Instant::now();
+            let r = client.auth(tee);
+            (r, start.elapsed())
+        });
+        let prepared = {
+            let start = Instant::now();
+            let r = source.prepare();
+            (r, start.elapsed())
+        };
+        (auth.join(), prepared)
+    });
+    let wall = start.elapsed();
+    let Ok((session, auth_time)) = auth else {
+        return Err((
+            Step::Auth,
+            KbsError::Transport {
+                broker: client.url().to_owned(),
+                step: "auth",
+                message: "the auth thread panicked".into(),
+            }
+            .into(),
+        ));
+    };
+    t.0.push((Step::Auth, auth_time));
+    t.0.push((Step::Prepare, prepare_time));
+    t.0.push((
+        Step::Overlap,
+        (auth_time + prepare_time).saturating_sub(wall),
+    ));
+    // A local failure is the one to report: it will not go away on a retry.
+    prepared.map_err(|e| (Step::Prepare, e.into()))?;
+    session.map_err(|e| (Step::Auth, e.into()))
+}
+
+fn session_steps(
+    client: &dyn BrokerClient,
+    source: &mut dyn EvidenceSource,
+    paths: &[&str],
+    init_data: Option<&str>,
+    t: &mut Timings,
+) -> Result<SessionOutput, (Step, Error)> {
     let key = t.time(Step::Keygen, EphemeralKey::generate);
     let tee_pubkey = key.tee_pubkey();
-    let session = t
-        .time(Step::Auth, || client.auth(source.tee()))
-        .map_err(|e| (Step::Auth, e.into()))?;
+    let session = auth_and_prepare(client, source, t)?;
 
     let (evidence, additional_evidence) = t
         .time(Step::Evidence, || {
@@ -1305,14 +1368,13 @@ mod tests {
 
     // ---- the fast ring: the flow's ordering invariants with fakes at its seams, in ms ----
 
-    use std::cell::RefCell;
-    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
 
     use crate::evidence::{EvidenceError, Recorded, ReportData};
     use crate::kbs::Session;
     use crate::luks::LuksError;
 
-    type Calls = Rc<RefCell<Vec<String>>>;
+    type Calls = Arc<Mutex<Vec<String>>>;
 
     /// Evidence that records its measurements and can fail the n-th one.
     struct FakeSource {
@@ -1328,20 +1390,21 @@ mod tests {
             kbs_types::Tee::Tpm
         }
         fn collect(&mut self, _: &ReportData) -> Result<serde_json::Value, EvidenceError> {
-            self.calls.borrow_mut().push("collect".into());
+            self.calls.lock().unwrap().push("collect".into());
             Ok(serde_json::json!({}))
         }
         fn measure(&mut self, _pcr: u32, event: &[u8]) -> Result<Recorded, EvidenceError> {
             let n = self
                 .calls
-                .borrow()
+                .lock()
+                .unwrap()
                 .iter()
                 .filter(|c| c.starts_with("measure"))
                 .count();
             let first =
                 String::from_utf8_lossy(event.split(|b| *b == b'\n').next().unwrap_or_default())
                     .into_owned();
-            self.calls.borrow_mut().push(format!("measure {first}"));
+            self.calls.lock().unwrap().push(format!("measure {first}"));
             if self.fail_measure == Some(n) {
                 return Err(EvidenceError::Unavailable(
                     "injected measurement failure".into(),
@@ -1367,7 +1430,7 @@ mod tests {
         calls: Calls,
         deny: bool,
         resources: Vec<(String, Vec<u8>)>,
-        key: RefCell<Option<kbs_types::TeePubKey>>,
+        key: Mutex<Option<kbs_types::TeePubKey>>,
     }
 
     impl BrokerClient for FakeBroker {
@@ -1375,7 +1438,10 @@ mod tests {
             &self.name
         }
         fn auth(&self, _tee: kbs_types::Tee) -> Result<Session, KbsError> {
-            self.calls.borrow_mut().push(format!("{} auth", self.name));
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("{} auth", self.name));
             Ok(Session::new(
                 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=".into(),
                 "c".into(),
@@ -1383,7 +1449,8 @@ mod tests {
         }
         fn attest(&self, _s: &Session, a: &Attestation) -> Result<String, KbsError> {
             self.calls
-                .borrow_mut()
+                .lock()
+                .unwrap()
                 .push(format!("{} attest", self.name));
             if self.deny {
                 return Err(KbsError::Denied {
@@ -1393,15 +1460,19 @@ mod tests {
                     detail: "no".into(),
                 });
             }
-            *self.key.borrow_mut() = Some(a.runtime_data.tee_pubkey.clone());
+            *self.key.lock().unwrap() = Some(a.runtime_data.tee_pubkey.clone());
             Ok("a.b.c".into())
         }
         fn resource(&self, _s: &Session, path: &str) -> Result<Vec<u8>, KbsError> {
             self.calls
-                .borrow_mut()
+                .lock()
+                .unwrap()
                 .push(format!("{} fetch {path}", self.name));
             let plain = &self.resources.iter().find(|(p, _)| p == path).unwrap().1;
-            Ok(jwe::encrypt_to(self.key.borrow().as_ref().unwrap(), plain))
+            Ok(jwe::encrypt_to(
+                self.key.lock().unwrap().as_ref().unwrap(),
+                plain,
+            ))
         }
     }
 
@@ -1420,7 +1491,7 @@ mod tests {
             Ok(())
         }
         fn metadata(&self, _: &std::path::Path) -> Result<Vec<u8>, LuksError> {
-            self.calls.borrow_mut().push("metadata".into());
+            self.calls.lock().unwrap().push("metadata".into());
             Ok(self.header.clone())
         }
         fn test_key(
@@ -1432,7 +1503,7 @@ mod tests {
             let staged = std::fs::read_dir(self.watch.parent().unwrap())
                 .map(|d| d.count())
                 .unwrap_or(0);
-            self.calls.borrow_mut().push(format!(
+            self.calls.lock().unwrap().push(format!(
                 "test_key {} dest_exists={} staged={staged}",
                 String::from_utf8_lossy(key),
                 self.watch.exists()
@@ -1446,20 +1517,21 @@ mod tests {
             _: Option<u32>,
             _: &[u8],
         ) -> Result<(), LuksError> {
-            self.calls.borrow_mut().push("open".into());
+            self.calls.lock().unwrap().push("open".into());
             if self.sigterm_on_open {
                 nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
             }
             Ok(())
         }
         fn close(&self, _: &str) -> Result<(), LuksError> {
-            self.calls.borrow_mut().push("close".into());
+            self.calls.lock().unwrap().push("close".into());
             Ok(())
         }
         fn write_token(&self, _: &std::path::Path, id: u32, json: &str) -> Result<(), LuksError> {
             let t: serde_json::Value = serde_json::from_str(json).unwrap();
             self.calls
-                .borrow_mut()
+                .lock()
+                .unwrap()
                 .push(format!("write_token {id} {}", t["type"].as_str().unwrap()));
             Ok(())
         }
@@ -1476,7 +1548,7 @@ mod tests {
             &self,
             _: &Config,
         ) -> Result<(crate::config::Platform, Box<dyn EvidenceSource>), EvidenceError> {
-            self.calls.borrow_mut().push("detect".into());
+            self.calls.lock().unwrap().push("detect".into());
             if self.fails {
                 return Err(EvidenceError::NoPlatform {
                     wanted: "auto".into(),
@@ -1521,7 +1593,7 @@ mod tests {
                 mode: 0o600,
             }];
             Fast {
-                calls: Rc::default(),
+                calls: Arc::default(),
                 dir,
                 config,
             }
@@ -1536,7 +1608,7 @@ mod tests {
                     ("default/n/root".into(), b"disk-key".to_vec()),
                     ("default/n/kubelet".into(), b"kubelet".to_vec()),
                 ],
-                key: RefCell::new(None),
+                key: Mutex::new(None),
             })
         }
 
@@ -1626,7 +1698,7 @@ mod tests {
         }
 
         fn calls(&self) -> Vec<String> {
-            self.calls.borrow().clone()
+            self.calls.lock().unwrap().clone()
         }
     }
 
@@ -1832,6 +1904,79 @@ mod tests {
             let hint = e.hint.unwrap_or_default();
             assert!(hint.contains(want), "{hint}");
             assert!(!f.calls().iter().any(|c| c.starts_with("write_token")));
+        }
+    }
+
+    /// `auth` and the evidence's preparation run at once: each waits, with a generous bound,
+    /// for the other to have started, which a sequential order never gives. A preparation
+    /// failure is reported at `prepare` (it would not go away on a retry).
+    #[test]
+    fn auth_and_prepare_run_at_once() {
+        use std::sync::mpsc::{channel, Receiver, Sender};
+        const BOUND: Duration = Duration::from_secs(20);
+        struct Meet(Mutex<(Sender<()>, Receiver<()>)>);
+        impl Meet {
+            fn meet(&self) -> bool {
+                let pair = self.0.lock().unwrap();
+                pair.0.send(()).unwrap();
+                pair.1.recv_timeout(BOUND).is_ok()
+            }
+        }
+        struct Broker(Meet);
+        impl BrokerClient for Broker {
+            fn url(&self) -> &str {
+                "b"
+            }
+            fn auth(&self, _: kbs_types::Tee) -> Result<Session, KbsError> {
+                assert!(self.0.meet(), "auth ran alone");
+                Ok(Session::new("n".into(), "c".into()))
+            }
+            fn attest(&self, _: &Session, _: &Attestation) -> Result<String, KbsError> {
+                unreachable!()
+            }
+            fn resource(&self, _: &Session, _: &str) -> Result<Vec<u8>, KbsError> {
+                unreachable!()
+            }
+        }
+        struct Source(Meet, bool);
+        impl EvidenceSource for Source {
+            fn platform(&self) -> crate::config::Platform {
+                crate::config::Platform::Tpm
+            }
+            fn tee(&self) -> kbs_types::Tee {
+                kbs_types::Tee::Tpm
+            }
+            fn collect(&mut self, _: &ReportData) -> Result<serde_json::Value, EvidenceError> {
+                unreachable!()
+            }
+            fn measure(&mut self, _: u32, _: &[u8]) -> Result<Recorded, EvidenceError> {
+                unreachable!()
+            }
+            fn prepare(&mut self) -> Result<(), EvidenceError> {
+                assert!(self.0.meet(), "prepare ran alone");
+                if self.1 {
+                    return Err(EvidenceError::Unavailable("no AK".into()));
+                }
+                Ok(())
+            }
+        }
+        for fail in [false, true] {
+            let (to_source, from_broker) = channel();
+            let (to_broker, from_source) = channel();
+            let broker = Broker(Meet(Mutex::new((to_source, from_source))));
+            let mut source = Source(Meet(Mutex::new((to_broker, from_broker))), fail);
+            let mut t = Timings(Vec::new());
+            let out = auth_and_prepare(&broker, &mut source, &mut t);
+            let steps: Vec<Step> = t.0.iter().map(|(s, _)| *s).collect();
+            assert_eq!(steps, [Step::Auth, Step::Prepare, Step::Overlap]);
+            match out {
+                Ok(_) => assert!(!fail),
+                Err((step, e)) => {
+                    assert!(fail);
+                    assert_eq!(step, Step::Prepare);
+                    assert_eq!(e.class(), ErrorClass::Evidence);
+                }
+            }
         }
     }
 }

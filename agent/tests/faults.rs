@@ -714,5 +714,5 @@ matrix! {
         => want("jwe", "decrypt", 1), says ["malformed JWE"];
     tpm_error_mid_quote_missing_persistent_ak:
         Faults::default(), ["--set", "tpm.ak_handle=0x81000099"]
-        => want("evidence", "evidence", 1), says ["TPM has no AK at persistent handle 0x81000099"], nothing released;
+        => want("evidence", "prepare", 1), says ["TPM has no AK at persistent handle 0x81000099"], nothing released;
 }

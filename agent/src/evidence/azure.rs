@@ -199,7 +199,6 @@ impl EvidenceSource for AzureSource {
             });
         }
         let (quote, ak) = tpm.quote_by(&AkSource::Persistent(AZURE_AK_HANDLE), &report_data.0)?;
-        drop(tpm);
         // The broker would reject a quote by another key with a generic error; say here.
         match hcl_ak_spki(&hcl) {
             Some(spki) if spki == ak.spki_der => {}

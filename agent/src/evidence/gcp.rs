@@ -21,31 +21,29 @@ use super::tpm::{extend_pcr, read_pcrs};
 use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::{Platform, Tpm as TpmConfig};
 use crate::hw::nv::{GCE_AK_CERT_RSA, GCE_AK_TEMPLATE_ECC, GCE_AK_TEMPLATE_RSA};
-use crate::hw::tpm::{AkSource, Tpm};
+use crate::hw::tpm::{AkSource, Quoter, Tpm};
 
 /// Evidence from a GCE vTPM.
 pub(crate) struct GcpSource {
     config: TpmConfig,
     event_log: PathBuf,
+    /// The AK made from its NV template, and its certificate, ready for the quote.
+    prepared: Option<(Quoter, Option<Vec<u8>>)>,
 }
 
 impl GcpSource {
     /// A source using the vTPM of `config`; `event_log` is the (rooted) event log path.
     pub(crate) fn new(config: TpmConfig, event_log: PathBuf) -> GcpSource {
-        GcpSource { config, event_log }
-    }
-}
-
-impl EvidenceSource for GcpSource {
-    fn platform(&self) -> Platform {
-        Platform::GcpVtpm
+        GcpSource {
+            config,
+            event_log,
+            prepared: None,
+        }
     }
 
-    fn tee(&self) -> Tee {
-        Tee::Tpm
-    }
-
-    fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
+    /// The GCE AK (a primary made from its NV template: a key generation) and its
+    /// certificate: what the quote needs besides the nonce.
+    fn load(&self) -> Result<(Quoter, Option<Vec<u8>>), EvidenceError> {
         let mut tpm = Tpm::open(&self.config.tcti)?;
         if !tpm.nv_defined(GCE_AK_TEMPLATE_RSA)? {
             return Err(EvidenceError::Unavailable(
@@ -68,11 +66,35 @@ impl EvidenceSource for GcpSource {
             );
             None
         };
-        let (quote, ak) = tpm.quote_by(
-            &AkSource::Template(template),
-            &report_data.tpm_qualifying_data(),
-        )?;
-        drop(tpm);
+        Ok((Quoter::load(tpm, &AkSource::Template(template))?, cert))
+    }
+}
+
+impl EvidenceSource for GcpSource {
+    fn platform(&self) -> Platform {
+        Platform::GcpVtpm
+    }
+
+    fn tee(&self) -> Tee {
+        Tee::Tpm
+    }
+
+    fn prepare(&mut self) -> Result<(), EvidenceError> {
+        self.prepared = None;
+        self.prepared = Some(self.load()?);
+        Ok(())
+    }
+
+    fn unprepare(&mut self) {
+        self.prepared = None;
+    }
+
+    fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
+        let (quoter, cert) = match self.prepared.take() {
+            Some(p) => p,
+            None => self.load()?,
+        };
+        let (quote, ak) = quoter.quote_once(&report_data.tpm_qualifying_data())?;
         if let Some(cert) = &cert {
             // The certificate's SubjectPublicKeyInfo is the DER we encode (RSA, NULL
             // parameters); if it is not in there, the template did not make the certified key.

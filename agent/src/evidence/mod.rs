@@ -147,6 +147,17 @@ pub trait EvidenceSource {
         None
     }
 
+    /// Make ready what the evidence needs besides the nonce (a TPM connection with the AK
+    /// loaded: a key generation when it is created), so it runs while the broker's
+    /// challenge is on its way. `collect` works without it.
+    fn prepare(&mut self) -> Result<(), EvidenceError> {
+        Ok(())
+    }
+
+    /// Release what [`EvidenceSource::prepare`] holds (a TPM simulator serves one connection
+    /// at a time, and the release measurement opens its own).
+    fn unprepare(&mut self) {}
+
     /// The SHA-256 values of TPM PCRs 0-23 (one read), where the evidence has a TPM (`None`
     /// otherwise).
     fn pcrs_sha256(&mut self) -> Result<Option<[[u8; 32]; 24]>, EvidenceError> {
@@ -525,6 +536,16 @@ impl EvidenceSource for Composite {
 
     fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
         self.primary.collect(report_data)
+    }
+
+    fn prepare(&mut self) -> Result<(), EvidenceError> {
+        self.primary.prepare()?;
+        self.tpm.prepare()
+    }
+
+    fn unprepare(&mut self) {
+        self.primary.unprepare();
+        self.tpm.unprepare();
     }
 
     fn additional(&mut self) -> Option<&mut dyn EvidenceSource> {

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::{Platform, Tpm as TpmConfig};
-use crate::hw::tpm::{Quote, Tpm};
+use crate::hw::tpm::{AkSource, Quote, Quoter, Tpm};
 
 /// The `tpm_quote` member.
 #[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -64,12 +64,23 @@ impl TpmEvidence {
 pub(crate) struct TpmSource {
     config: TpmConfig,
     event_log: PathBuf,
+    /// The AK loaded, ready for the quote.
+    prepared: Option<Quoter>,
 }
 
 impl TpmSource {
     /// A source using `config`; `event_log` is the (rooted) event log path.
     pub(crate) fn new(config: TpmConfig, event_log: PathBuf) -> TpmSource {
-        TpmSource { config, event_log }
+        TpmSource {
+            config,
+            event_log,
+            prepared: None,
+        }
+    }
+
+    fn load(&self) -> Result<Quoter, EvidenceError> {
+        let tpm = Tpm::open(&self.config.tcti)?;
+        Ok(Quoter::load(tpm, &AkSource::of(&self.config))?)
     }
 }
 
@@ -82,9 +93,23 @@ impl EvidenceSource for TpmSource {
         Tee::Tpm
     }
 
+    fn prepare(&mut self) -> Result<(), EvidenceError> {
+        // One connection at a time: the one held is closed before another is opened.
+        self.prepared = None;
+        self.prepared = Some(self.load()?);
+        Ok(())
+    }
+
+    fn unprepare(&mut self) {
+        self.prepared = None;
+    }
+
     fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
-        let mut tpm = Tpm::open(&self.config.tcti)?;
-        let (quote, ak) = tpm.quote(&self.config, &report_data.tpm_qualifying_data())?;
+        let quoter = match self.prepared.take() {
+            Some(q) => q,
+            None => self.load()?,
+        };
+        let (quote, ak) = quoter.quote_once(&report_data.tpm_qualifying_data())?;
         // The event log is optional evidence: a kernel without securityfs or firmware
         // without a log still attests by its PCRs.
         let log = crate::hw::fw::read_log(&self.event_log).ok().flatten();

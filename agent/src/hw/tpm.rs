@@ -382,26 +382,12 @@ impl Tpm {
     /// The values are read after the quote and checked against the quote's PCR digest; if a
     /// PCR was extended in between, the quote is taken again, so the evidence is always
     /// self-consistent (a broker would reject it otherwise, with a generic error).
-    pub(crate) fn quote(
-        &mut self,
-        config: &crate::config::Tpm,
-        qualifying_data: &[u8],
-    ) -> Result<(Quote, AkPublic), TpmError> {
-        self.quote_by(&AkSource::of(config), qualifying_data)
-    }
-
-    /// Like [`Tpm::quote`], with the AK from `source`.
     pub(crate) fn quote_by(
-        &mut self,
+        self,
         source: &AkSource,
         qualifying_data: &[u8],
     ) -> Result<(Quote, AkPublic), TpmError> {
-        let ak = self.load_ak(source)?;
-        let result = self.quote_with(&ak, qualifying_data);
-        let released = self.release(ak);
-        let out = result?;
-        released?;
-        Ok(out)
+        Quoter::load(self, source)?.quote_once(qualifying_data)
     }
 
     fn quote_with(
@@ -527,6 +513,47 @@ impl Tpm {
                 .map_err(|_| TpmError::Unexpected(format!("PCR {i} is not 32 bytes")))?;
         }
         Ok(out)
+    }
+}
+
+/// A TPM connection with the AK loaded: the part of the evidence that does not need the
+/// broker's nonce, made ready while the challenge is on its way. Dropping it flushes the AK
+/// and closes the connection (a TPM simulator serves one connection at a time).
+pub(crate) struct Quoter {
+    tpm: Tpm,
+    ak: Option<Ak>,
+}
+
+impl Quoter {
+    /// Open `tpm`'s AK from `source` (created, or loaded from its persistent handle).
+    pub(crate) fn load(mut tpm: Tpm, source: &AkSource) -> Result<Quoter, TpmError> {
+        let ak = tpm.load_ak(source)?;
+        Ok(Quoter { tpm, ak: Some(ak) })
+    }
+
+    /// Quote with `qualifying_data` ([`Tpm::quote_by`]), then flush the AK and close.
+    pub(crate) fn quote_once(
+        mut self,
+        qualifying_data: &[u8],
+    ) -> Result<(Quote, AkPublic), TpmError> {
+        let Some(ak) = self.ak.take() else {
+            return Err(TpmError::Unexpected("the AK was already released".into()));
+        };
+        let result = self.tpm.quote_with(&ak, qualifying_data);
+        let released = self.tpm.release(ak);
+        let out = result?;
+        released?;
+        Ok(out)
+    }
+}
+
+impl Drop for Quoter {
+    fn drop(&mut self) {
+        if let Some(ak) = self.ak.take() {
+            if let Err(e) = self.tpm.release(ak) {
+                log::warn!("{e}");
+            }
+        }
     }
 }
 

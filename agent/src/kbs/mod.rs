@@ -153,7 +153,7 @@ impl std::fmt::Debug for Session {
 
 /// What the flow needs of one broker: the seam at the network, so the flow's ordering rules
 /// are tested in milliseconds with a fake (the real parts stay the outer ring of tests).
-pub trait BrokerClient {
+pub trait BrokerClient: Sync {
     /// The broker URL, for messages.
     fn url(&self) -> &str;
     /// `POST /kbs/v0/auth`: open a session and get the challenge nonce.

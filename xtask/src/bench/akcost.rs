@@ -96,7 +96,8 @@ fn forward_bytes(client: TcpStream, tpm: TcpStream) -> Result<()> {
     Ok(())
 }
 
-/// The evidence step of `runs` unlocks per case (after one warm-up each).
+/// The evidence work (`prepare`: the AK, and `evidence`: the quote) of `runs` unlocks per
+/// case (after one warm-up each).
 pub(super) fn ak_cost(w: &World, runs: usize) -> Result<AkCost> {
     let slow = slow_proxy(w.tpm_port, Duration::from_millis(SLOW_CREATE_PRIMARY_MS))
         .context("start the slow-CreatePrimary proxy")?;
@@ -108,12 +109,15 @@ pub(super) fn ak_cost(w: &World, runs: usize) -> Result<AkCost> {
         let mut out = Vec::new();
         for _ in 0..runs {
             let (_, steps) = w.ours_with(set)?;
-            let ms = steps
-                .iter()
-                .find(|(k, _)| k == "evidence")
-                .map(|(_, v)| *v)
-                .context("no evidence step in the verdict")?;
-            out.push(ms);
+            // The AK is loaded (or created) by `prepare`, beside `auth`; the quote is `evidence`.
+            let step = |name: &str| {
+                steps
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| *v)
+                    .with_context(|| format!("no {name} step in the verdict"))
+            };
+            out.push(step("prepare")? + step("evidence")?);
         }
         Ok(out)
     };
