@@ -571,3 +571,55 @@ fn clevis_rebinding_killed_after_each_header_write_still_opens_and_resumes() {
         p.opens();
     }
 }
+
+/// The agent reads the header itself (no cryptsetup run); what it reads is what
+/// `cryptsetup luksDump --dump-json-metadata` prints: on a rotated image with tokens, on an
+/// image with a larger metadata area, and with the primary copy damaged (both then use the
+/// secondary). Both copies damaged: an error, as cryptsetup's.
+#[test]
+fn the_header_reader_agrees_with_cryptsetup() {
+    let ours = |img: &Path| -> Result<serde_json::Value, String> {
+        let disk = std::fs::read(img).unwrap();
+        attest_unlock::formats::luks2::metadata(&disk)
+            .map(|j| serde_json::from_slice(j).unwrap())
+            .map_err(|e| e.to_string())
+    };
+    let n = Native::new();
+    assert!(n.rotate(None).status.success());
+    let img = &n.w.image.path;
+    assert_eq!(ours(img).unwrap(), metadata(img));
+
+    let big = LuksImage::recovery_only();
+    run_ok(
+        Command::new("cryptsetup")
+            .args(["luksFormat", "--type", "luks2", "--batch-mode"])
+            .args([
+                "--luks2-metadata-size",
+                "64k",
+                "--luks2-keyslots-size",
+                "1m",
+            ])
+            .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+            .arg("--key-file")
+            .arg(&big.recovery_key)
+            .arg(&big.path),
+    );
+    assert_eq!(ours(&big.path).unwrap(), metadata(&big.path));
+
+    // Damage the primary's JSON area: cryptsetup and we read the secondary.
+    let mut disk = std::fs::read(img).unwrap();
+    disk[4096 + 3] ^= 0x20;
+    std::fs::write(img, &disk).unwrap();
+    assert_eq!(ours(img).unwrap(), metadata(img));
+    // And the secondary's (at the primary's size, 16 KiB here): neither reads it.
+    disk[16384 + 4096 + 3] ^= 0x20;
+    std::fs::write(img, &disk).unwrap();
+    assert!(ours(img).unwrap_err().contains("checksum mismatch"));
+    assert!(!Command::new("cryptsetup")
+        .args(["luksDump", "--dump-json-metadata"])
+        .arg(img)
+        .output()
+        .unwrap()
+        .status
+        .success());
+}

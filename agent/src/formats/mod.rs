@@ -12,6 +12,7 @@
 //! | [`tdx`] | Intel TDX quote v4/v5 and the 1024-byte TDREPORT |
 //! | [`eventlog`] | TCG PC-Client event log (SHA-1 legacy and crypto-agile) and the TDX CCEL |
 //! | [`hcl`] | Azure confidential VM HCL report |
+//! | [`luks2`] | the LUKS2 on-disk header (binary header copies and JSON metadata) |
 //! | [`pe`] | PE/COFF images (EFI applications) and their Authenticode digest |
 //! | [`tpm`] | `TPMS_ATTEST` (quote) and `TPMT_SIGNATURE` |
 //! | [`sha1`] | SHA-1, only to replay SHA-1 PCR banks of event logs |
@@ -19,6 +20,7 @@
 pub mod confdata;
 pub mod eventlog;
 pub mod hcl;
+pub mod luks2;
 pub mod pe;
 mod reader;
 pub mod sha1;
