@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use serde_json::{json, Map, Value};
 
+use crate::formats::devpath;
 use crate::formats::eventlog::{self, CcelLog, Event, EventLog, LogFormat, SpecIdEvent};
 use crate::formats::hcl::{self, HclReport, HwReport};
 use crate::formats::snp::{self, SigningKey, SnpReport, Tcb, TcbLayout};
@@ -499,13 +500,79 @@ fn event_json(number: usize, register: &str, e: &Event) -> Value {
     });
     v[register] = json!(e.index);
     if let Some(var) = variable {
+        let value = e
+            .data
+            .get(e.data.len().saturating_sub(var.value_len)..)
+            .unwrap_or_default();
         v["efi_variable"] = json!({
             "guid": var.guid,
             "name": var.name,
             "value_size": var.value_len,
         });
+        if let Some(text) = boot_variable(&var.name, value, &mut v) {
+            v["text"] = Value::String(text);
+        }
+    }
+    if matches!(e.event_type, 0x8000_0003..=0x8000_0005) {
+        // EV_EFI_BOOT_SERVICES_APPLICATION, _DRIVER, EV_EFI_RUNTIME_SERVICES_DRIVER.
+        match devpath::image_load(&e.data) {
+            Ok(i) => {
+                v["text"] = Value::String(i.device_path.clone());
+                v["image_load"] = json!({
+                    "location": hex_u64(i.location),
+                    "length": i.length,
+                    "link_time_address": hex_u64(i.link_time_address),
+                    "device_path": i.device_path,
+                });
+                if !i.trailing.is_empty() {
+                    v["image_load"]["trailing_data"] = hex(&i.trailing);
+                }
+            }
+            Err(err) => v["image_load"] = json!({"error": err.to_string()}),
+        }
     }
     v
+}
+
+/// A boot variable's value decoded (`BootOrder`, `Boot####`, `BootCurrent`, `BootNext`) into
+/// `v`; returns the event's text.
+fn boot_variable(name: &str, value: &[u8], v: &mut Value) -> Option<String> {
+    let u16s = || -> Vec<String> {
+        value
+            .chunks_exact(2)
+            .map(|c| format!("Boot{:04X}", u16::from_le_bytes([c[0], c[1]])))
+            .collect()
+    };
+    match name {
+        "BootOrder" => {
+            let order = u16s();
+            v["boot_order"] = json!(order);
+            Some(format!("BootOrder: {}", order.join(",")))
+        }
+        "BootCurrent" | "BootNext" => Some(format!("{name}: {}", u16s().join(","))),
+        _ if name.len() == 8
+            && name.starts_with("Boot")
+            && name[4..].chars().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            match devpath::load_option(value) {
+                Ok(o) => {
+                    let text = format!("{name}: {} {}", o.description, o.device_path);
+                    v["load_option"] = json!({
+                        "attributes": hex_u64(u64::from(o.attributes)),
+                        "description": o.description,
+                        "device_path": o.device_path,
+                        "optional_data": hex(&o.optional_data),
+                    });
+                    Some(text)
+                }
+                Err(err) => {
+                    v["load_option"] = json!({"error": err.to_string()});
+                    None
+                }
+            }
+        }
+        _ => None,
+    }
 }
 
 /// The whole readable form of the data of events that carry text (a firmware version, an

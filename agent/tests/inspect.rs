@@ -2257,3 +2257,59 @@ fn event_content_is_whole_in_json_and_the_text_says_what_it_cut() {
         "the text output says it cut:\n{text}"
     );
 }
+
+/// Device paths and boot options are decoded (UEFI 2.10 section 10): on the stock OVMF log,
+/// the boot order, the boot entries (the Red Hat entry's partition and shim; edk2's UiApp by
+/// its FILE_GUID from MdeModulePkg's UiApp.inf) and every image loaded, shim and GRUB among
+/// them. tpm2_eventlog, an independent parser, finds the same device path bytes in each
+/// image-load event. No log in shared/testdata has a device path or boot option we cannot read.
+#[test]
+fn device_paths_and_boot_options_are_decoded() {
+    let rel = "tpm/eventlogs/keylime-binary_bios_measurements-secureboot";
+    let v = inspect::inspect(&read(rel), None).unwrap();
+    let events = v["events"].as_array().expect("events");
+    let texts: Vec<&str> = events.iter().filter_map(|e| e["text"].as_str()).collect();
+    for want in [
+        "BootOrder: Boot0001,Boot0002,Boot0000",
+        "Boot0000: UiApp Fv(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(462caa21-7614-4503-836e-8ab6f4662331)",
+        "Boot0001: Red Hat Enterprise Linux HD(1,GPT,a88ed452-9a52-45c4-91ce-3da7707caaab,0x800,0x12c000)/\\EFI\\redhat\\shimx64.efi",
+        "PciRoot(0x0)/Pci(0x2,0x3)/Pci(0x0,0x0)/HD(1,GPT,a88ed452-9a52-45c4-91ce-3da7707caaab,0x800,0x12c000)/\\EFI\\redhat\\shimx64.efi",
+        "\\EFI\\redhat\\grubx64.efi",
+    ] {
+        assert!(texts.contains(&want), "{want} in {texts:#?}");
+    }
+    // The device path bytes of each image load, as tpm2_eventlog prints them.
+    let yaml = std::process::Command::new("tpm2_eventlog")
+        .arg(path(rel))
+        .output()
+        .unwrap();
+    assert!(yaml.status.success());
+    let theirs: Vec<String> = String::from_utf8_lossy(&yaml.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("DevicePath: "))
+        .map(|s| s.trim_matches('\'').to_owned())
+        .collect();
+    let ours: Vec<String> = events
+        .iter()
+        .filter(|e| e.get("image_load").is_some_and(|i| !i.is_null()))
+        .map(|e| e["data"].as_str().unwrap()[64..].to_owned())
+        .collect();
+    assert_eq!(ours, theirs);
+    assert!(ours.len() >= 3, "{ours:?}");
+    for (rel, kind) in DETECTED {
+        if kind != Kind::EventLog {
+            continue;
+        }
+        let v = inspect::inspect(&read(rel), Some(kind)).unwrap();
+        for e in v["events"].as_array().into_iter().flatten() {
+            for key in ["image_load", "load_option"] {
+                assert!(
+                    e[key].get("error").is_none(),
+                    "{rel}: event {}: {}",
+                    e["number"],
+                    e[key]
+                );
+            }
+        }
+    }
+}

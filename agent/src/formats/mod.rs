@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`snp`] | AMD SEV-SNP attestation report (1184 bytes, versions 2 to 5) |
 //! | [`tdx`] | Intel TDX quote v4/v5 and the 1024-byte TDREPORT |
+//! | [`devpath`] | UEFI device paths as text, image-load events, boot options |
 //! | [`eventlog`] | TCG PC-Client event log (SHA-1 legacy and crypto-agile) and the TDX CCEL |
 //! | [`hcl`] | Azure confidential VM HCL report |
 //! | [`luks2`] | the LUKS2 on-disk header (binary header copies and JSON metadata) |
@@ -18,6 +19,7 @@
 //! | [`sha1`] | SHA-1, only to replay SHA-1 PCR banks of event logs |
 
 pub mod confdata;
+pub mod devpath;
 pub mod eventlog;
 pub mod hcl;
 pub mod luks2;
