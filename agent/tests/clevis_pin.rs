@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,46 +18,25 @@ use test_kbs::{Broker, BrokerConfig};
 const KEY_PATH: &str = "default/node1/root";
 
 struct Pin {
-    tpm: Swtpm,
+    node: PinNode,
     /// The broker's key resource, `{"key_type":"oct","key":...}`.
     key_resource: Vec<u8>,
-    broker: Broker,
-    bin_dir: tempfile::TempDir,
-    config_file: PathBuf,
+}
+
+impl std::ops::Deref for Pin {
+    type Target = PinNode;
+    fn deref(&self) -> &PinNode {
+        &self.node
+    }
 }
 
 impl Pin {
     fn new() -> Pin {
-        let tpm = Swtpm::start();
         let (resource, _) = operator_disk_key();
-        let mut resources = BTreeMap::new();
-        resources.insert(KEY_PATH.to_owned(), resource.clone());
-        let broker = Broker::start(BrokerConfig {
-            trusted_aks: vec![ak_public(&tpm)],
-            resources,
-            ..BrokerConfig::default()
-        })
-        .unwrap();
-        let bin_dir = tempfile::tempdir().unwrap();
-        for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
-            std::os::unix::fs::symlink(agent_bin(), bin_dir.path().join(name)).unwrap();
-        }
-        let config_file = bin_dir.path().join("attest-unlock.toml");
-        std::fs::write(
-            &config_file,
-            format!(
-                "[tpm]\ntcti = {:?}\n[retry]\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n[measure]\nlog = {:?}\n",
-                tpm.tcti(),
-                bin_dir.path().join("measurements.log").display().to_string()
-            ),
-        )
-        .unwrap();
+        let resources = BTreeMap::from([(KEY_PATH.to_owned(), resource.clone())]);
         Pin {
-            tpm,
+            node: PinNode::start(resources, None),
             key_resource: resource,
-            broker,
-            bin_dir,
-            config_file,
         }
     }
 
@@ -71,18 +50,6 @@ impl Pin {
             "attestation_key": null,
         })
         .to_string()
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        let path = format!(
-            "{}:{}",
-            self.bin_dir.path().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        c.env("PATH", path)
-            .env("ATTEST_UNLOCK_CONFIG", &self.config_file);
-        c
     }
 
     /// The loopback registration servers speak plain HTTP: opt in from the (measured) file.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use test_kbs::{Broker, BrokerConfig, Endpoint, Faults};
+use test_kbs::{Broker, Endpoint, Faults};
 
 /// Where the operator put the new key.
 const NEW: &str = "default/node1/root-2";
@@ -422,49 +422,22 @@ fn a_token_whose_slot_does_not_open_is_not_rotated() {
 
 /// A node bound with the real `clevis luks bind` and our pin (token 0, keyslot 1).
 struct Pinned {
-    _tpm: Swtpm,
-    broker: Broker,
+    node: PinNode,
     image: LuksImage,
-    bin_dir: tempfile::TempDir,
-    cfg: PathBuf,
 }
 
 impl Pinned {
     fn new() -> Pinned {
-        let tpm = Swtpm::start();
-        let mut resources = BTreeMap::new();
-        resources.insert(DISK.to_owned(), operator_disk_key().0);
-        resources.insert(NEW.to_owned(), operator_disk_key().0);
-        let broker = Broker::start(BrokerConfig {
-            trusted_aks: vec![ak_public(&tpm)],
-            resources,
-            ..BrokerConfig::default()
-        })
-        .unwrap();
-        let bin_dir = tempfile::tempdir().unwrap();
-        for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
-            std::os::unix::fs::symlink(agent_bin(), bin_dir.path().join(name)).unwrap();
-        }
-        let cfg = bin_dir.path().join("attest-unlock.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[tpm]\ntcti = {:?}\n[retry]\nmax_rounds = 1\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\n[measure]\nlog = {:?}\n",
-                tpm.tcti(),
-                bin_dir.path().join("measurements.log").display().to_string()
-            ),
-        )
-        .unwrap();
-        let image = LuksImage::recovery_only();
+        let resources = BTreeMap::from([
+            (DISK.to_owned(), operator_disk_key().0),
+            (NEW.to_owned(), operator_disk_key().0),
+        ]);
         let p = Pinned {
-            _tpm: tpm,
-            broker,
-            image,
-            bin_dir,
-            cfg,
+            node: PinNode::start(resources, Some(1)),
+            image: LuksImage::recovery_only(),
         };
         let pin = serde_json::json!({
-            "servers": [{"url": p.broker.url(), "cert": p.broker.ca_pem()}],
+            "servers": [{"url": p.node.broker.url(), "cert": p.node.broker.ca_pem()}],
             "path": DISK,
         });
         let mut bind = p.clevis();
@@ -478,14 +451,7 @@ impl Pinned {
     }
 
     fn clevis(&self) -> Command {
-        let mut c = Command::new("clevis");
-        let path = format!(
-            "{}:{}",
-            self.bin_dir.path().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        c.env("PATH", path).env("ATTEST_UNLOCK_CONFIG", &self.cfg);
-        c
+        self.node.cmd("clevis")
     }
 
     fn device(&self) -> String {
@@ -494,15 +460,15 @@ impl Pinned {
 
     fn rotate(&self, crasher: Option<(&Crasher, u32)>) -> Run {
         rotate_cmd(
-            &self.cfg,
+            &self.node.config_file,
             &["--set", &self.device()],
             crasher,
-            self.bin_dir.path(),
+            self.node.bin_dir.path(),
         )
     }
 
     fn opens(&self) {
-        let args = unlock_args(&self.cfg, &["--set".into(), self.device()]);
+        let args = unlock_args(&self.node.config_file, &["--set".into(), self.device()]);
         let run = collect(Command::new(agent_bin()).args(args));
         assert!(
             run.status.success() && run.verdict().contains("volume=verified"),

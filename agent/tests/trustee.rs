@@ -473,6 +473,36 @@ fn doc_shell(doc: &str, marker: &str) -> String {
     blocks[0].to_owned()
 }
 
+/// Run the ```sh block of docs/`doc` that contains `marker` as an operator would, against
+/// `kbs`: in `dir`, which gets the KBS's CA (`kbs-ca.pem`) and an admin token, with the real
+/// `kbs-client` and then `bin` (if any) first in PATH, `$UUID` = node1 and only the URL
+/// replaced. Returns what it printed.
+fn run_doc_shell(kbs: &Trustee, doc: &str, marker: &str, dir: &Path, bin: Option<&Path>) -> String {
+    std::fs::write(dir.join("kbs-ca.pem"), kbs.ca_pem()).unwrap();
+    std::fs::write(dir.join("admin-token"), "not checked by InsecureAllowAll").unwrap();
+    let script = doc_shell(doc, marker).replace(
+        "KBS=https://kbs.example.com:8080",
+        &format!("KBS={}", kbs.url()),
+    );
+    let client = common::shared_tools::unpack("trustee-kbs-78962cd", "kbs-client");
+    let mut path = vec![client.parent().unwrap().to_path_buf()];
+    path.extend(bin.map(Path::to_path_buf));
+    path.reverse();
+    let path = format!(
+        "{}:{}",
+        std::env::join_paths(path).unwrap().to_string_lossy(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run_ok(
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir)
+            .env("UUID", "node1")
+            .env("PATH", path),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The resource upload of docs/deploying.md runs as written (with the real `kbs-client`, its
 /// `--admin-token-file` and `--cert-file`; only the URL is this KBS's), and a node then gets
 /// both resources, the disk key in the operator's format.
@@ -483,31 +513,13 @@ fn docs_resource_upload_runs_as_written() {
     kbs.admin(&["set-resource-policy", "--affirming"]);
     node.register(&kbs);
     let dir = secret_dir();
-    std::fs::write(dir.path().join("kbs-ca.pem"), kbs.ca_pem()).unwrap();
-    std::fs::write(
-        dir.path().join("admin-token"),
-        "not checked by InsecureAllowAll",
-    )
-    .unwrap();
     std::fs::write(dir.path().join("bootstrap.kubeconfig"), KUBELET_TOKEN).unwrap();
-    let script = doc_shell("deploying.md", "set-resource --path").replace(
-        "KBS=https://kbs.example.com:8080",
-        &format!("KBS={}", kbs.url()),
-    );
-    let client = common::shared_tools::unpack("trustee-kbs-78962cd", "kbs-client");
-    run_ok(
-        Command::new("bash")
-            .args(["-euo", "pipefail", "-c", &script])
-            .current_dir(dir.path())
-            .env("UUID", "node1")
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}",
-                    client.parent().unwrap().display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            ),
+    run_doc_shell(
+        &kbs,
+        "deploying.md",
+        "set-resource --path",
+        dir.path(),
+        None,
     );
     // A node with both as secrets (no disk here): delivered, the key as the docs describe.
     let root = node.secrets.path().join("root.json");
@@ -550,12 +562,6 @@ fn docs_key_rotation_runs_as_written() {
     let before = node.unlock(&cfg);
     assert!(before.status.success(), "{}\n{}", before.stderr, kbs.log());
     let dir = secret_dir();
-    std::fs::write(dir.path().join("kbs-ca.pem"), kbs.ca_pem()).unwrap();
-    std::fs::write(
-        dir.path().join("admin-token"),
-        "not checked by InsecureAllowAll",
-    )
-    .unwrap();
     // `attest-unlock` as the node runs it: its config file, its kernel command line.
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -570,27 +576,7 @@ fn docs_key_rotation_runs_as_written() {
     )
     .unwrap();
     run_ok(Command::new("chmod").arg("755").arg(&wrapper));
-    let client = common::shared_tools::unpack("trustee-kbs-78962cd", "kbs-client");
-    let script = doc_shell("operations.md", "rotate --to").replace(
-        "KBS=https://kbs.example.com:8080",
-        &format!("KBS={}", kbs.url()),
-    );
-    let out = run_ok(
-        Command::new("bash")
-            .args(["-euo", "pipefail", "-c", &script])
-            .current_dir(dir.path())
-            .env("UUID", "node1")
-            .env(
-                "PATH",
-                format!(
-                    "{}:{}:{}",
-                    bin.display(),
-                    client.parent().unwrap().display(),
-                    std::env::var("PATH").unwrap_or_default()
-                ),
-            ),
-    );
-    let printed = String::from_utf8_lossy(&out.stdout);
+    let printed = run_doc_shell(&kbs, "operations.md", "rotate --to", dir.path(), Some(&bin));
     assert!(
         printed.contains("rotated: keyslot=2 path=default/node1/root-2 added=2 removed=1"),
         "{printed}"

@@ -126,3 +126,59 @@ pub(crate) fn entries(dir: &Path) -> Vec<PathBuf> {
 pub(crate) fn walk(dir: &Path) -> Vec<PathBuf> {
     entries(dir).into_iter().filter(|p| !p.is_dir()).collect()
 }
+
+/// A node for the clevis pin: a swtpm, a test broker that trusts its AK and serves
+/// `resources`, the agent under the pin's names in `bin_dir` and its config file (what
+/// `$ATTEST_UNLOCK_CONFIG` names: the TPM, short backoffs, `max_rounds` when given).
+pub(crate) struct PinNode {
+    pub tpm: Swtpm,
+    pub broker: test_kbs::Broker,
+    pub bin_dir: tempfile::TempDir,
+    pub config_file: PathBuf,
+}
+
+impl PinNode {
+    pub(crate) fn start(resources: BTreeMap<String, Vec<u8>>, max_rounds: Option<u32>) -> PinNode {
+        let tpm = Swtpm::start();
+        let broker = Broker::start(BrokerConfig {
+            trusted_aks: vec![ak_public(&tpm)],
+            resources,
+            ..BrokerConfig::default()
+        })
+        .unwrap();
+        let bin_dir = tempfile::tempdir().unwrap();
+        for name in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
+            std::os::unix::fs::symlink(super::agent_bin(), bin_dir.path().join(name)).unwrap();
+        }
+        let config_file = bin_dir.path().join("attest-unlock.toml");
+        let rounds = max_rounds.map_or(String::new(), |n| format!("max_rounds = {n}\n"));
+        std::fs::write(
+            &config_file,
+            format!(
+                "[tpm]\ntcti = {:?}\n[retry]\n{rounds}initial_backoff_ms = 1\nmax_backoff_ms = 2\n[measure]\nlog = {:?}\n",
+                tpm.tcti(),
+                bin_dir.path().join("measurements.log").display().to_string()
+            ),
+        )
+        .unwrap();
+        PinNode {
+            tpm,
+            broker,
+            bin_dir,
+            config_file,
+        }
+    }
+
+    /// `program` (clevis) with the pin's names first in PATH and the node's config.
+    pub(crate) fn cmd(&self, program: &str) -> std::process::Command {
+        let mut c = std::process::Command::new(program);
+        let path = format!(
+            "{}:{}",
+            self.bin_dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        c.env("PATH", path)
+            .env("ATTEST_UNLOCK_CONFIG", &self.config_file);
+        c
+    }
+}
