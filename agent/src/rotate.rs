@@ -102,6 +102,37 @@ pub(crate) fn fetched<'a>(current: &'a str, to: &'a str, retired: Option<&'a str
     paths
 }
 
+/// Refuse a rotation whose result the next boot would not follow: the token the rotation
+/// writes is the LUKS-token layer, and the kernel command line and `--set` beat it, so a
+/// keyslot (or, natively, a disk key) named there would still be used after the old slot is
+/// gone. Found by resolving `layers` with a probe token and seeing whether its values win.
+fn overridden_above_the_token(layers: &Layers, native: bool) -> Result<(), Error> {
+    const PROBE_SLOT: u32 = crate::header::MAX_KEYSLOTS - 1;
+    const PROBE_PATH: &str = "probe/attest-unlock/rotate";
+    let probe = crate::header::KeyToken {
+        id: 0,
+        keyslot: PROBE_SLOT,
+        source: KeySource::Native(PROBE_PATH.to_owned()),
+        retire: None,
+    };
+    let resolved = flow::with_token(layers.clone(), &probe)?;
+    let mut above = Vec::new();
+    if resolved.luks.as_ref().and_then(|l| l.keyslot) != Some(PROBE_SLOT) {
+        above.push("luks.keyslot");
+    }
+    if native && resolved.disk_key.as_deref() != Some(PROBE_PATH) {
+        above.push("disk_key");
+    }
+    if above.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{} is set on the kernel command line or with --set, above the LUKS2 token: the next boot would not follow the rotation; remove it first",
+        above.join(" and ")
+    ))
+    .into())
+}
+
 /// Rotate the volume `config` names to the key at `to`. `layers` are those `config` was
 /// resolved from (the token adds its layer).
 pub(crate) fn rotate(
@@ -119,6 +150,7 @@ pub(crate) fn rotate(
         .into());
     };
     let device = luks.device.clone();
+    overridden_above_the_token(&layers, config.disk_key.is_some())?;
     let token = flow::key_token(&config, volume)?;
     let (config, current, keyslot, token_id, retire) = match token {
         Some(t) => {

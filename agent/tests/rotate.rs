@@ -394,6 +394,28 @@ fn a_planted_retire_record_removes_no_slot_the_old_key_does_not_open() {
     n.rotated();
 }
 
+/// A keyslot or disk key named above the token (kernel command line, `--set`) would still be
+/// used by the next boot after the old slot is gone: refused before anything is fetched.
+#[test]
+fn a_keyslot_or_disk_key_above_the_token_is_refused() {
+    let n = Native::new();
+    let before = n.w.image.digest();
+    for (set, names) in [
+        ("luks.keyslot=1", "luks.keyslot is set"),
+        (&format!("disk_key={DISK:?}")[..], "disk_key is set"),
+    ] {
+        let run = rotate_cmd(&n.cfg, &["--set", set], None, n.w.work.path());
+        assert!(!run.status.success(), "{}", run.stderr);
+        assert!(
+            run.stderr.contains(names) && run.stderr.contains("above the LUKS2 token"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(n.w.image.digest(), before);
+    }
+    assert!(n.broker.log().is_empty(), "{:?}", n.broker.log());
+}
+
 #[test]
 fn a_token_whose_slot_does_not_open_is_not_rotated() {
     let n = Native::new();
