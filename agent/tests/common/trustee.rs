@@ -1,155 +1,11 @@
-//! The real Trustee KBS (`kbs` and `kbs-client` built unchanged from upstream 78962cd, from
-//! `../shared/tools/trustee-kbs-78962cd/`, unpacked under `target/trustee/`), started on
-//! 127.0.0.1 over HTTPS with its own PKI, the built-in attestation service and RVPS, and the
-//! resource plugin, as that directory's PROVENANCE.md records a working config.
+//! The real Trustee KBS for the tests (`test_kbs::trustee` starts it), with the admin calls
+//! the suites use, each failing the test on error.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
 
-use super::run_ok;
-
-/// The unpacked `kbs` and `kbs-client`.
-fn tools() -> &'static (PathBuf, PathBuf) {
-    static TOOLS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let dir = "trustee-kbs-78962cd";
-        (
-            super::shared_tools::unpack(dir, "kbs"),
-            super::shared_tools::unpack(dir, "kbs-client"),
-        )
-    })
-}
-
-/// A running Trustee KBS, killed on drop.
-pub(crate) struct Trustee {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    run_ok(Command::new("openssl").current_dir(dir).args(args));
-}
-
-/// A CA, a server certificate for 127.0.0.1 and an EC P-256 token signer with its chain.
-fn make_pki(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let ca = |name: &str| {
-        let mut a = vec!["req", "-x509"];
-        a.extend(ec);
-        let key = format!("{name}.key");
-        let pem = format!("{name}.pem");
-        let subj = format!("/CN={name}");
-        a.extend([
-            "-keyout", &key, "-out", &pem, "-days", "3650", "-subj", &subj,
-        ]);
-        openssl(dir, &a);
-    };
-    let leaf = |name: &str, issuer: &str, ext: &str| {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let mut a = vec!["req"];
-        a.extend(ec);
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let subj = format!("/CN={name}");
-        a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &a);
-        let (ca_pem, ca_key, pem, extf) = (
-            format!("{issuer}.pem"),
-            format!("{issuer}.key"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_pem,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "365",
-                "-extfile",
-                &extf,
-            ],
-        );
-    };
-    ca("ca");
-    leaf(
-        "server",
-        "ca",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    );
-    ca("token-ca");
-    leaf(
-        "token",
-        "token-ca",
-        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n",
-    );
-    let chain = std::fs::read_to_string(dir.join("token.pem")).unwrap()
-        + &std::fs::read_to_string(dir.join("token-ca.pem")).unwrap();
-    std::fs::write(dir.join("token-chain.pem"), chain).unwrap();
-}
-
-fn config(dir: &Path, port: u16, provisioner: bool) -> String {
-    let p = |f: &str| dir.join(f).display().to_string();
-    format!(
-        r#"[http_server]
-sockets = ["127.0.0.1:{port}"]
-insecure_http = false
-private_key = "{}"
-certificate = "{}"
-[attestation_token]
-trusted_certs_paths = ["{}"]
-[attestation_service]
-type = "coco_as_builtin"
-[attestation_service.attestation_token_broker]
-duration_min = 5
-[attestation_service.attestation_token_broker.signer]
-key_path = "{}"
-cert_path = "{}"
-[attestation_service.rvps_config]
-type = "BuiltIn"
-[admin]
-authorization_mode = "InsecureAllowAll"
-[storage_backend]
-storage_type = "LocalFs"
-[storage_backend.backends.local_fs]
-dir_path = "{}"
-[[plugins]]
-name = "resource"
-storage_backend_type = "kvstorage"
-{}"#,
-        p("server.key"),
-        p("server.pem"),
-        p("token-ca.pem"),
-        p("token.key"),
-        p("token-chain.pem"),
-        p("state"),
-        if provisioner {
-            "[[plugins]]\nname = \"provisioner\"\n"
-        } else {
-            ""
-        },
-    )
-}
+/// A running Trustee KBS ([`test_kbs::trustee::Trustee`]), failing the test on any error.
+pub(crate) struct Trustee(test_kbs::trustee::Trustee);
 
 impl Trustee {
     /// Start a fresh KBS on a free loopback port.
@@ -159,88 +15,32 @@ impl Trustee {
 
     /// Start a fresh KBS, with Trustee's `provisioner` plugin (per-VM LUKS keys) when asked.
     pub(crate) fn start_with(provisioner: bool) -> Trustee {
-        let (kbs, _) = tools();
-        let dir = tempfile::tempdir().unwrap();
-        make_pki(dir.path());
-        std::fs::create_dir_all(dir.path().join("state")).unwrap();
-        for _ in 0..10 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let cfg = dir.path().join("kbs.toml");
-            std::fs::write(&cfg, config(dir.path(), port, provisioner)).unwrap();
-            let log = std::fs::File::create(dir.path().join("kbs.log")).unwrap();
-            let mut child = Command::new(kbs)
-                .arg("--config-file")
-                .arg(&cfg)
-                .env("RUST_LOG", "info")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap();
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(20) {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Trustee { port, dir, child };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!(
-            "kbs did not start: {}",
-            std::fs::read_to_string(dir.path().join("kbs.log")).unwrap_or_default()
-        );
+        Trustee(test_kbs::trustee::Trustee::start(provisioner).unwrap_or_else(|e| panic!("{e:#}")))
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     pub(crate) fn ca_pem(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ca.pem")).unwrap()
+        self.0.ca_pem().unwrap()
     }
 
     /// `kbs-client --url URL --cert-file CA config ARGS`, which must succeed.
     pub(crate) fn admin(&self, args: &[&str]) -> String {
-        let (_, client) = tools();
-        let out = run_ok(
-            Command::new(client)
-                .current_dir(self.dir.path())
-                .arg("--url")
-                .arg(self.url())
-                .arg("--cert-file")
-                .arg(self.dir.path().join("ca.pem"))
-                .arg("config")
-                .args(args),
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.0.admin(args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Upload a resource.
     pub(crate) fn set_resource(&self, path: &str, bytes: &[u8]) {
-        let file = self.dir.path().join("resource.tmp");
-        std::fs::write(&file, bytes).unwrap();
-        self.admin(&[
-            "set-resource",
-            "--path",
-            path,
-            "--resource-file",
-            file.to_str().unwrap(),
-        ]);
-        std::fs::remove_file(file).unwrap();
+        self.0
+            .set_resource(path, bytes)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Upload a resource policy (rego text).
     pub(crate) fn set_resource_policy(&self, rego: &str) {
-        let file = self.dir.path().join("resource-policy.rego");
+        let file = self.0.dir().join("resource-policy.rego");
         std::fs::write(&file, rego).unwrap();
         self.admin(&[
             "set-resource-policy",
@@ -252,7 +52,7 @@ impl Trustee {
     /// Upload an attestation policy (rego text) under `id` (`default_cpu` replaces the
     /// default appraisal of CPU-class evidence such as TPM quotes).
     pub(crate) fn set_attestation_policy(&self, id: &str, rego: &str) {
-        let file = self.dir.path().join("attestation-policy.rego");
+        let file = self.0.dir().join("attestation-policy.rego");
         std::fs::write(&file, rego).unwrap();
         self.admin(&[
             "set-attestation-policy",
@@ -295,14 +95,7 @@ impl Trustee {
 
     /// The KBS's own log so far.
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("kbs.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Trustee {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.log()
     }
 }
 

@@ -43,6 +43,7 @@ mod tdx;
 mod tee;
 mod tls;
 mod token;
+pub mod trustee;
 mod x509;
 
 use std::collections::BTreeMap;
