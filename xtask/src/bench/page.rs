@@ -14,6 +14,7 @@ use super::measure::{self, Binary, Boot, Initramfs, Keyslot, Memory, TimeToKey};
 use super::plot;
 use super::stats::{self, bytes, show, storm_metrics, summarize, StormMetrics};
 use super::storm;
+use super::trustee_storm;
 use crate::{cargo, root, step};
 
 struct Options {
@@ -25,6 +26,7 @@ struct Options {
     /// Overrides the per-size default service time.
     service_ms: Option<u64>,
     write: bool,
+    real_storm_only: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -36,6 +38,7 @@ fn parse(args: &[String]) -> Result<Options> {
         storm_nodes: vec![100, 1000],
         service_ms: None,
         write: true,
+        real_storm_only: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -67,6 +70,10 @@ fn parse(args: &[String]) -> Result<Options> {
                 o.storm_runs = 1;
             }
             "--no-write" => o.write = false,
+            "--real-storm-only" => {
+                o.real_storm_only = true;
+                o.write = false;
+            }
             "--help" | "-h" => {
                 eprintln!("{}", super::USAGE);
                 std::process::exit(0);
@@ -223,12 +230,18 @@ struct Results {
     binary: Measured<Binary>,
     initramfs: Measured<Initramfs>,
     storm: Measured<Storm>,
+    real_storm: Measured<Vec<trustee_storm::Run>>,
     boot: Measured<Boot>,
     elapsed: Duration,
 }
 
 pub(super) fn run(args: &[String]) -> Result<()> {
     let options = parse(args)?;
+    if options.real_storm_only {
+        step("bench: 6b. boot storm against the real Trustee KBS");
+        real_storm_all(&options)?;
+        return Ok(());
+    }
     let started = Instant::now();
     let machine = machine();
     step("bench: building attest-unlock and the test broker (release, the shipped profile)");
@@ -288,6 +301,8 @@ pub(super) fn run(args: &[String]) -> Result<()> {
 
     step("bench: 6. boot storm");
     let storm = measured("boot storm", storm_all(&options));
+    step("bench: 6b. boot storm against the real Trustee KBS");
+    let real_storm = measured("boot storm vs Trustee", real_storm_all(&options));
 
     let boot = if options.boots == 0 {
         Err("skipped (--boots 0)".to_owned())
@@ -311,6 +326,7 @@ pub(super) fn run(args: &[String]) -> Result<()> {
         binary,
         initramfs,
         storm,
+        real_storm,
         boot,
         elapsed: started.elapsed(),
     };
@@ -328,6 +344,27 @@ pub(super) fn run(args: &[String]) -> Result<()> {
     }
     eprintln!("bench: total {:.0} s", results.elapsed.as_secs_f64());
     Ok(())
+}
+
+/// The storm against the real KBS, once per size (it has no admission limit to vary).
+fn real_storm_all(o: &Options) -> Result<Vec<trustee_storm::Run>> {
+    let mut runs = Vec::new();
+    for &n in &o.storm_nodes {
+        let run = trustee_storm::run(n, Duration::from_secs(300))?;
+        let m = storm_metrics(&run.nodes, run.requests, run.ideal);
+        eprintln!(
+            "bench: storm vs Trustee N={n}: {}/{n} unlocked, last {}, ideal {:.2}s ({:.1} ms per session, {} workers), {:.2} requests/node, errors {:?}",
+            m.unlocked,
+            m.last.map_or("-".into(), |l| format!("{l:.2}s")),
+            run.ideal,
+            run.service_ms,
+            run.workers,
+            m.requests_per_node,
+            run.errors
+        );
+        runs.push(run);
+    }
+    Ok(runs)
 }
 
 fn storm_all(o: &Options) -> Result<Storm> {
@@ -488,6 +525,7 @@ fn summary_rows(r: &Results) -> ([&'static str; 6], Vec<Vec<String>>) {
     memory_rows(&mut rows, r);
     boot_rows(&mut rows, r);
     storm_rows_summary(&mut rows, r);
+    real_storm_rows_summary(&mut rows, r);
     (HEAD, rows)
 }
 
@@ -767,6 +805,53 @@ fn storm_rows_summary(rows: &mut Vec<Vec<String>>, r: &Results) {
     }
 }
 
+/// Summary rows of section 6b: the storm against the real Trustee KBS.
+fn real_storm_rows_summary(rows: &mut Vec<Vec<String>>, r: &Results) {
+    match &r.real_storm {
+        Ok(runs) => {
+            for run in runs {
+                let m = storm_metrics(&run.nodes, run.requests, run.ideal);
+                let errors = if run.errors.is_empty() {
+                    "no errors".to_owned()
+                } else {
+                    run.errors
+                        .iter()
+                        .map(|(k, n)| format!("{n} x {k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let ok = m
+                    .ratio
+                    .map(|x| x <= 1.3 && m.extra_requests_per_node <= 1.5);
+                rows.push(vec![
+                    format!(
+                        "boot storm vs the real Trustee KBS, N={} ({:.1} ms/session, {} workers)",
+                        m.nodes, run.service_ms, run.workers
+                    ),
+                    format!(
+                        "{}/{} unlocked, {}, +{:.2} req/node, {errors}",
+                        m.unlocked,
+                        m.nodes,
+                        m.ratio
+                            .map_or("never all".into(), |x| format!("{x:.2}x ideal")),
+                        m.extra_requests_per_node
+                    ),
+                    "-".into(),
+                    "-".into(),
+                    "<= 1.3x ideal, <= +1.5 req/node".into(),
+                    verdict(ok),
+                ]);
+            }
+        }
+        Err(e) => {
+            let mut row = vec!["boot storm vs the real Trustee KBS".into()];
+            row.extend(not_measured(e));
+            row.extend(["<= 1.3x ideal".into(), verdict(None)]);
+            rows.push(row);
+        }
+    }
+}
+
 fn first_words(e: &str) -> String {
     let one = e.lines().next().unwrap_or("").trim();
     if one.chars().count() > 100 {
@@ -968,6 +1053,7 @@ fn markdown(r: &Results, head: &[&str], rows: &[Vec<String>]) -> String {
     memory_section(&mut s, r);
     boot_section(&mut s, r);
     storm_section(&mut s, r);
+    real_storm_section(&mut s, r);
     reproduce_section(&mut s);
     s
 }
@@ -1428,6 +1514,73 @@ fn storm_section(s: &mut String, r: &Results) {
     }
 }
 
+/// Section 6b: the storm against the real Trustee KBS.
+fn real_storm_section(s: &mut String, r: &Results) {
+    let _ = writeln!(s, "## 6b. Boot storm against the real Trustee KBS\n");
+    match &r.real_storm {
+        Ok(runs) => {
+            let _ = writeln!(
+                s,
+                "The same N threads, each running `attest_unlock::flow::release` with the default \
+                 `[retry]`, against the real Trustee KBS 78962cd (`../shared/tools/`, started by \
+                 `test_kbs::trustee` with the config its PROVENANCE.md records) on 127.0.0.1. \
+                 Their evidence is Trustee's `sample` TEE, which its KBS always builds: its verifier \
+                 checks that the report data is the binding of the nonce and the node's key. The real \
+                 KBS does not verify simulated SNP (the chain must reach AMD's roots), and one swtpm \
+                 would serialise every quote, so the broker, not the nodes' hardware, is measured. \
+                 Trustee does not answer 503: its actix workers (one per core) queue the requests. \
+                 *Ideal* = N x the KBS's own time per session (auth + attest + resource, from its \
+                 access log, one node alone) / its workers. The nodes share this machine's {} CPUs \
+                 with the KBS (their TLS handshakes, P-256 keys, JWE), which the ratio counts against \
+                 them. *Errors* are the KBS's non-200 answers and the nodes' final failures.\n",
+                r.machine.nproc
+            );
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|run| {
+                    let m = storm_metrics(&run.nodes, run.requests, run.ideal);
+                    let errors = if run.errors.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        run.errors
+                            .iter()
+                            .map(|(k, n)| format!("{n} x {k}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    vec![
+                        m.nodes.to_string(),
+                        format!("{}/{}", m.unlocked, m.nodes),
+                        format!("{:.1}", run.service_ms),
+                        format!("{:.2}", run.ideal),
+                        m.last.map_or("-".into(), |l| format!("{l:.2}")),
+                        m.ratio.map_or("never all".into(), |x| format!("{x:.2}x")),
+                        format!("{:.2}", m.requests_per_node),
+                        errors,
+                    ]
+                })
+                .collect();
+            s.push_str(&stats::markdown_table(
+                &[
+                    "N",
+                    "unlocked",
+                    "KBS ms/session",
+                    "ideal, s",
+                    "last, s",
+                    "last / ideal",
+                    "HTTP requests/node",
+                    "errors",
+                ],
+                &rows,
+            ));
+            let _ = writeln!(s);
+        }
+        Err(e) => {
+            let _ = writeln!(s, "Not measured: {e}\n");
+        }
+    }
+}
+
 /// How to reproduce.
 fn reproduce_section(s: &mut String) {
     let _ = writeln!(s, "## How to reproduce\n");
@@ -1437,7 +1590,8 @@ fn reproduce_section(s: &mut String) {
          clevis-dracut, clevis-tpm2, zstd, cpio, file on top of `cargo xtask setup`'s packages, builds \
          the shipped release binary and an optimized bench runner in `target/bench/build`). Options: \
          `--runs N`, `--keyslot-runs N`, `--boots N` (0 skips the QEMU boots), `--storm-runs N`, \
-         `--storm-nodes 100,1000`, `--service-ms MS`, `--quick`, `--no-write`. Work files (configs, \
+         `--storm-nodes 100,1000`, `--service-ms MS`, `--quick`, `--no-write`, `--real-storm-only` \
+         (section 6b alone, written nowhere). Work files (configs, \
          images, logs) stay in `target/bench/run/`."
     );
 }
