@@ -314,8 +314,10 @@ pub(crate) fn measure_anchors_after(
         log::warn!("measure.enabled = false: the trust anchors are not measured");
         return Ok(AnchorsMeasured(()));
     }
-    if holds(source, pcr, &[], anchors.event())?
-        || (!prior.is_empty() && holds(source, pcr, prior, anchors.event())?)
+    let event = anchors.event();
+    if source
+        .pcr_sha256(pcr)?
+        .is_some_and(|v| is_extended(&v, &[], event) || is_extended(&v, prior, event))
     {
         log::info!(
             "PCR {pcr} already holds the trust anchors (a rerun in this boot): not extended again"
@@ -344,19 +346,12 @@ pub(crate) fn measure_anchors_after(
     }
 }
 
-/// Whether TPM PCR `pcr` holds exactly the extends of `prior`, then `event`, from zero (a
-/// rerun in the same boot after a failure, which must not extend it a second time).
-fn holds(
-    source: &mut dyn EvidenceSource,
-    pcr: u32,
-    prior: &[&[u8]],
-    event: &[u8],
-) -> Result<bool, crate::evidence::EvidenceError> {
+/// Whether a SHA-256 PCR `value` is exactly the extends of `prior`, then `event`, from zero
+/// (a rerun in the same boot after a failure, which must not extend it a second time).
+fn is_extended(value: &[u8; 32], prior: &[&[u8]], event: &[u8]) -> bool {
     let events: Vec<&[u8]> = prior.iter().copied().chain([event]).collect();
-    let want = crate::anchors::extended(crate::formats::HashAlg::Sha256, &events);
-    Ok(source
-        .pcr_sha256(pcr)?
-        .is_some_and(|v| want.as_deref() == Some(&v[..])))
+    crate::anchors::extended(crate::formats::HashAlg::Sha256, &events).as_deref()
+        == Some(&value[..])
 }
 
 /// The init-data of a run: the configured one, or, for a `kbs+provisioner:///` resource with
@@ -482,7 +477,7 @@ pub(crate) fn bind_init_data(
         source.measure(INIT_DATA_PCR, event)?;
         log::info!("extended PCR {INIT_DATA_PCR} with the init-data digest (Trustee's TPM init-data binding)");
         Ok(())
-    } else if holds(source, INIT_DATA_PCR, &[], event)? {
+    } else if is_extended(&value, &[], event) {
         log::info!("PCR {INIT_DATA_PCR} already holds the init-data digest (a rerun in this boot)");
         Ok(())
     } else {
