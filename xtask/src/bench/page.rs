@@ -805,21 +805,25 @@ fn storm_rows_summary(rows: &mut Vec<Vec<String>>, r: &Results) {
     }
 }
 
+/// What the nodes of a storm against the real KBS saw other than success (`3 x HTTP 401,
+/// ...`), if anything.
+fn real_storm_errors(run: &trustee_storm::Run) -> Option<String> {
+    (!run.errors.is_empty()).then(|| {
+        run.errors
+            .iter()
+            .map(|(k, n)| format!("{n} x {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 /// Summary rows of section 6b: the storm against the real Trustee KBS.
 fn real_storm_rows_summary(rows: &mut Vec<Vec<String>>, r: &Results) {
     match &r.real_storm {
         Ok(runs) => {
             for run in runs {
                 let m = storm_metrics(&run.nodes, run.requests, run.ideal);
-                let errors = if run.errors.is_empty() {
-                    "no errors".to_owned()
-                } else {
-                    run.errors
-                        .iter()
-                        .map(|(k, n)| format!("{n} x {k}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
+                let errors = real_storm_errors(run).unwrap_or_else(|| "no errors".into());
                 let ok = m
                     .ratio
                     .map(|x| x <= 1.3 && m.extra_requests_per_node <= 1.5);
@@ -1539,15 +1543,7 @@ fn real_storm_section(s: &mut String, r: &Results) {
                 .iter()
                 .map(|run| {
                     let m = storm_metrics(&run.nodes, run.requests, run.ideal);
-                    let errors = if run.errors.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        run.errors
-                            .iter()
-                            .map(|(k, n)| format!("{n} x {k}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
+                    let errors = real_storm_errors(run).unwrap_or_else(|| "none".into());
                     vec![
                         m.nodes.to_string(),
                         format!("{}/{}", m.unlocked, m.nodes),

@@ -21,8 +21,9 @@ use test_kbs::{Admission, AdmissionStats, Broker, BrokerConfig, SnpPolicy};
 
 use super::stats::Node;
 
-const RESOURCE: &str = "default/storm-node/root";
-const SECRET: &[u8] = br#"{"key_type":"oct","key":"storm-disk-key"}"#;
+/// The resource every storm node fetches, and what the broker holds there.
+pub(super) const RESOURCE: &str = "default/storm-node/root";
+pub(super) const SECRET: &[u8] = br#"{"key_type":"oct","key":"storm-disk-key"}"#;
 /// Stack of a simulated node's thread: TLS, JSON and P-384 need little.
 const NODE_STACK: usize = 512 * 1024;
 
@@ -113,11 +114,11 @@ impl EvidenceSource for SimSnp {
     }
 }
 
-/// A storm node's release: the trust anchors first (switched off in the node config, as
-/// SNP alone has no register), then the agent's own retry loop.
-fn release(
+/// A storm node's release of [`RESOURCE`]: the trust anchors first (switched off in the node
+/// configs, as the storms' evidence has no register), then the agent's own retry loop.
+pub(super) fn release(
     config: &Config,
-    source: &mut SimSnp,
+    source: &mut dyn EvidenceSource,
 ) -> Result<attest_unlock::flow::Released, attest_unlock::flow::Failure> {
     let failure = |error| {
         attest_unlock::flow::Failure::at(attest_unlock::flow::Step::Anchors, None, 0, error)
@@ -129,6 +130,48 @@ fn release(
     let measured =
         attest_unlock::flow::measure_anchors(config, source, &anchors).map_err(failure)?;
     attest_unlock::flow::release(config, source, &[RESOURCE], init_data.as_deref(), &measured)
+}
+
+/// Runs `node` in `n` threads started together (a barrier): each node's finish time, from
+/// the common start, and its sessions; and the seconds until the last thread ended.
+pub(super) fn start_together<F>(n: usize, node: F) -> Result<(Vec<Node>, f64)>
+where
+    F: Fn() -> (Option<Instant>, u32) + Send + Sync + 'static,
+{
+    let node = Arc::new(node);
+    let barrier = Arc::new(Barrier::new(n + 1));
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let (node, barrier) = (Arc::clone(&node), Arc::clone(&barrier));
+        let spawned = std::thread::Builder::new()
+            .name(format!("node-{i}"))
+            .stack_size(NODE_STACK)
+            .spawn(move || {
+                barrier.wait();
+                node()
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                // The threads already spawned wait on the barrier forever: let them go, with
+                // nothing to measure.
+                bail!("cannot spawn node thread {i}: {e}");
+            }
+        }
+    }
+    barrier.wait();
+    let start = Instant::now();
+    let mut nodes = Vec::with_capacity(n);
+    for t in threads {
+        let (done, sessions) = t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a node thread panicked"))?;
+        nodes.push(Node {
+            done: done.map(|at| at.saturating_duration_since(start).as_secs_f64()),
+            sessions,
+        });
+    }
+    Ok((nodes, start.elapsed().as_secs_f64()))
 }
 
 /// The simulated chip every node uses (one chain is enough: the broker's cost per
@@ -220,45 +263,10 @@ pub(super) fn run(
     deadline: Duration,
 ) -> Result<Run> {
     let broker = broker(signer, Some(limit))?;
-    let config = Arc::new(node_config(&broker, variant.policy, deadline));
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let mut threads = Vec::with_capacity(n);
-    for i in 0..n {
-        let (config, barrier, signer) = (
-            Arc::clone(&config),
-            Arc::clone(&barrier),
-            Arc::clone(signer),
-        );
-        let policy = variant.policy;
-        let spawned = std::thread::Builder::new()
-            .name(format!("node-{i}"))
-            .stack_size(NODE_STACK)
-            .spawn(move || {
-                barrier.wait();
-                node(&config, signer, policy)
-            });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                // The threads already spawned wait on the barrier forever: let them go, with
-                // nothing to measure.
-                bail!("cannot spawn node thread {i}: {e}");
-            }
-        }
-    }
-    barrier.wait();
-    let start = Instant::now();
-    let mut nodes = Vec::with_capacity(n);
-    for t in threads {
-        let (done, sessions) = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("a node thread panicked"))?;
-        nodes.push(Node {
-            done: done.map(|at| at.saturating_duration_since(start).as_secs_f64()),
-            sessions,
-        });
-    }
-    let wall = start.elapsed().as_secs_f64();
+    let config = node_config(&broker, variant.policy, deadline);
+    let policy = variant.policy;
+    let signer = Arc::clone(signer);
+    let (nodes, wall) = start_together(n, move || node(&config, Arc::clone(&signer), policy))?;
     let stats = broker.admission_stats();
     drop(broker);
     let mean_hold_ms = if stats.attest_admitted > 0 {

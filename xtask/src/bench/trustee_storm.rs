@@ -12,7 +12,7 @@
 //! every session the first. The nodes share this machine's cores with the KBS (their TLS,
 //! keys and JWE), so the ratio is an upper bound of what separate machines would see.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -23,11 +23,8 @@ use kbs_types::Tee;
 use test_kbs::trustee::Trustee;
 
 use super::stats::Node;
+use super::storm::{start_together, RESOURCE, SECRET};
 
-const RESOURCE: &str = "default/storm-node/root";
-const SECRET: &[u8] = br#"{"key_type":"oct","key":"storm-disk-key"}"#;
-/// Stack of a simulated node's thread.
-const NODE_STACK: usize = 512 * 1024;
 /// Sessions of the lone node that measures the KBS's own time per session.
 const CALIBRATE_SESSIONS: u32 = 20;
 
@@ -91,16 +88,9 @@ fn node_config(kbs: &Trustee, deadline: Duration) -> Result<Config> {
     })
 }
 
-/// One node's release, with the agent's own retry loop.
+/// One node's release with sample evidence, and the agent's own retry loop.
 fn release(config: &Config) -> Result<attest_unlock::flow::Released, attest_unlock::flow::Failure> {
-    let mut source = Sample;
-    let failure = |error| {
-        attest_unlock::flow::Failure::at(attest_unlock::flow::Step::Anchors, None, 0, error)
-    };
-    let anchors = attest_unlock::flow::trust_anchors(config, &[RESOURCE], None).map_err(failure)?;
-    let measured =
-        attest_unlock::flow::measure_anchors(config, &mut source, &anchors).map_err(failure)?;
-    attest_unlock::flow::release(config, &mut source, &[RESOURCE], None, &measured)
+    super::storm::release(config, &mut Sample)
 }
 
 /// A KBS serving the storm's resource to any node that attested.
@@ -160,49 +150,17 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
     let service = calibrate(&kbs, &config)?;
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
-    let barrier = Arc::new(Barrier::new(n + 1));
-    let mut threads = Vec::with_capacity(n);
-    for i in 0..n {
-        let (config, barrier, errors) = (
-            Arc::clone(&config),
-            Arc::clone(&barrier),
-            Arc::clone(&errors),
-        );
-        let spawned = std::thread::Builder::new()
-            .name(format!("node-{i}"))
-            .stack_size(NODE_STACK)
-            .spawn(move || {
-                barrier.wait();
-                match release(&config) {
-                    Ok(r) if r.resources.holds(RESOURCE, SECRET) => {
-                        (Some(Instant::now()), r.attempts)
-                    }
-                    Ok(r) => (None, r.attempts),
-                    Err(f) => {
-                        if let Ok(mut e) = errors.lock() {
-                            e.push(f.error.class().to_string());
-                        }
-                        (None, f.attempts)
-                    }
-                }
-            });
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => bail!("cannot spawn node thread {i}: {e}"),
+    let node_errors = Arc::clone(&errors);
+    let (nodes, _) = start_together(n, move || match release(&config) {
+        Ok(r) if r.resources.holds(RESOURCE, SECRET) => (Some(Instant::now()), r.attempts),
+        Ok(r) => (None, r.attempts),
+        Err(f) => {
+            if let Ok(mut e) = node_errors.lock() {
+                e.push(f.error.class().to_string());
+            }
+            (None, f.attempts)
         }
-    }
-    barrier.wait();
-    let start = Instant::now();
-    let mut nodes = Vec::with_capacity(n);
-    for t in threads {
-        let (done, sessions) = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("a node thread panicked"))?;
-        nodes.push(Node {
-            done: done.map(|at| at.saturating_duration_since(start).as_secs_f64()),
-            sessions,
-        });
-    }
+    })?;
     // What the KBS answered other than 200, from its own access log.
     let log = kbs.log();
     let logged = request_times(&log).len() as u64;
