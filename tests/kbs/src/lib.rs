@@ -44,17 +44,20 @@ mod tee;
 mod tls;
 mod token;
 pub mod trustee;
-mod x509;
 
 use std::collections::BTreeMap;
 
+/// Certificates and chains: the verification the offline tool shares.
+use attest_verify::x509;
+
 pub use admission::{Admission, AdmissionStats};
+pub use attest_verify::snp::SnpTcb;
 pub use azure::AzurePolicy;
 pub use faults::{Endpoint, Faults, JweFault, Reset, TlsFault, MAX_DELAY};
 pub use gce::GcePolicy;
 pub use relay::RelayConfig;
 pub use server::Broker;
-pub use snp::{SnpPolicy, SnpTcb};
+pub use snp::SnpPolicy;
 pub use tdx::TdxPolicy;
 
 /// The KBS protocol version a real Trustee accepts, and this broker's default.

@@ -24,8 +24,8 @@ use rcgen::{
 use sev::firmware::host::{CertTableEntry, CertType};
 use sha2::{Digest, Sha256};
 
-use crate::snp::{SnpTcb, REPORT_LEN, SIGNED_LEN};
-use crate::tdx::INTEL_QE_VENDOR_ID;
+use attest_verify::snp::{SnpTcb, REPORT_LEN, SIGNED_LEN};
+use attest_verify::tdx::INTEL_QE_VENDOR_ID;
 
 /// One certificate of a simulated chain.
 struct Issued {

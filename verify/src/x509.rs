@@ -24,12 +24,12 @@ const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.
 const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// Parses one DER certificate.
-pub(crate) fn from_der(der: &[u8]) -> anyhow::Result<Certificate> {
+pub fn from_der(der: &[u8]) -> anyhow::Result<Certificate> {
     Certificate::from_der(der).map_err(|e| anyhow!("not a DER X.509 certificate: {e}"))
 }
 
 /// Parses a PEM chain (leaf first, as Intel's quote certification data and AMD's KDS send it).
-pub(crate) fn pem_chain(pem: &[u8]) -> anyhow::Result<Vec<Certificate>> {
+pub fn pem_chain(pem: &[u8]) -> anyhow::Result<Vec<Certificate>> {
     let chain = Certificate::load_pem_chain(pem)
         .map_err(|e| anyhow!("not a PEM certificate chain: {e}"))?;
     ensure!(!chain.is_empty(), "empty PEM certificate chain");
@@ -37,12 +37,12 @@ pub(crate) fn pem_chain(pem: &[u8]) -> anyhow::Result<Vec<Certificate>> {
 }
 
 /// The common name of a certificate's subject, for messages.
-pub(crate) fn subject(cert: &Certificate) -> String {
+pub fn subject(cert: &Certificate) -> String {
     cert.tbs_certificate.subject.to_string()
 }
 
 /// The raw subjectPublicKey bits (an uncompressed SEC1 point for EC keys).
-pub(crate) fn public_key_bits(cert: &Certificate) -> &[u8] {
+pub fn public_key_bits(cert: &Certificate) -> &[u8] {
     cert.tbs_certificate
         .subject_public_key_info
         .subject_public_key
@@ -62,7 +62,7 @@ fn ec_curve(cert: &Certificate) -> Option<ObjectIdentifier> {
 }
 
 /// The P-384 public key of a certificate (an SNP VCEK/VLEK).
-pub(crate) fn p384_key(cert: &Certificate) -> anyhow::Result<p384::ecdsa::VerifyingKey> {
+pub fn p384_key(cert: &Certificate) -> anyhow::Result<p384::ecdsa::VerifyingKey> {
     ensure!(
         ec_curve(cert) == Some(SECP384R1),
         "{} does not hold an ECDSA P-384 key",
@@ -73,7 +73,7 @@ pub(crate) fn p384_key(cert: &Certificate) -> anyhow::Result<p384::ecdsa::Verify
 }
 
 /// The P-256 public key of a certificate (an Intel PCK certificate).
-pub(crate) fn p256_key(cert: &Certificate) -> anyhow::Result<p256::ecdsa::VerifyingKey> {
+pub fn p256_key(cert: &Certificate) -> anyhow::Result<p256::ecdsa::VerifyingKey> {
     ensure!(
         ec_curve(cert) == Some(SECP256R1),
         "{} does not hold an ECDSA P-256 key",
@@ -83,8 +83,40 @@ pub(crate) fn p256_key(cert: &Certificate) -> anyhow::Result<p256::ecdsa::Verify
         .map_err(|e| anyhow!("{}: invalid P-256 public key: {e}", subject(cert)))
 }
 
+/// A certificate's key, for people: `EC P-256`, `EC P-384`, `RSA-4096`, or its algorithm OID.
+pub fn key_description(cert: &Certificate) -> String {
+    match ec_curve(cert) {
+        Some(c) if c == SECP256R1 => return "EC P-256".into(),
+        Some(c) if c == SECP384R1 => return "EC P-384".into(),
+        _ => {}
+    }
+    match rsa_key(cert) {
+        Ok(key) => {
+            use rsa::traits::PublicKeyParts;
+            format!("RSA-{}", key.size() * 8)
+        }
+        Err(_) => cert
+            .tbs_certificate
+            .subject_public_key_info
+            .algorithm
+            .oid
+            .to_string(),
+    }
+}
+
+/// A signature algorithm's name (those this module verifies), or its OID.
+pub fn algorithm_name(oid: &ObjectIdentifier) -> String {
+    match *oid {
+        ECDSA_WITH_SHA256 => "ecdsa-with-SHA256".into(),
+        ECDSA_WITH_SHA384 => "ecdsa-with-SHA384".into(),
+        RSASSA_PSS => "RSASSA-PSS".into(),
+        SHA256_WITH_RSA => "sha256WithRSAEncryption".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Checks that `issuer` signed `cert` (names chain and the signature verifies).
-pub(crate) fn verify_signed_by(cert: &Certificate, issuer: &Certificate) -> anyhow::Result<()> {
+pub fn verify_signed_by(cert: &Certificate, issuer: &Certificate) -> anyhow::Result<()> {
     ensure!(
         cert.tbs_certificate.issuer == issuer.tbs_certificate.subject,
         "{} is issued by {}, not by {}",
@@ -159,7 +191,7 @@ pub(crate) fn verify_signed_by(cert: &Certificate, issuer: &Certificate) -> anyh
 }
 
 /// The RSA public key of a certificate.
-pub(crate) fn rsa_key(cert: &Certificate) -> anyhow::Result<rsa::RsaPublicKey> {
+pub fn rsa_key(cert: &Certificate) -> anyhow::Result<rsa::RsaPublicKey> {
     use rsa::pkcs8::DecodePublicKey;
     let spki = cert
         .tbs_certificate
@@ -171,7 +203,7 @@ pub(crate) fn rsa_key(cert: &Certificate) -> anyhow::Result<rsa::RsaPublicKey> {
 }
 
 /// The DER SubjectPublicKeyInfo of a certificate.
-pub(crate) fn spki_der(cert: &Certificate) -> anyhow::Result<Vec<u8>> {
+pub fn spki_der(cert: &Certificate) -> anyhow::Result<Vec<u8>> {
     cert.tbs_certificate
         .subject_public_key_info
         .to_der()
@@ -179,7 +211,7 @@ pub(crate) fn spki_der(cert: &Certificate) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Checks that `cert` is valid at `at`.
-pub(crate) fn check_validity(cert: &Certificate, at: SystemTime) -> anyhow::Result<()> {
+pub fn check_validity(cert: &Certificate, at: SystemTime) -> anyhow::Result<()> {
     let validity = &cert.tbs_certificate.validity;
     let not_before = validity.not_before.to_system_time();
     let not_after = validity.not_after.to_system_time();
@@ -199,7 +231,7 @@ pub(crate) fn check_validity(cert: &Certificate, at: SystemTime) -> anyhow::Resu
 }
 
 /// The content of the extension `oid`, if present.
-pub(crate) fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
+pub fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]> {
     let oid = ObjectIdentifier::new(oid).ok()?;
     cert.tbs_certificate
         .extensions
@@ -209,14 +241,19 @@ pub(crate) fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a [u8]
         .map(|e| e.extn_value.as_bytes())
 }
 
+/// The error for a self-signed certificate that is not among the trusted roots.
+pub fn untrusted_root(cert: &Certificate) -> anyhow::Error {
+    anyhow!("{} is self-signed but not a trusted root", subject(cert))
+}
+
 /// Checks a chain `leaf <- intermediate <- root` where `root` is one of `trusted_roots` and
-/// self-signed; every certificate must be valid at `at`.
-pub(crate) fn verify_path(
+/// self-signed; every certificate must be valid at `at`. Returns the root's subject.
+pub fn verify_path(
     leaf: &Certificate,
     intermediates: &[Certificate],
     trusted_roots: &[Certificate],
     at: SystemTime,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     ensure!(!trusted_roots.is_empty(), "no trusted root is configured");
     check_validity(leaf, at)?;
     let mut last_error = anyhow!(
@@ -228,7 +265,7 @@ pub(crate) fn verify_path(
         if intermediate.tbs_certificate.subject != leaf.tbs_certificate.issuer {
             continue;
         }
-        let attempt = || -> anyhow::Result<()> {
+        let attempt = || -> anyhow::Result<String> {
             verify_signed_by(leaf, intermediate)?;
             check_validity(intermediate, at)?;
             let mut root_error = anyhow!(
@@ -241,7 +278,7 @@ pub(crate) fn verify_path(
                     .and_then(|()| verify_signed_by(root, root))
                     .and_then(|()| check_validity(root, at));
                 match ok {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return Ok(subject(root)),
                     Err(e)
                         if intermediate.tbs_certificate.issuer == root.tbs_certificate.subject =>
                     {
@@ -253,7 +290,7 @@ pub(crate) fn verify_path(
             Err(root_error)
         };
         match attempt() {
-            Ok(()) => return Ok(()),
+            Ok(root) => return Ok(root),
             Err(e) => last_error = e,
         }
     }
