@@ -89,19 +89,6 @@ pub enum Command {
     },
     /// Print the platform this node would attest as.
     Detect,
-    /// Parse an attestation artefact offline (SNP report, TDX quote, TCG or CCEL event log,
-    /// Azure HCL report, TPMS_ATTEST) and print its fields and replayed registers.
-    Inspect {
-        /// The file (`-`: standard input), at most 64 MiB.
-        file: PathBuf,
-        /// Its kind, when detection guesses wrong: snp_report, tdx_quote, hcl_report,
-        /// tpms_attest, tpmt_signature, event_log or ccel.
-        #[arg(long, value_name = "KIND")]
-        kind: Option<crate::inspect::Kind>,
-        /// A readable table instead of JSON.
-        #[arg(long)]
-        text: bool,
-    },
     /// Print the attestation key's public key (for the broker's trusted AK list).
     Ak,
     /// Print the PCR values (SHA-256 bank) to register at the broker: this boot's, replayed
@@ -261,10 +248,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             write_out(out, &done.to_string());
             Ok(Outcome::Success)
         }
-        Command::Inspect { file, kind, text } => {
-            inspect_file(file, *kind, *text, out)?;
-            Ok(Outcome::Success)
-        }
         Command::Detect => {
             let d = evidence::detect(&config, &cli.root)?;
             write_out(out, &format!("{} ({})", d.platform.as_str(), d.detail));
@@ -312,33 +295,6 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
             Ok(Outcome::Success)
         }
     }
-}
-
-/// Largest file `inspect` reads (event logs are the largest artefacts, well under this).
-const MAX_INSPECT: u64 = 64 << 20;
-
-fn inspect_file(
-    file: &Path,
-    kind: Option<crate::inspect::Kind>,
-    text: bool,
-    out: &mut dyn Write,
-) -> Result<(), Error> {
-    let bytes = crate::hw::fw::read_input(file, MAX_INSPECT).map_err(|source| Error::Input {
-        file: file.display().to_string(),
-        source,
-    })?;
-    let value = crate::inspect::inspect(&bytes, kind).map_err(|source| Error::Format {
-        file: file.display().to_string(),
-        source,
-    })?;
-    if text {
-        write_out(out, crate::inspect::render_text(&value).trim_end());
-    } else {
-        let json = serde_json::to_string_pretty(&value)
-            .map_err(|e| evidence::EvidenceError::Encode(e.to_string()))?;
-        write_out(out, &json);
-    }
-    Ok(())
 }
 
 fn write_out(out: &mut dyn Write, text: &str) {

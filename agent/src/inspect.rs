@@ -36,15 +36,19 @@ pub enum Kind {
     EventLog,
     /// TDX CCEL event log.
     Ccel,
+    /// X.509 certificates: one DER certificate or a PEM file of one or more (VCEK, VLEK, ASK,
+    /// ARK, PCK chains).
+    Certificate,
 }
 
 impl Kind {
     /// Every kind, in the order detection tries them.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::HclReport,
         Kind::TpmsAttest,
         Kind::TdxQuote,
         Kind::SnpReport,
+        Kind::Certificate,
         Kind::Ccel,
         Kind::EventLog,
         Kind::TpmtSignature,
@@ -60,6 +64,7 @@ impl Kind {
             Kind::TpmtSignature => "tpmt_signature",
             Kind::EventLog => "event_log",
             Kind::Ccel => "ccel",
+            Kind::Certificate => "certificate",
         }
     }
 }
@@ -82,6 +87,7 @@ impl FromStr for Kind {
             "tdx" => Some(Kind::TdxQuote),
             "hcl" => Some(Kind::HclReport),
             "eventlog" => Some(Kind::EventLog),
+            "cert" | "x509" | "pem" | "der" => Some(Kind::Certificate),
             _ => None,
         };
         short
@@ -102,6 +108,7 @@ impl FromStr for Kind {
 /// * big-endian 0xff544347 at offset 0: a `TPMS_ATTEST`;
 /// * a little-endian `u16` version 4 or 5 then TEE type 0x81 at offset 4: a TDX quote;
 /// * exactly 1184 bytes starting with version 2 to 5: an SNP report;
+/// * PEM `-----BEGIN CERTIFICATE-----`, or DER that parses as one X.509 certificate;
 /// * a first record that is a Spec ID Event03: a CCEL when SHA-384 is the only bank (TDX
 ///   logs use nothing else; TPM logs practically always have SHA-256), else a TPM event log;
 /// * anything that parses completely as a legacy SHA-1 event log: an event log.
@@ -133,6 +140,11 @@ pub fn detect(bytes: &[u8]) -> Option<Kind> {
             return Some(Kind::SnpReport);
         }
     }
+    if bytes.starts_with(b"-----BEGIN CERTIFICATE-----")
+        || (bytes.starts_with(&[0x30, 0x82]) && attest_verify::x509::from_der(bytes).is_ok())
+    {
+        return Some(Kind::Certificate);
+    }
     if let Some(spec) = eventlog::spec_id_of(bytes) {
         let only_sha384 = spec.algorithms.iter().all(|a| a.alg == HashAlg::Sha384);
         return Some(if only_sha384 {
@@ -151,15 +163,7 @@ pub fn detect(bytes: &[u8]) -> Option<Kind> {
 pub fn inspect(bytes: &[u8], kind: Option<Kind>) -> Result<Value, FormatError> {
     let kind = match kind {
         Some(kind) => kind,
-        None => detect(bytes).ok_or_else(|| {
-            FormatError::invalid(
-                "input",
-                format!(
-                    "{} bytes in no recognised format; name the kind explicitly",
-                    bytes.len()
-                ),
-            )
-        })?,
+        None => detect(bytes).ok_or_else(|| unrecognised(bytes.len()))?,
     };
     let mut value = match kind {
         Kind::SnpReport => snp_json(&snp::parse_report(bytes)?),
@@ -179,9 +183,23 @@ pub fn inspect(bytes: &[u8], kind: Option<Kind>) -> Result<Value, FormatError> {
         Kind::TpmtSignature => tpmt_signature_json(&tpm::parse_tpmt_signature(bytes)?),
         Kind::EventLog => event_log_json(&eventlog::parse_event_log(bytes)?),
         Kind::Ccel => ccel_json(&eventlog::parse_ccel(bytes)?),
+        Kind::Certificate => {
+            let certs = attest_verify::certs::parse_any(bytes)
+                .map_err(|e| FormatError::invalid("certificate", format!("{e:#}")))?;
+            let list: Vec<Value> = certs.iter().map(attest_verify::certs::describe).collect();
+            json!({ "certificates": list })
+        }
     };
     insert(&mut value, "kind", json!(kind.name()));
     Ok(value)
+}
+
+/// The error for bytes [`detect`] does not recognise.
+pub fn unrecognised(len: usize) -> FormatError {
+    FormatError::invalid(
+        "input",
+        format!("{len} bytes in no recognised format; name the kind explicitly"),
+    )
 }
 
 fn insert(value: &mut Value, key: &str, v: Value) {

@@ -36,6 +36,8 @@ pub mod inspect;
 pub mod kbs;
 pub(crate) mod luks;
 pub(crate) mod net;
+#[doc(hidden)]
+pub mod offline;
 pub mod pin;
 #[doc(hidden)]
 pub mod refvalues;

@@ -2128,8 +2128,8 @@ fn errors_are_one_line() {
 /// A missing file is named as what it is, not as a config file.
 #[test]
 fn missing_file_is_named_as_the_input() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attest-unlock"))
-        .args(["inspect", "/nonexistent/report.bin"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_attest-inspect"))
+        .args(["/nonexistent/report.bin"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -2140,11 +2140,10 @@ fn missing_file_is_named_as_the_input() {
     );
 }
 
-/// Runs `attest-unlock ARGS` with `stdin`; (status success, stdout, stderr).
-fn agent(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
+/// Runs `attest-inspect ARGS` with `stdin`; (status success, stdout, stderr).
+fn tool(args: &[&str], stdin: &[u8]) -> (bool, String, String) {
     use std::io::Write;
-    let bin = std::env::var_os("ATTEST_UNLOCK_TEST_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_attest-unlock").into());
+    let bin = env!("CARGO_BIN_EXE_attest-inspect");
     let mut child = std::process::Command::new(bin)
         .args(args)
         .stdin(std::process::Stdio::piped())
@@ -2167,7 +2166,7 @@ fn zeros_are_no_recognised_format() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("zeros");
     std::fs::write(&f, [0u8; 320]).unwrap();
-    let (ok, out, err) = agent(&["inspect", f.to_str().unwrap()], b"");
+    let (ok, out, err) = tool(&[f.to_str().unwrap()], b"");
     assert!(!ok, "{out}");
     assert!(err.contains("no recognised format"), "{err}");
 }
@@ -2179,7 +2178,7 @@ fn files_over_the_cap_are_refused() {
     let f = dir.path().join("big");
     let file = std::fs::File::create(&f).unwrap();
     file.set_len((64 << 20) + 1).unwrap();
-    let (ok, _, err) = agent(&["inspect", f.to_str().unwrap()], b"");
+    let (ok, _, err) = tool(&[f.to_str().unwrap()], b"");
     assert!(!ok);
     assert!(err.contains("larger than 67108864 bytes"), "{err}");
 }
@@ -2188,7 +2187,7 @@ fn files_over_the_cap_are_refused() {
 #[test]
 fn dash_reads_standard_input() {
     let report = std::fs::read(format!("{TESTDATA}snp/milan-virtee-sev/report_milan.bin")).unwrap();
-    let (ok, out, err) = agent(&["inspect", "-"], &report);
+    let (ok, out, err) = tool(&["-"], &report);
     assert!(ok, "{err}");
     assert!(out.contains("\"kind\": \"snp_report\""), "{out}");
 }
@@ -2196,7 +2195,7 @@ fn dash_reads_standard_input() {
 /// `--help` lists the kinds `--kind` takes, and an offline tool prints no boot verdict.
 #[test]
 fn help_lists_the_kinds_and_failures_print_no_verdict() {
-    let (_, help, _) = agent(&["inspect", "--help"], b"");
+    let (_, help, _) = tool(&["--help"], b"");
     for kind in Kind::ALL {
         assert!(
             help.contains(kind.name()),
@@ -2204,7 +2203,7 @@ fn help_lists_the_kinds_and_failures_print_no_verdict() {
             kind.name()
         );
     }
-    let (ok, _, err) = agent(&["inspect", "/nonexistent"], b"");
+    let (ok, _, err) = tool(&["/nonexistent"], b"");
     assert!(!ok);
     assert!(!err.contains("verdict="), "{err}");
 }

@@ -60,6 +60,12 @@ fn lay_out(destdir: &Path) -> Result<()> {
         &repo.join("target/release/attest-unlock"),
         &bin.join("attest-unlock"),
     )?;
+    // The offline tool: on the booted system, never in the initramfs (the dracut module
+    // installs only `attest-unlock`).
+    copy_file(
+        &repo.join("target/release/attest-inspect"),
+        &bin.join("attest-inspect"),
+    )?;
     for pin in ["clevis-encrypt-trustee", "clevis-decrypt-trustee"] {
         let link = bin.join(pin);
         if link.symlink_metadata().is_ok() {

@@ -1,0 +1,357 @@
+//! `attest-inspect --verify` against every signed artefact in `shared/testdata`: each verifies
+//! at a time inside its certificates' validity with the result PROVENANCE.md states, and a
+//! one-byte change in any signed region fails the check that covers it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/");
+
+fn path(rel: &str) -> String {
+    PathBuf::from(TESTDATA).join(rel).display().to_string()
+}
+
+/// Runs `attest-inspect ARGS`; (exit code, stdout, stderr).
+fn tool(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_attest-inspect"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--verify --at AT FILES...` as JSON; (exit code, the report).
+fn verify(at: &str, files: &[String]) -> (i32, Value) {
+    let mut args = vec!["--verify", "--at", at];
+    args.extend(files.iter().map(String::as_str));
+    let (code, out, err) = tool(&args);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    (code, v)
+}
+
+/// The checks of every file: (check name, passed, detail or reason).
+fn checks(v: &Value) -> Vec<(String, bool, String)> {
+    v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["checks"].as_array().unwrap().iter())
+        .map(|c| {
+            let pass = c["result"] == "pass";
+            let text = if pass { &c["detail"] } else { &c["reason"] };
+            (
+                c["check"].as_str().unwrap().to_string(),
+                pass,
+                text.as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn assert_verified(at: &str, files: &[&str], expect: &[(&str, &str)]) {
+    let files: Vec<String> = files.iter().map(|f| path(f)).collect();
+    let (code, v) = verify(at, &files);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{files:?} at {at}: {list:#?}");
+    assert_eq!(v["verified"], true);
+    for (name, needle) in expect {
+        let found = list.iter().find(|(n, _, _)| n == name);
+        let (_, pass, detail) = found.unwrap_or_else(|| panic!("no check {name}: {list:#?}"));
+        assert!(*pass && detail.contains(needle), "{name}: {detail}");
+    }
+}
+
+/// Every real SNP report verifies with its VCEK/VLEK and AMD's pinned chain (PROVENANCE.md
+/// 1.2, 4.1, 4.3): signature, hwID and TCB extensions, chain to the product's ARK.
+#[test]
+fn real_snp_reports_verify_with_the_pinned_amd_roots() {
+    assert_verified(
+        "2024-01-01",
+        &[
+            "snp/milan-virtee-sev/report_milan.bin",
+            "snp/milan-virtee-sev/vcek_milan.der",
+        ],
+        &[
+            ("snp.signature", "SEV-VCEK"),
+            ("snp.vek_matches_report", "hwID and TCB"),
+            ("snp.vek_chain", "ARK-Milan"),
+        ],
+    );
+    assert_verified(
+        "2024-01-01",
+        &[
+            "snp/milan-trustee/test-report.bin",
+            "snp/milan-trustee/test-vcek.der",
+        ],
+        &[("snp.vek_chain", "ARK-Milan")],
+    );
+    // The VLEK chains through the ASVK (SEV-VLEK-Milan); it expired 2025-12-10.
+    assert_verified(
+        "2025-06-01",
+        &[
+            "snp/milan-trustee/test-vlek-report.bin",
+            "snp/milan-trustee/test-vlek.der",
+        ],
+        &[("snp.report", "VLEK"), ("snp.vek_chain", "ARK-Milan")],
+    );
+    assert_verified(
+        "2025-06-01",
+        &[
+            "snp/genoa-azure/report_genoa.bin",
+            "snp/genoa-azure/vcek_genoa.pem",
+        ],
+        &[("snp.vek_chain", "ARK-Genoa")],
+    );
+}
+
+/// The Azure HCL reports: the SNP report in the slot verifies, and REPORT_DATA binds the
+/// runtime claims (PROVENANCE.md 4.1, 4.3).
+#[test]
+fn azure_hcl_reports_verify_end_to_end() {
+    assert_verified(
+        "2025-06-01",
+        &[
+            "azure/trustee-az-snp/hcl-report.bin",
+            "azure/trustee-az-snp/vcek.pem",
+        ],
+        &[
+            ("snp.vek_chain", "ARK-Milan"),
+            ("hcl.var_data_binding", "SHA256"),
+        ],
+    );
+    assert_verified(
+        "2025-06-01",
+        &[
+            "azure/trustee-az-snp-genoa/hcl-report-genoa.bin",
+            "azure/trustee-az-snp-genoa/vcek-genoa.pem",
+        ],
+        &[("snp.vek_chain", "ARK-Genoa")],
+    );
+}
+
+/// The one HCL report without its VCEK fails, as PROVENANCE.md 4.4 says: `certs.pem` is
+/// another chip's.
+#[test]
+fn a_report_with_another_chips_vcek_fails_the_signature() {
+    let files = [
+        path("azure/azure-cvm-tooling/hcl-report-snp.bin"),
+        path("azure/azure-cvm-tooling/certs.pem"),
+    ];
+    let (code, v) = verify("2024-01-01", &files);
+    assert_eq!(code, 1);
+    assert_eq!(v["verified"], false);
+    let list = checks(&v);
+    let sig = list.iter().find(|(n, _, _)| n == "snp.signature").unwrap();
+    assert!(!sig.1 && sig.2.contains("does not verify"), "{sig:?}");
+    // The binding of the variable data is still checked, and holds.
+    assert!(list
+        .iter()
+        .any(|(n, p, _)| n == "hcl.var_data_binding" && *p));
+}
+
+/// Every real TDX quote verifies with its PCK chain to Intel's pinned root (PROVENANCE.md 2).
+#[test]
+fn real_tdx_quotes_verify_with_the_pinned_intel_root() {
+    for quote in [
+        "tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat",
+        "tdx/trustee/tdx_quote_4.dat",
+        "tdx/trustee/tdx_quote_5.dat",
+        "tdx/trustee/tdx_quote_6.dat",
+        "tdx/dcap-qvl/tdx_quote",
+        "tdx/dcap-qvl/tdx_quote_outdated",
+        "azure/trustee-az-tdx/td-quote.bin",
+    ] {
+        assert_verified(
+            "2025-07-01",
+            &[quote],
+            &[
+                ("tdx.signature", "attestation key"),
+                ("tdx.qe_binding", "SHA-256"),
+                ("tdx.qe_report_signature", "Intel SGX PCK"),
+                ("tdx.pck_chain", "Intel SGX Root CA"),
+            ],
+        );
+    }
+    // go-tdx-guest's own assertion: after the PCK leaf expired (2029-09-20) it fails.
+    let (code, v) = verify(
+        "2053-07-01",
+        &[path("tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat")],
+    );
+    assert_eq!(code, 1);
+    let chain = checks(&v)
+        .into_iter()
+        .find(|(n, _, _)| n == "tdx.pck_chain")
+        .unwrap();
+    assert!(!chain.1 && chain.2.contains("expired"), "{chain:?}");
+}
+
+/// Certificates alone: a VCEK chains to its ARK; a VLEK outside its validity fails; an ARK is
+/// a pinned root; a self-signed stranger is not.
+#[test]
+fn certificates_alone_are_checked_against_the_pinned_roots() {
+    assert_verified("2024-01-01", &["snp/milan-virtee-sev/vcek_milan.der"], &[]);
+    assert_verified("2025-01-01", &["snp/turin-virtee-sev/vcek_turin.der"], &[]);
+    assert_verified("2030-01-01", &["snp/amd-certs/genoa_ark.pem"], &[]);
+    let (code, v) = verify("2026-01-01", &[path("snp/milan-trustee/test-vlek.der")]);
+    assert_eq!(code, 1, "{v}");
+    assert!(checks(&v)[0].2.contains("expired"), "{v}");
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = dir.path().join("stranger.der");
+    let key = rcgen_free_self_signed();
+    std::fs::write(&stranger, key).unwrap();
+    let (code, v) = verify("2030-01-01", &[stranger.display().to_string()]);
+    assert_eq!(code, 1, "{v}");
+    assert!(checks(&v)[0].2.contains("not a trusted root"), "{v}");
+}
+
+/// A self-signed certificate that is not a vendor root: Intel's root with its signature
+/// kept, but the subject and issuer both changed the same way, so it is self-issued, well
+/// formed, and signed by nobody we trust.
+fn rcgen_free_self_signed() -> Vec<u8> {
+    let mut der = std::fs::read(path("tdx/dcap-qvl/TrustedRootCA.der")).unwrap();
+    let needle = b"Intel SGX Root CA";
+    let mut at = 0;
+    while let Some(i) = der[at..].windows(needle.len()).position(|w| w == needle) {
+        der[at + i] = b'J';
+        at += i + 1;
+    }
+    der
+}
+
+/// A one-byte change in a signed region fails the check that covers it: every 37th byte of
+/// an SNP report's signed part and of its signature, and the header, body, QE report and PCK
+/// certificate of a TDX quote.
+#[test]
+fn a_one_byte_change_in_a_signed_region_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let vcek = path("snp/milan-virtee-sev/vcek_milan.der");
+    let report = std::fs::read(path("snp/milan-virtee-sev/report_milan.bin")).unwrap();
+    let positions: Vec<usize> = (0..0x2A0)
+        .step_by(37)
+        .chain([0x29F, 0x2A0, 0x2A0 + 72])
+        .collect();
+    for at in positions {
+        let mut bad = report.clone();
+        bad[at] ^= 0x01;
+        let f = dir.path().join("report.bin");
+        std::fs::write(&f, &bad).unwrap();
+        let (code, v) = verify("2024-01-01", &[f.display().to_string(), vcek.clone()]);
+        assert_eq!(code, 1, "byte {at:#x} changed, still verified: {v}");
+    }
+
+    let quote = std::fs::read(path("tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat")).unwrap();
+    // Offsets: header 0..48, body 48..632, then the signature data; the QE report starts
+    // 4 + 64 + 64 + 2 + 4 = 138 bytes into it; the PEM chain after QE report, signature and
+    // the 32 bytes of auth data.
+    let qe_report = 632 + 138;
+    let pem = quote
+        .windows(27)
+        .position(|w| w == b"-----BEGIN CERTIFICATE-----")
+        .unwrap();
+    for (at, check) in [
+        (10, "tdx.signature"),
+        (48 + 136, "tdx.signature"),
+        (632 + 4 + 10, "tdx.signature"),
+        (qe_report + 320, "tdx.qe_binding"),
+        (qe_report + 10, "tdx.qe_report_signature"),
+        (pem + 300, "tdx."),
+    ] {
+        let mut bad = quote.clone();
+        bad[at] ^= 0x01;
+        let f = dir.path().join("quote.dat");
+        std::fs::write(&f, &bad).unwrap();
+        let (code, v) = verify("2025-07-01", &[f.display().to_string()]);
+        assert_eq!(code, 1, "byte {at} changed, still verified: {v}");
+        let failed: Vec<String> = checks(&v)
+            .into_iter()
+            .filter(|(_, p, _)| !p)
+            .map(|(n, _, _)| n)
+            .collect();
+        assert!(
+            failed.iter().any(|n| n.starts_with(check)),
+            "byte {at}: expected {check} to fail, failed: {failed:?}"
+        );
+    }
+}
+
+/// Without `--verify` nothing is verified and the help says so; certificates decode with
+/// their vendor extensions.
+#[test]
+fn certificates_decode_with_vendor_extensions() {
+    let (code, out, err) = tool(&[&path("snp/milan-virtee-sev/vcek_milan.der")]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kind"], "certificate");
+    let cert = &v["certificates"][0];
+    assert_eq!(cert["amd"]["productName"], "Milan-B0");
+    assert_eq!(cert["amd"]["ucodeSPL"], 115);
+    assert_eq!(cert["amd"]["snpSPL"], 8);
+    assert_eq!(cert["public_key"], "EC P-384");
+    assert_eq!(cert["signature_algorithm"], "RSASSA-PSS");
+    // hwID is the report's CHIP_ID (PROVENANCE.md 1.2 a).
+    let report = std::fs::read(path("snp/milan-virtee-sev/report_milan.bin")).unwrap();
+    assert_eq!(cert["amd"]["hwID"], hex::encode(&report[0x1A0..0x1E0]));
+
+    // Turin's short hwID and its fmcSPL (PROVENANCE.md 1.3).
+    let (_, out, _) = tool(&[&path("snp/turin-virtee-sev/vcek_turin.der")]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["certificates"][0]["amd"]["hwID"], "1e550a8ee5cf9f4d");
+    assert_eq!(v["certificates"][0]["amd"]["productName"], "Turin");
+    assert_eq!(v["certificates"][0]["amd"]["ucodeSPL"], 9);
+
+    // The VLEK's CSP (PROVENANCE.md 1.2 c).
+    let (_, out, _) = tool(&[&path("snp/milan-trustee/test-vlek.der")]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["certificates"][0]["amd"]["cspID"],
+        "CN=cc-us-east-2.amazonaws.com"
+    );
+
+    // An Intel PCK chain: FMSPC of the leaf (PROVENANCE.md 2: go-tdx-guest's assertion).
+    let (_, out, _) = tool(&[&path(
+        "tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.pck_chain.pem",
+    )]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let list = v["certificates"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["intel_sgx"]["FMSPC"], "50806f000000");
+    assert!(
+        list[0]["intel_sgx"]["TCB"]["PCESVN"].is_u64(),
+        "{}",
+        list[0]
+    );
+    assert_eq!(list[2]["self_issued"], true);
+
+    let (_, help, _) = tool(&["--help"]);
+    assert!(help.contains("Without it, nothing is verified"), "{help}");
+}
+
+/// The initramfs binary carries none of the offline tool: no pinned root, no check name, no
+/// certificate field. The same needles are in `attest-inspect`, so the test can fail.
+#[test]
+fn the_boot_binary_carries_none_of_the_offline_tool() {
+    let intel_root =
+        std::fs::read_to_string(path("tdx/go-tdx-guest/collateral/intel_sgx_root_ca.pem")).unwrap();
+    let pem_line = intel_root.lines().nth(1).unwrap().to_string();
+    let needles = [
+        pem_line.as_str(),
+        "vek_matches_report",
+        "SGXTCBComp",
+        "qe_report_signature",
+    ];
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let boot = std::fs::read(env!("CARGO_BIN_EXE_attest-unlock")).unwrap();
+    let tool = std::fs::read(env!("CARGO_BIN_EXE_attest-inspect")).unwrap();
+    for needle in needles {
+        assert!(contains(&tool, needle), "attest-inspect lacks {needle:?}");
+        assert!(!contains(&boot, needle), "attest-unlock carries {needle:?}");
+    }
+}
