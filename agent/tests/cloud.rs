@@ -660,7 +660,7 @@ fn configured_cloud_platform_that_is_absent_fails_without_falling_back() {
 fn inspect(bytes: &[u8], dir: &Path) -> serde_json::Value {
     let file = dir.join("artefact.bin");
     std::fs::write(&file, bytes).unwrap();
-    let out = run_ok(&mut Command::new(env!("CARGO_BIN_EXE_attest-inspect")).arg(&file));
+    let out = run_ok(Command::new(env!("CARGO_BIN_EXE_attest-inspect")).arg(&file));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(
             intel,
             [(
-                "CN=Intel SGX Root CA,O=Intel Corporation,L=Santa Clara,ST=CA,C=US".to_string(),
+                "C=US,ST=CA,L=Santa Clara,O=Intel Corporation,CN=Intel SGX Root CA".to_string(),
                 "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3".to_string()
             )]
         );
