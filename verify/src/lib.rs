@@ -10,11 +10,13 @@
 //! Nothing here links into the initramfs binary: the agent produces evidence, it never
 //! verifies it.
 
+pub mod binding;
 pub mod certs;
 pub mod check;
 pub mod roots;
 pub mod snp;
 pub mod tdx;
+pub mod tpm;
 pub mod x509;
 
 /// The certificate types of this crate's API.

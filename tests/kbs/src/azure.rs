@@ -33,8 +33,6 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use kbs_types::Tee;
-use rsa::pkcs1v15::{Signature as RsaPkcs1Signature, VerifyingKey};
-use rsa::signature::Verifier;
 use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 use serde_json::Value;
@@ -198,13 +196,9 @@ pub(crate) fn appraise(input: &AzureInput<'_>) -> anyhow::Result<AzureAppraisal>
         hex::decode(&evidence.tpm_quote.signature).context("tpm_quote.signature is not hex")?;
     let message =
         hex::decode(&evidence.tpm_quote.message).context("tpm_quote.message is not hex")?;
-    let signature =
-        RsaPkcs1Signature::try_from(signature.as_slice()).context("tpm_quote.signature bytes")?;
-    VerifyingKey::<Sha256>::new(ak)
-        .verify(&message, &signature)
-        .map_err(|_| {
-            anyhow!("vTPM quote signature does not verify with the HCL report's HCLAkPub")
-        })?;
+    attest_verify::tpm::verify_rsassa_sha256(&message, &signature, &ak).map_err(|_| {
+        anyhow!("vTPM quote signature does not verify with the HCL report's HCLAkPub")
+    })?;
     let pcrs = crate::evidence::check_quote(
         &message,
         &evidence.tpm_quote.pcrs,

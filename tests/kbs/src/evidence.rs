@@ -1,48 +1,21 @@
 //! Evidence checks: the runtime-data binding digest and real verification of TPM quotes.
 //!
-//! Nothing here is shared with the agent: the quote is unmarshalled with tss-esapi's own
-//! `TPMS_ATTEST`/`TPMT_SIGNATURE` parsers and the signature checked with the `rsa` crate, so a
-//! bug in the agent's marshalling or binding shows up as a rejected attestation.
+//! Nothing here is shared with the agent: the quote is unmarshalled by `attest_verify::tpm`
+//! with tss-esapi's own `TPMS_ATTEST`/`TPMT_SIGNATURE` parsers and the signature checked with
+//! the `rsa` crate, so a bug in the agent's marshalling or binding shows up as a rejected
+//! attestation. The broker's own rule on top: exactly sha256:0-23.
 
 use anyhow::{anyhow, bail, ensure, Context};
 use base64::{engine::general_purpose::STANDARD, Engine};
-use rsa::pkcs1v15::{Signature as RsaPkcs1Signature, VerifyingKey};
 use rsa::pkcs8::DecodePublicKey;
-use rsa::signature::Verifier;
-use rsa::traits::PublicKeyParts;
 use rsa::RsaPublicKey;
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256, Sha384};
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::structure_tags::AttestationType;
-use tss_esapi::structures::{Attest, AttestInfo, Signature};
-use tss_esapi::traits::UnMarshall;
 
 /// Number of PCRs a TPM quote must cover (PCR0 to PCR23 of the SHA-256 bank).
 pub(crate) const PCR_COUNT: usize = 24;
-/// The PCR selection bit mask of PCR0 to PCR23.
-const ALL_24_PCRS: u32 = 0x00ff_ffff;
 
-/// The binding digest of the KBS protocol: SHA-384 over the RFC 8785 canonical JSON of the
-/// runtime data the client committed to.
-///
-/// `tee_pubkey` is used exactly as received, so any member the client put in its JWK is part of
-/// the digest, and the client must hash the same object it sends.
-pub(crate) fn binding_digest(
-    additional_evidence: &str,
-    nonce: &str,
-    tee_pubkey: &Value,
-) -> anyhow::Result<[u8; 48]> {
-    let runtime_data = serde_json::json!({
-        "additional-evidence": additional_evidence,
-        "nonce": nonce,
-        "tee-pubkey": tee_pubkey,
-    });
-    let canonical =
-        serde_json_canonicalizer::to_vec(&runtime_data).context("canonicalise runtime data")?;
-    Ok(Sha384::digest(canonical).into())
-}
+pub(crate) use attest_verify::binding::binding_digest;
 
 /// The `tpm` evidence a client sends as `primary_evidence`. Unknown members (an event log, for
 /// example) are allowed, as Trustee allows them.
@@ -90,33 +63,11 @@ pub(crate) fn verify_tpm(
     let signature_bytes = STANDARD
         .decode(&evidence.tpm_quote.signature)
         .context("tpm_quote.signature is not standard base64")?;
-    let signature = Signature::unmarshall(&signature_bytes)
-        .map_err(|e| anyhow!("tpm_quote.signature is not a TPMT_SIGNATURE: {e}"))?;
-    let Signature::RsaSsa(rsa_signature) = signature else {
-        bail!(
-            "tpm_quote.signature uses {:?}, only RSASSA is accepted",
-            signature.algorithm()
-        );
-    };
-    ensure!(
-        rsa_signature.hashing_algorithm() == HashingAlgorithm::Sha256,
-        "tpm_quote.signature hashes with {:?}, not SHA-256",
-        rsa_signature.hashing_algorithm()
-    );
-
     let message = STANDARD
         .decode(&evidence.tpm_quote.message)
         .context("tpm_quote.message is not standard base64")?;
-    let pkcs1_signature = RsaPkcs1Signature::try_from(rsa_signature.signature().value())
-        .context("RSASSA signature bytes")?;
-    VerifyingKey::<Sha256>::new(ak.clone())
-        .verify(&message, &pkcs1_signature)
-        .map_err(|_| {
-            anyhow!(
-                "quote signature does not verify with ak_public (RSA-{} PKCS#1 v1.5 SHA-256)",
-                ak.size() * 8
-            )
-        })?;
+    attest_verify::tpm::verify_signature(&message, &signature_bytes, &ak)
+        .context("tpm_quote.signature (with ak_public)")?;
 
     // Only now, with the signature known good, is the message worth parsing: everything below
     // is attested by the AK.
@@ -138,39 +89,25 @@ pub(crate) fn check_quote(
     expected_extra_data: &[u8],
     expected_what: &str,
 ) -> anyhow::Result<Vec<[u8; 32]>> {
-    let attest = Attest::unmarshall(message)
-        .map_err(|e| anyhow!("tpm_quote.message is not a TPMS_ATTEST: {e}"))?;
-    ensure!(
-        attest.attestation_type() == AttestationType::Quote,
-        "tpm_quote.message attests {:?}, not a quote",
-        attest.attestation_type()
-    );
-    let AttestInfo::Quote { info } = attest.attested() else {
-        bail!("tpm_quote.message carries no quote information");
-    };
-
-    let selections = info.pcr_selection().get_selections();
-    let [selection] = selections else {
+    let quote = attest_verify::tpm::parse_quote(message).context("tpm_quote.message")?;
+    let [(bank, selected)] = quote.banks.as_slice() else {
         bail!(
             "quote selects {} PCR banks, expected only sha256:0-23",
-            selections.len()
+            quote.banks.len()
         );
     };
     ensure!(
-        selection.hashing_algorithm() == HashingAlgorithm::Sha256,
-        "quote selects the {:?} bank, expected sha256",
-        selection.hashing_algorithm()
+        bank == "sha256",
+        "quote selects the {bank} bank, expected sha256"
     );
-    // Each `PcrSlot` converts to its bit in the selection mask, so PCR0-23 is 0x00ff_ffff.
-    let selected_mask = selection
-        .selected()
-        .into_iter()
-        .fold(0_u32, |mask, slot| mask | u32::from(slot));
     ensure!(
-        selected_mask == ALL_24_PCRS,
-        "quote selects PCR mask {selected_mask:#010x}, expected exactly sha256:0-23 (0x00ffffff)"
+        selected.len() == PCR_COUNT
+            && selected
+                .iter()
+                .enumerate()
+                .all(|(i, p)| usize::from(*p) == i),
+        "quote selects PCRs {selected:?}, expected exactly sha256:0-23"
     );
-
     ensure!(
         pcr_values.len() == PCR_COUNT,
         "tpm_quote.pcrs has {} values, expected {PCR_COUNT}",
@@ -184,31 +121,15 @@ pub(crate) fn check_quote(
             .ok_or_else(|| anyhow!("tpm_quote.pcrs[{index}] is not 64 hex digits"))?;
         pcrs.push(bytes);
     }
-    let mut pcr_hasher = Sha256::new();
-    for pcr in &pcrs {
-        pcr_hasher.update(pcr);
-    }
-    let pcr_digest = pcr_hasher.finalize();
-    ensure!(
-        info.pcr_digest().value() == &pcr_digest[..],
-        "quote PCR digest {} does not match SHA-256 of the supplied PCR values {}",
-        hex::encode(info.pcr_digest().value()),
-        hex::encode(pcr_digest)
-    );
-
-    ensure!(
-        attest.extra_data().value() == expected_extra_data,
-        "quote qualifying data {} is not {expected_what} {}",
-        hex::encode(attest.extra_data().value()),
-        hex::encode(expected_extra_data)
-    );
-
+    attest_verify::tpm::check_pcr_digest(&quote, &pcrs)?;
+    attest_verify::tpm::check_extra_data(&quote, expected_extra_data, expected_what)?;
     Ok(pcrs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha384};
 
     /// The digest of a fixed input, checked against a value computed outside Rust:
     /// `printf '%s' '{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}' | sha384sum`.

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, ensure, Context};
 use kbs_types::Tee;
 use serde_json::Value;
-use sha2::{Digest, Sha384};
 
 use crate::azure::AzurePolicy;
 use crate::evidence::{binding_digest, verify_tpm};
@@ -24,17 +23,7 @@ use crate::gce::{AkCert, GcePolicy};
 use crate::snp::SnpPolicy;
 use crate::tdx::TdxPolicy;
 
-/// The digest an additional device's evidence is bound to: the runtime data without the
-/// `additional-evidence` key.
-pub(crate) fn device_binding_digest(nonce: &str, tee_pubkey: &Value) -> anyhow::Result<[u8; 48]> {
-    let runtime_data = serde_json::json!({
-        "nonce": nonce,
-        "tee-pubkey": tee_pubkey,
-    });
-    let canonical =
-        serde_json_canonicalizer::to_vec(&runtime_data).context("canonicalise runtime data")?;
-    Ok(Sha384::digest(canonical).into())
-}
+pub(crate) use attest_verify::binding::device_binding_digest;
 
 /// What one attestation must be checked against.
 pub(crate) struct Input<'a> {
@@ -218,6 +207,7 @@ pub(crate) fn verify(input: &Input<'_>) -> anyhow::Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha384};
 
     /// `printf '%s' '{"nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}' | sha384sum`
     #[test]
