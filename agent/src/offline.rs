@@ -44,11 +44,13 @@ pub struct Cli {
     /// A readable table instead of JSON.
     #[arg(long)]
     pub text: bool,
-    /// Check signatures and chains: an SNP report (alone or in an HCL report) against the
-    /// VCEK/VLEK given beside it and AMD's pinned ARK/ASK/ASVK; a TDX quote against its PCK
-    /// chain and Intel's pinned SGX Root CA; a certificate against the pinned roots. Without
-    /// it, nothing is verified: the fields are shown as the file states them. Exit code 1 when
-    /// a check fails.
+    /// Check signatures, chains and bindings: an SNP report (alone or in an HCL report)
+    /// against the VCEK/VLEK given beside it and AMD's pinned ARK/ASK/ASVK; a TDX quote against
+    /// its PCK chain and Intel's pinned SGX Root CA, and a CCEL beside it against its RTMRs; a
+    /// TPM quote against --signature, --ak, --extra-data and --pcrs, and an event log beside
+    /// it against those PCRs; REPORT_DATA against --nonce and --tee-pubkey; a certificate
+    /// against the pinned roots. Without it, nothing is verified: the fields are shown as the
+    /// file states them. Exit code 1 when a check fails.
     #[arg(long)]
     pub verify: bool,
     /// The time certificates must be valid at: `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM:SSZ` or Unix
@@ -58,6 +60,31 @@ pub struct Cli {
     /// A root certificate (DER or PEM) to trust besides the pinned vendor roots (repeatable).
     #[arg(long, value_name = "FILE")]
     pub root: Vec<PathBuf>,
+    /// The `TPMT_SIGNATURE` of the TPM quote (`TPMS_ATTEST`) given (it has no magic number to
+    /// be detected by).
+    #[arg(long, value_name = "FILE")]
+    pub signature: Option<PathBuf>,
+    /// The attestation key a TPM quote must be signed by: PEM or DER public key, certificate,
+    /// `TPMT_PUBLIC` or `TPM2B_PUBLIC`.
+    #[arg(long, value_name = "FILE")]
+    pub ak: Option<PathBuf>,
+    /// The qualifying data a TPM quote must carry (the verifier's nonce), in hex.
+    #[arg(long, value_name = "HEX")]
+    pub extra_data: Option<String>,
+    /// The PCR values the TPM quote covers (JSON: a list of hex values in selection order, as
+    /// Trustee's `tpm_quote.pcrs`, or `{"sha256": {"0": hex, ...}}`, optionally under
+    /// `"pcrs"`): checked against the quote's PCR digest and, with an event log given, against
+    /// its replay.
+    #[arg(long, value_name = "FILE")]
+    pub pcrs: Option<PathBuf>,
+    /// The KBS nonce (as the broker sent it) the evidence must be bound to, with
+    /// `--tee-pubkey`: REPORT_DATA (SNP, TDX, HCL) must be the binding digest, a TPM quote's
+    /// qualifying data its first 32 bytes.
+    #[arg(long, value_name = "B64", requires = "tee_pubkey")]
+    pub nonce: Option<String>,
+    /// The session's TEE public key (JWK JSON, exactly as sent) for `--nonce`.
+    #[arg(long, value_name = "JWK", requires = "nonce")]
+    pub tee_pubkey: Option<String>,
 }
 
 /// Parses `--at`.
@@ -154,8 +181,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         extra.extend(certificates(&input)?);
     }
     let at = cli.at.unwrap_or_else(SystemTime::now);
-    let results = verify(&inputs, Roots::from_certs(extra), at)?;
-    let passed = results.iter().all(|(_, _, checks)| checks.all_passed());
+    let context = Context::read(cli)?;
+    let results = verify(&inputs, Roots::from_certs(extra), at, &context)?;
+    // Nothing checked is not verified.
+    let passed = !results.is_empty() && results.iter().all(|(_, _, checks)| checks.all_passed());
     if cli.text {
         let mut text = String::new();
         for (name, kind, checks) in &results {
@@ -225,6 +254,7 @@ fn verify(
     inputs: &[Input],
     extra: Roots,
     at: SystemTime,
+    context: &Context,
 ) -> Result<Vec<(String, Kind, Checks)>, Error> {
     let mut given = Vec::new();
     for input in inputs.iter().filter(|i| i.kind == Kind::Certificate) {
@@ -237,12 +267,21 @@ fn verify(
     for input in inputs {
         let mut checks = Checks::new();
         match input.kind {
-            Kind::SnpReport => snp_checks(&input.bytes, &given, &amd, at, &mut checks),
+            Kind::SnpReport => {
+                snp_checks(&input.bytes, &given, &amd, at, &mut checks);
+                if let Some(raw) = input.bytes.get(0x50..0x90) {
+                    context.report_data("snp.report_data", raw, &mut checks);
+                }
+            }
             Kind::HclReport => hcl_checks(&input.bytes, &given, &amd, at, &mut checks),
             Kind::TdxQuote => {
                 let mut inner = Checks::new();
-                tdx::verify_steps(&input.bytes, &intel.anchors, at, &mut inner);
+                let quote = tdx::verify_steps(&input.bytes, &intel.anchors, at, &mut inner);
                 checks.extend_prefixed("tdx", inner);
+                if let Some(q) = &quote {
+                    context.report_data("tdx.report_data", &q.body.report_data, &mut checks);
+                    ccel_cross_check(inputs, &q.body.rtmrs, &mut checks);
+                }
             }
             Kind::Certificate if only_certificates => {
                 let all = with(with(roots::amd(), &roots::intel(), &[]), &extra, &given);
@@ -252,14 +291,17 @@ fn verify(
             }
             // Collateral of the report beside it.
             Kind::Certificate => continue,
-            Kind::TpmsAttest | Kind::TpmtSignature => checks.fail(
+            Kind::TpmsAttest => tpm_checks(&input.bytes, inputs, context, &mut checks),
+            Kind::TpmtSignature => checks.fail(
                 "tpm.signature",
-                "TPM quote verification (against an AK and a nonce) is not implemented in \
-                 this version; the fields are shown without --verify",
+                "a signature alone: give the TPMS_ATTEST it signs, with --signature FILE",
             ),
+            // Checked against the quote beside it (the quote's checks say so).
+            Kind::EventLog if inputs.iter().any(|i| i.kind == Kind::TpmsAttest) => continue,
+            Kind::Ccel if inputs.iter().any(|i| i.kind == Kind::TdxQuote) => continue,
             Kind::EventLog | Kind::Ccel => checks.fail(
                 "signature",
-                "an event log is not signed; it is checked by replaying it against a quote",
+                "an event log is not signed; give the quote it replays to beside it",
             ),
         }
         results.push((input.name.clone(), input.kind, checks));
@@ -378,4 +420,368 @@ fn certificate_checks(cert: &Certificate, roots: &Roots, at: SystemTime, checks:
         Ok(root) => checks.pass(&name, format!("chains to {root}, valid at the time")),
         Err(e) => checks.fail(&name, format!("{e:#}")),
     }
+}
+
+/// What the operator gave besides the files: the TPM quote's signature and AK, the expected
+/// qualifying data, PCR values, and the KBS binding inputs.
+struct Context {
+    signature: Option<Vec<u8>>,
+    ak: Option<Result<rsa::RsaPublicKey, String>>,
+    extra_data: Option<Vec<u8>>,
+    pcrs: Option<Value>,
+    binding: Option<Result<[u8; 48], String>>,
+}
+
+impl Context {
+    fn read(cli: &Cli) -> Result<Context, Error> {
+        let file = |p: &Path| -> Result<Vec<u8>, Error> {
+            crate::hw::fw::read_input(p, MAX_INPUT).map_err(|source| Error::Input {
+                file: p.display().to_string(),
+                source,
+            })
+        };
+        let invalid = |what: &str, why: String| Error::Format {
+            file: what.to_string(),
+            source: crate::formats::FormatError::invalid("option", why),
+        };
+        let signature = cli.signature.as_deref().map(file).transpose()?;
+        let ak = match cli.ak.as_deref() {
+            Some(p) => Some(attest_verify::tpm::ak_key(&file(p)?).map_err(|e| format!("{e:#}"))),
+            None => None,
+        };
+        let extra_data = match &cli.extra_data {
+            Some(h) => Some(
+                hex::decode(h.trim())
+                    .map_err(|e| invalid("--extra-data", format!("not hex: {e}")))?,
+            ),
+            None => None,
+        };
+        let pcrs = match cli.pcrs.as_deref() {
+            Some(p) => Some(
+                serde_json::from_slice(&file(p)?)
+                    .map_err(|e| invalid("--pcrs", format!("not JSON: {e}")))?,
+            ),
+            None => None,
+        };
+        let binding = match (&cli.nonce, &cli.tee_pubkey) {
+            (Some(nonce), Some(jwk)) => Some(
+                serde_json::from_str::<Value>(jwk)
+                    .map_err(|e| format!("--tee-pubkey is not JSON: {e}"))
+                    .and_then(|key| {
+                        attest_verify::binding::binding_digest("", nonce, &key)
+                            .map_err(|e| format!("{e:#}"))
+                    }),
+            ),
+            _ => None,
+        };
+        Ok(Context {
+            signature,
+            ak,
+            extra_data,
+            pcrs,
+            binding,
+        })
+    }
+
+    /// With `--nonce` and `--tee-pubkey`: REPORT_DATA must be the binding digest, zero-padded.
+    fn report_data(&self, name: &str, report_data: &[u8], checks: &mut Checks) {
+        let Some(binding) = &self.binding else {
+            return;
+        };
+        match binding {
+            Err(e) => checks.fail(name, e.clone()),
+            Ok(digest) => {
+                let mut expected = [0u8; 64];
+                expected[..48].copy_from_slice(digest);
+                if report_data == expected {
+                    checks.pass(name, "the binding digest of the nonce and the TEE key");
+                } else {
+                    checks.fail(
+                        name,
+                        format!(
+                            "REPORT_DATA {} is not the binding digest of the nonce and the TEE \
+                             key {} (zero-padded)",
+                            hex::encode(report_data),
+                            hex::encode(digest)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The PCR values of `bank` in `selected` order from `--pcrs`, as hex.
+    fn pcr_values(&self, bank: &str, selected: &[u8]) -> Option<Result<Vec<Vec<u8>>, String>> {
+        let v = self.pcrs.as_ref()?;
+        let v = v.get("pcrs").unwrap_or(v);
+        let hexes: Vec<Option<&str>> = match v {
+            Value::Array(list) => list.iter().map(Value::as_str).collect(),
+            Value::Object(banks) => {
+                let Some(Value::Object(bank_values)) = banks.get(bank) else {
+                    return Some(Err(format!("--pcrs has no {bank} bank")));
+                };
+                selected
+                    .iter()
+                    .map(|i| bank_values.get(&i.to_string()).and_then(Value::as_str))
+                    .collect()
+            }
+            _ => return Some(Err("--pcrs is neither a list nor an object of banks".into())),
+        };
+        if hexes.len() != selected.len() {
+            return Some(Err(format!(
+                "--pcrs has {} values, the quote selects {}",
+                hexes.len(),
+                selected.len()
+            )));
+        }
+        Some(
+            hexes
+                .into_iter()
+                .zip(selected)
+                .map(|(h, i)| {
+                    h.and_then(|h| hex::decode(h).ok())
+                        .ok_or_else(|| format!("--pcrs: PCR {i} is missing or not hex"))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// A TPM quote: signature with the AK, qualifying data, PCR digest against the values given,
+/// and an event log beside it replayed against those values.
+fn tpm_checks(message: &[u8], inputs: &[Input], context: &Context, checks: &mut Checks) {
+    let quote = match attest_verify::tpm::parse_quote(message) {
+        Ok(q) => {
+            let banks: Vec<String> = q
+                .banks
+                .iter()
+                .map(|(b, p)| format!("{b}:{}", pcr_list(p)))
+                .collect();
+            checks.pass("tpm.quote", format!("a quote of {}", banks.join(" ")));
+            q
+        }
+        Err(e) => {
+            checks.fail("tpm.quote", format!("{e:#}"));
+            return;
+        }
+    };
+    match (&context.signature, &context.ak) {
+        (Some(sig), Some(Ok(ak))) => match tpm_signature(message, sig, ak) {
+            Ok(()) => checks.pass("tpm.signature", "signed by the AK given (RSASSA SHA-256)"),
+            Err(e) => checks.fail("tpm.signature", e),
+        },
+        (_, Some(Err(e))) => checks.fail("tpm.signature", format!("--ak: {e}")),
+        (None, _) => checks.fail("tpm.signature", "no signature given (--signature FILE)"),
+        (_, None) => checks.fail("tpm.signature", "no attestation key given (--ak FILE)"),
+    }
+    if let Some(expected) = &context.extra_data {
+        match attest_verify::tpm::check_extra_data(&quote, expected, "the --extra-data") {
+            Ok(()) => checks.pass("tpm.extra_data", "the qualifying data given"),
+            Err(e) => checks.fail("tpm.extra_data", format!("{e:#}")),
+        }
+    }
+    if let Some(binding) = &context.binding {
+        let outcome = binding.clone().and_then(|d| {
+            attest_verify::tpm::check_extra_data(
+                &quote,
+                &d[..32],
+                "the first 32 bytes of the binding digest",
+            )
+            .map_err(|e| format!("{e:#}"))
+        });
+        match outcome {
+            Ok(()) => checks.pass(
+                "tpm.binding",
+                "the binding digest of the nonce and the TEE key",
+            ),
+            Err(e) => checks.fail("tpm.binding", e),
+        }
+    }
+    let [(bank, selected)] = quote.banks.as_slice() else {
+        if context.pcrs.is_some() {
+            checks.fail(
+                "tpm.pcr_digest",
+                "the quote selects several banks; give one bank's quote",
+            );
+        }
+        return;
+    };
+    let logs: Vec<&Input> = inputs.iter().filter(|i| i.kind == Kind::EventLog).collect();
+    // The values: given, or replayed from the log when the log covers every selected PCR.
+    let values = match context.pcr_values(bank, selected) {
+        Some(v) => Some(v),
+        None => logs.first().map(|log| replayed_values(log, bank, selected)),
+    };
+    let Some(values) = values else {
+        return;
+    };
+    let values = match values {
+        Ok(v) => v,
+        Err(e) => {
+            checks.fail("tpm.pcr_digest", e);
+            return;
+        }
+    };
+    match attest_verify::tpm::check_pcr_digest(&quote, &values) {
+        Ok(()) => checks.pass(
+            "tpm.pcr_digest",
+            format!("the digest of the {} PCR values", selected.len()),
+        ),
+        Err(e) => checks.fail("tpm.pcr_digest", format!("{e:#}")),
+    }
+    for log in logs {
+        event_log_cross_check(log, bank, selected, &values, checks);
+    }
+}
+
+/// `0-9,11` for a PCR list.
+fn pcr_list(pcrs: &[u8]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < pcrs.len() {
+        let start = pcrs[i];
+        let mut end = start;
+        while i + 1 < pcrs.len() && pcrs[i + 1] == end + 1 {
+            i += 1;
+            end = pcrs[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+fn parse_log(log: &Input) -> Result<crate::formats::eventlog::EventLog, String> {
+    crate::formats::eventlog::parse_event_log(&log.bytes).map_err(|e| format!("{}: {e}", log.name))
+}
+
+fn bank_replay(
+    log: &Input,
+    bank: &str,
+) -> Result<std::collections::BTreeMap<u32, Vec<u8>>, String> {
+    let parsed = parse_log(log)?;
+    let replay = parsed
+        .replay()
+        .into_iter()
+        .find(|b| b.alg.name() == bank && b.replayed)
+        .ok_or_else(|| format!("{} has no {bank} bank to replay", log.name))?;
+    Ok(replay.pcrs)
+}
+
+/// The selected PCRs' values from the log's replay, when the log extends every one of them.
+fn replayed_values(log: &Input, bank: &str, selected: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let pcrs = bank_replay(log, bank)?;
+    selected
+        .iter()
+        .map(|i| {
+            pcrs.get(&u32::from(*i)).cloned().ok_or_else(|| {
+                format!(
+                    "the quote covers PCR {i}, which {} does not extend: give the PCR values \
+                     (--pcrs)",
+                    log.name
+                )
+            })
+        })
+        .collect()
+}
+
+/// Every PCR the log extends (and the quote covers) replays to the value given.
+fn event_log_cross_check(
+    log: &Input,
+    bank: &str,
+    selected: &[u8],
+    values: &[Vec<u8>],
+    checks: &mut Checks,
+) {
+    let name = "tpm.event_log";
+    let pcrs = match bank_replay(log, bank) {
+        Ok(p) => p,
+        Err(e) => {
+            checks.fail(name, e);
+            return;
+        }
+    };
+    let mut compared = Vec::new();
+    for (index, value) in selected.iter().zip(values) {
+        let Some(replayed) = pcrs.get(&u32::from(*index)) else {
+            continue;
+        };
+        if replayed != value {
+            checks.fail(
+                name,
+                format!(
+                    "{} replays {bank} PCR {index} to {}, the quoted value is {}",
+                    log.name,
+                    hex::encode(replayed),
+                    hex::encode(value)
+                ),
+            );
+            return;
+        }
+        compared.push(*index);
+    }
+    if compared.is_empty() {
+        checks.fail(
+            name,
+            format!("{} extends none of the quoted PCRs", log.name),
+        );
+    } else {
+        checks.pass(
+            name,
+            format!(
+                "{} replays {bank} PCRs {} to the quoted values",
+                log.name,
+                pcr_list(&compared)
+            ),
+        );
+    }
+}
+
+/// A CCEL beside a TDX quote replays to the quote's RTMRs.
+fn ccel_cross_check(inputs: &[Input], rtmrs: &[[u8; 48]; 4], checks: &mut Checks) {
+    for log in inputs.iter().filter(|i| i.kind == Kind::Ccel) {
+        let name = "tdx.ccel";
+        match tdx::replay_ccel(&log.bytes) {
+            Err(e) => checks.fail(name, format!("{}: {e:#}", log.name)),
+            Ok(replay) => {
+                let differ: Vec<String> = (0..4)
+                    .filter(|i| replay.rtmrs[*i] != rtmrs[*i])
+                    .map(|i| {
+                        format!(
+                            "RTMR{i} replays to {} but the quote has {}",
+                            hex::encode(replay.rtmrs[i]),
+                            hex::encode(rtmrs[i])
+                        )
+                    })
+                    .collect();
+                if differ.is_empty() {
+                    checks.pass(
+                        name,
+                        format!(
+                            "{} replays to the quote's RTMR0-3 ({} extends)",
+                            log.name, replay.extends
+                        ),
+                    );
+                } else {
+                    checks.fail(name, format!("{}: {}", log.name, differ.join("; ")));
+                }
+            }
+        }
+    }
+}
+
+/// A `TPMT_SIGNATURE`, or the bare RSASSA signature Azure's vTPM evidence carries (exactly the
+/// modulus size, which no `TPMT_SIGNATURE` of that key can be).
+fn tpm_signature(message: &[u8], sig: &[u8], ak: &rsa::RsaPublicKey) -> Result<(), String> {
+    use rsa::traits::PublicKeyParts;
+    let outcome = if sig.len() == ak.size() {
+        attest_verify::tpm::verify_rsassa_sha256(message, sig, ak)
+    } else {
+        attest_verify::tpm::verify_signature(message, sig, ak)
+    };
+    outcome.map_err(|e| format!("{e:#}"))
 }

@@ -358,3 +358,201 @@ fn the_boot_binary_carries_none_of_the_offline_tool() {
         assert!(!contains(&boot, needle), "attest-unlock carries {needle:?}");
     }
 }
+
+const GCE: &str = "tpm/quote/gce-cos-85-nonce9009/";
+
+fn tpm_args(bank: &str, ak: &str, extra: &str) -> Vec<String> {
+    vec![
+        path(&format!("{GCE}quote_{bank}.tpms_attest.bin")),
+        "--signature".into(),
+        path(&format!("{GCE}quote_{bank}.tpmt_signature.bin")),
+        "--ak".into(),
+        path(&format!("{GCE}{ak}")),
+        "--extra-data".into(),
+        extra.into(),
+    ]
+}
+
+fn verify_args(at: &str, args: &[String]) -> (i32, Value) {
+    let mut all = vec!["--verify".to_string(), "--at".into(), at.into()];
+    all.extend(args.iter().cloned());
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let (code, out, err) = tool(&refs);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    (code, v)
+}
+
+fn check<'a>(list: &'a [(String, bool, String)], name: &str) -> &'a (String, bool, String) {
+    list.iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap_or_else(|| panic!("no check {name}: {list:#?}"))
+}
+
+/// The GCE quotes (PROVENANCE.md 6): each bank's quote verifies with the AK (as TPMT_PUBLIC
+/// and as its certificate) and the nonce 9009; its PCR digest is that of the PCR values; the
+/// event log replays to them (PCRs 0-9). A changed nonce, message, PCR value or event log
+/// fails the covering check.
+#[test]
+fn tpm_quotes_verify_against_the_ak_nonce_pcrs_and_event_log() {
+    for bank in ["sha1", "sha256", "sha384"] {
+        for ak in ["ak_pub.tpmt_public.bin", "ak_cert.der"] {
+            let mut args = tpm_args(bank, ak, "9009");
+            args.extend([
+                "--pcrs".into(),
+                path(&format!("{GCE}pcrs.json")),
+                path(&format!("{GCE}event_log.bin")),
+            ]);
+            let (code, v) = verify_args("2024-01-01", &args);
+            let list = checks(&v);
+            assert_eq!(code, 0, "{bank} {ak}: {list:#?}");
+            assert!(check(&list, "tpm.quote")
+                .2
+                .contains(&format!("{bank}:0-23")));
+            assert!(
+                check(&list, "tpm.event_log").2.contains("PCRs 0-9"),
+                "{list:#?}"
+            );
+            assert!(check(&list, "tpm.pcr_digest").1);
+            assert!(check(&list, "tpm.extra_data").1);
+        }
+    }
+
+    // The wrong nonce.
+    let (code, v) = verify_args("2024-01-01", &tpm_args("sha256", "ak_cert.der", "900a"));
+    assert_eq!(code, 1);
+    let list = checks(&v);
+    assert!(!check(&list, "tpm.extra_data").1 && check(&list, "tpm.signature").1);
+
+    let dir = tempfile::tempdir().unwrap();
+    // One byte of the signed message (its clock) changed.
+    let mut message = std::fs::read(path(&format!("{GCE}quote_sha256.tpms_attest.bin"))).unwrap();
+    message[40] ^= 1;
+    let f = dir.path().join("quote.bin");
+    std::fs::write(&f, &message).unwrap();
+    let mut args = tpm_args("sha256", "ak_cert.der", "9009");
+    args[0] = f.display().to_string();
+    let (code, v) = verify_args("2024-01-01", &args);
+    assert_eq!(code, 1);
+    assert!(check(&checks(&v), "tpm.signature")
+        .2
+        .contains("does not verify"));
+
+    // A PCR value changed: the digest no longer matches.
+    let mut pcrs: Value =
+        serde_json::from_slice(&std::fs::read(path(&format!("{GCE}pcrs.json"))).unwrap()).unwrap();
+    pcrs["pcrs"]["sha256"]["12"] = Value::String("11".repeat(32));
+    let p = dir.path().join("pcrs.json");
+    std::fs::write(&p, pcrs.to_string()).unwrap();
+    let mut args = tpm_args("sha256", "ak_cert.der", "9009");
+    args.extend(["--pcrs".into(), p.display().to_string()]);
+    let (code, v) = verify_args("2024-01-01", &args);
+    assert_eq!(code, 1);
+    assert!(check(&checks(&v), "tpm.pcr_digest")
+        .2
+        .contains("does not match"));
+
+    // Another machine's event log does not replay to these PCRs.
+    let mut args = tpm_args("sha256", "ak_cert.der", "9009");
+    args.extend([
+        "--pcrs".into(),
+        path(&format!("{GCE}pcrs.json")),
+        path("tpm/eventlogs/gce-rhel8-uefi.bin"),
+    ]);
+    let (code, v) = verify_args("2024-01-01", &args);
+    assert_eq!(code, 1);
+    assert!(check(&checks(&v), "tpm.event_log")
+        .2
+        .contains("replays sha256 PCR 0"));
+}
+
+/// Azure's vTPM quote (PROVENANCE.md 4.1): the bare RSASSA signature verifies with the HCL
+/// report's AK and the nonce "challenge", and the PCR digest is that of the 24 values.
+#[test]
+fn azure_vtpm_quote_verifies_with_the_hcl_ak() {
+    let json: Value = serde_json::from_slice(
+        &std::fs::read(path("azure/trustee-az-snp/tpm-quote-v1.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, hex_text: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, hex::decode(hex_text).unwrap()).unwrap();
+        f.display().to_string()
+    };
+    let message = write("message.bin", json["message"].as_str().unwrap());
+    let signature = write("signature.bin", json["signature"].as_str().unwrap());
+    let pcrs = dir.path().join("pcrs.json");
+    std::fs::write(&pcrs, json["pcrs"].to_string()).unwrap();
+    let args = vec![
+        message,
+        "--signature".into(),
+        signature,
+        "--ak".into(),
+        path("azure/trustee-az-snp/hcl-akpub.pem"),
+        "--extra-data".into(),
+        hex::encode("challenge"),
+        "--pcrs".into(),
+        pcrs.display().to_string(),
+    ];
+    let (code, v) = verify_args("2025-01-01", &args);
+    assert_eq!(code, 0, "{:#?}", checks(&v));
+}
+
+/// A CCEL beside a TDX quote is replayed against its RTMRs, and REPORT_DATA against the
+/// binding of a nonce and a TEE key: a simulated quote (`--root` its simulated Intel root)
+/// carrying the RTMRs of a real CCEL passes; with one RTMR or the nonce different it fails.
+#[test]
+fn ccel_and_binding_cross_checks() {
+    use test_kbs::sim::{TdxQuoteParams, TdxSigner};
+    let ccel_path = path("tdx/ccel/trustee-tdshim/CCEL_data");
+    let ccel = std::fs::read(&ccel_path).unwrap();
+    let replay = attest_verify::tdx::replay_ccel(&ccel).unwrap();
+    let signer = TdxSigner::new().unwrap();
+    let key = serde_json::json!({"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": "eA", "y": "eQ"});
+    let digest = attest_verify::binding::binding_digest("", "bm9uY2U=", &key).unwrap();
+    let mut report_data = [0u8; 64];
+    report_data[..48].copy_from_slice(&digest);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.der");
+    std::fs::write(&root, signer.root_der()).unwrap();
+    let run = |rtmrs: [[u8; 48]; 4], nonce: &str| {
+        let params = TdxQuoteParams {
+            rtmrs,
+            ..TdxQuoteParams::default()
+        };
+        let quote = dir.path().join("quote.dat");
+        std::fs::write(&quote, signer.quote(&params, &report_data)).unwrap();
+        verify_args(
+            "2030-01-01",
+            &[
+                quote.display().to_string(),
+                ccel_path.clone(),
+                "--root".into(),
+                root.display().to_string(),
+                "--nonce".into(),
+                nonce.into(),
+                "--tee-pubkey".into(),
+                key.to_string(),
+            ],
+        )
+    };
+    let (code, v) = run(replay.rtmrs, "bm9uY2U=");
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert!(check(&list, "tdx.ccel")
+        .2
+        .contains("replays to the quote's RTMR0-3"));
+    assert!(check(&list, "tdx.report_data").1);
+
+    let mut other = replay.rtmrs;
+    other[1][0] ^= 1;
+    let (code, v) = run(other, "bm9uY2U=");
+    assert_eq!(code, 1);
+    assert!(check(&checks(&v), "tdx.ccel")
+        .2
+        .contains("RTMR1 replays to"));
+
+    let (code, v) = run(replay.rtmrs, "b3RoZXI=");
+    assert_eq!(code, 1);
+    assert!(!check(&checks(&v), "tdx.report_data").1);
+}
