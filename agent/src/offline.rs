@@ -565,14 +565,31 @@ fn tpm_checks(message: &[u8], inputs: &[Input], context: &Context, checks: &mut 
             return;
         }
     };
-    match (&context.signature, &context.ak) {
+    // Composite evidence: without --ak, the AK an HCL report beside the quote vouches for.
+    let hcl_ak = inputs
+        .iter()
+        .find(|i| i.kind == Kind::HclReport)
+        .and_then(|i| hcl::parse_hcl_report(&i.bytes).ok())
+        .map(|h| attest_verify::tpm::hcl_ak(&h.runtime_claims).map_err(|e| format!("{e:#}")));
+    let (ak, whose) = match (&context.ak, hcl_ak) {
+        (Some(ak), _) => (Some(ak.clone()), "the AK given (--ak)"),
+        (None, Some(ak)) => (Some(ak), "the HCL report's HCLAkPub"),
+        (None, None) => (None, ""),
+    };
+    match (&context.signature, &ak) {
         (Some(sig), Some(Ok(ak))) => match tpm_signature(message, sig, ak) {
-            Ok(()) => checks.pass("tpm.signature", "signed by the AK given (RSASSA SHA-256)"),
+            Ok(()) => checks.pass(
+                "tpm.signature",
+                format!("signed by {whose} (RSASSA SHA-256)"),
+            ),
             Err(e) => checks.fail("tpm.signature", e),
         },
         (_, Some(Err(e))) => checks.fail("tpm.signature", format!("--ak: {e}")),
         (None, _) => checks.fail("tpm.signature", "no signature given (--signature FILE)"),
-        (_, None) => checks.fail("tpm.signature", "no attestation key given (--ak FILE)"),
+        (_, None) => checks.fail(
+            "tpm.signature",
+            "no attestation key given (--ak FILE, or the HCL report that carries it)",
+        ),
     }
     if let Some(expected) = &context.extra_data {
         match attest_verify::tpm::check_extra_data(&quote, expected, "the --extra-data") {

@@ -496,6 +496,56 @@ fn azure_vtpm_quote_verifies_with_the_hcl_ak() {
     ];
     let (code, v) = verify_args("2025-01-01", &args);
     assert_eq!(code, 0, "{:#?}", checks(&v));
+
+    // End to end without --ak: the HCL report beside the quote (its SNP report verified with
+    // the VCEK and AMD's chain, its runtime claims bound by REPORT_DATA) vouches for the AK.
+    let mut composite: Vec<String> = args
+        .iter()
+        .filter(|a| !a.ends_with("hcl-akpub.pem") && *a != "--ak")
+        .cloned()
+        .collect();
+    composite.extend([
+        path("azure/trustee-az-snp/hcl-report.bin"),
+        path("azure/trustee-az-snp/vcek.pem"),
+    ]);
+    let (code, v) = verify_args("2025-06-01", &composite);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert!(check(&list, "tpm.signature").2.contains("HCLAkPub"));
+    assert!(check(&list, "hcl.var_data_binding").1);
+    assert!(check(&list, "snp.vek_chain").2.contains("ARK-Milan"));
+
+    // Another HCL report's AK (the Genoa one) does not sign this quote.
+    let mut wrong = composite.clone();
+    let n = wrong.len();
+    wrong[n - 2] = path("azure/trustee-az-snp-genoa/hcl-report-genoa.bin");
+    wrong[n - 1] = path("azure/trustee-az-snp-genoa/vcek-genoa.pem");
+    let (code, v) = verify_args("2025-06-01", &wrong);
+    assert_eq!(code, 1);
+    assert!(!check(&checks(&v), "tpm.signature").1);
+}
+
+/// The GCE AK certificate chains through Google's intermediate to its EK root given with
+/// `--root` (PROVENANCE.md 6), and not without that root.
+#[test]
+fn gce_ak_certificate_chains_to_the_given_root() {
+    let args = vec![
+        path(&format!("{GCE}ak_cert.der")),
+        path(&format!("{GCE}gce_tpm_ek_intermediate_2.crt")),
+        "--root".to_string(),
+        path(&format!("{GCE}gce_tpm_ek_root_1.cer")),
+    ];
+    let (code, v) = verify_args("2024-01-01", &args);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert!(
+        list.iter().all(
+            |(_, pass, d)| *pass && d.contains("chains to CN=tpm_ek_v1_cloud_host_root-signer")
+        ),
+        "{list:#?}"
+    );
+    let (code, _) = verify_args("2024-01-01", &args[..2]);
+    assert_eq!(code, 1);
 }
 
 /// A CCEL beside a TDX quote is replayed against its RTMRs, and REPORT_DATA against the

@@ -6,11 +6,15 @@
 //! with the agent that marshalled them.
 
 use anyhow::{anyhow, bail, ensure, Context};
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
 use rsa::pkcs1v15::{Signature as RsaPkcs1Signature, VerifyingKey};
 use rsa::pkcs8::DecodePublicKey;
 use rsa::signature::Verifier;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::structure_tags::AttestationType;
@@ -191,4 +195,38 @@ pub fn ak_key(bytes: &[u8]) -> anyhow::Result<RsaPublicKey> {
              or TPM2B_PUBLIC)"
         ),
     }
+}
+
+/// Base64url with or without padding (Azure's runtime claims use either).
+const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The vTPM attestation key in an Azure HCL report's runtime claims: the RSA JWK with `kid`
+/// "HCLAkPub" (trusted as far as the hardware report that binds the claims).
+pub fn hcl_ak(claims: &Value) -> anyhow::Result<RsaPublicKey> {
+    let jwk = claims
+        .get("keys")
+        .and_then(Value::as_array)
+        .and_then(|keys| {
+            keys.iter()
+                .find(|k| k.get("kid").and_then(Value::as_str) == Some("HCLAkPub"))
+        })
+        .ok_or_else(|| anyhow!("HCL runtime claims have no HCLAkPub"))?;
+    ensure!(
+        jwk.get("kty").and_then(Value::as_str) == Some("RSA"),
+        "HCLAkPub is not an RSA key"
+    );
+    let field = |k: &str| -> anyhow::Result<BigUint> {
+        let text = jwk
+            .get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("HCLAkPub has no {k}"))?;
+        let bytes = URL_SAFE_LENIENT
+            .decode(text)
+            .with_context(|| format!("HCLAkPub {k} is not base64url"))?;
+        Ok(BigUint::from_bytes_be(&bytes))
+    };
+    RsaPublicKey::new(field("n")?, field("e")?).context("HCLAkPub is not a valid RSA key")
 }

@@ -246,8 +246,12 @@ pub fn untrusted_root(cert: &Certificate) -> anyhow::Error {
     anyhow!("{} is self-signed but not a trusted root", subject(cert))
 }
 
-/// Checks a chain `leaf <- intermediate <- root` where `root` is one of `trusted_roots` and
-/// self-signed; every certificate must be valid at `at`. Returns the root's subject.
+/// The longest chain of intermediates between a leaf and its root that is followed.
+const MAX_INTERMEDIATES: usize = 4;
+
+/// Checks that `leaf` chains to one of `trusted_roots` (each self-signed), through at most
+/// four of `intermediates` (AMD and Intel chains have one, Google's GCE AK chain one); every
+/// certificate must be valid at `at`. Returns the root's subject.
 pub fn verify_path(
     leaf: &Certificate,
     intermediates: &[Certificate],
@@ -255,44 +259,49 @@ pub fn verify_path(
     at: SystemTime,
 ) -> anyhow::Result<String> {
     ensure!(!trusted_roots.is_empty(), "no trusted root is configured");
-    check_validity(leaf, at)?;
-    let mut last_error = anyhow!(
-        "no intermediate certificate issued {} (issuer {})",
-        subject(leaf),
-        leaf.tbs_certificate.issuer
-    );
-    for intermediate in intermediates {
-        if intermediate.tbs_certificate.subject != leaf.tbs_certificate.issuer {
-            continue;
-        }
-        let attempt = || -> anyhow::Result<String> {
-            verify_signed_by(leaf, intermediate)?;
-            check_validity(intermediate, at)?;
-            let mut root_error = anyhow!(
-                "{} is not issued by a trusted root (issuer {})",
-                subject(intermediate),
-                intermediate.tbs_certificate.issuer
-            );
-            for root in trusted_roots {
-                let ok = verify_signed_by(intermediate, root)
-                    .and_then(|()| verify_signed_by(root, root))
-                    .and_then(|()| check_validity(root, at));
-                match ok {
-                    Ok(()) => return Ok(subject(root)),
-                    Err(e)
-                        if intermediate.tbs_certificate.issuer == root.tbs_certificate.subject =>
-                    {
-                        root_error = e;
-                    }
-                    Err(_) => {}
-                }
-            }
-            Err(root_error)
-        };
-        match attempt() {
-            Ok(root) => return Ok(root),
-            Err(e) => last_error = e,
+    path_from(leaf, intermediates, trusted_roots, at, MAX_INTERMEDIATES)
+}
+
+fn path_from(
+    cert: &Certificate,
+    intermediates: &[Certificate],
+    trusted_roots: &[Certificate],
+    at: SystemTime,
+    depth: usize,
+) -> anyhow::Result<String> {
+    check_validity(cert, at)?;
+    let issuer = &cert.tbs_certificate.issuer;
+    let mut last_error = None;
+    for root in trusted_roots
+        .iter()
+        .filter(|r| &r.tbs_certificate.subject == issuer)
+    {
+        let ok = verify_signed_by(cert, root)
+            .and_then(|()| verify_signed_by(root, root))
+            .and_then(|()| check_validity(root, at));
+        match ok {
+            Ok(()) => return Ok(subject(root)),
+            Err(e) => last_error = Some(e),
         }
     }
-    Err(last_error)
+    if depth > 0 {
+        for intermediate in intermediates.iter().filter(|i| {
+            &i.tbs_certificate.subject == issuer
+                && i.tbs_certificate.subject != i.tbs_certificate.issuer
+        }) {
+            let attempt = verify_signed_by(cert, intermediate).and_then(|()| {
+                path_from(intermediate, intermediates, trusted_roots, at, depth - 1)
+            });
+            match attempt {
+                Ok(root) => return Ok(root),
+                Err(e) => last_error = Some(e),
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        anyhow!(
+            "{} is not issued by a trusted root or a known intermediate (issuer {issuer})",
+            subject(cert)
+        )
+    }))
 }

@@ -33,7 +33,6 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use kbs_types::Tee;
-use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 use serde_json::Value;
 use sev::firmware::host::{CertTableEntry, CertType};
@@ -127,32 +126,7 @@ pub(crate) fn parse_hcl(bytes: &[u8]) -> anyhow::Result<Hcl<'_>> {
     })
 }
 
-/// The `HCLAkPub` of the runtime claims, as an RSA key.
-pub(crate) fn hcl_ak(claims: &Value) -> anyhow::Result<RsaPublicKey> {
-    let jwk = claims
-        .get("keys")
-        .and_then(Value::as_array)
-        .and_then(|keys| {
-            keys.iter()
-                .find(|k| k.get("kid").and_then(Value::as_str) == Some("HCLAkPub"))
-        })
-        .ok_or_else(|| anyhow!("HCL runtime claims have no HCLAkPub"))?;
-    ensure!(
-        jwk.get("kty").and_then(Value::as_str) == Some("RSA"),
-        "HCLAkPub is not an RSA key"
-    );
-    let field = |k: &str| -> anyhow::Result<BigUint> {
-        let text = jwk
-            .get(k)
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("HCLAkPub has no {k}"))?;
-        let bytes = URL_SAFE_LENIENT
-            .decode(text)
-            .with_context(|| format!("HCLAkPub {k} is not base64url"))?;
-        Ok(BigUint::from_bytes_be(&bytes))
-    };
-    RsaPublicKey::new(field("n")?, field("e")?).context("HCLAkPub is not a valid RSA key")
-}
+pub(crate) use attest_verify::tpm::hcl_ak;
 
 /// A verified and appraised Azure attestation.
 #[derive(Debug)]
