@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use attest_verify::check::Checks;
 use attest_verify::roots::{self, Roots};
+use attest_verify::x509_cert::crl::CertificateList;
 use attest_verify::x509_cert::{self, Certificate};
 use attest_verify::{certs, snp, tdx, x509};
 use clap::Parser;
@@ -60,6 +61,11 @@ pub struct Cli {
     /// A root certificate (DER or PEM) to trust besides the pinned vendor roots (repeatable).
     #[arg(long, value_name = "FILE")]
     pub root: Vec<PathBuf>,
+    /// A certificate revocation list (DER or PEM; repeatable): AMD's KDS `crl`, Intel's
+    /// root and PCK CRLs. Each verified chain is checked against the CRLs of its issuers: the
+    /// CRL signed by the issuer, current at `--at`, not listing the certificate.
+    #[arg(long, value_name = "FILE")]
+    pub crl: Vec<PathBuf>,
     /// The `TPMT_SIGNATURE` of the TPM quote (`TPMS_ATTEST`) given (it has no magic number to
     /// be detected by).
     #[arg(long, value_name = "FILE")]
@@ -268,17 +274,18 @@ fn verify(
         let mut checks = Checks::new();
         match input.kind {
             Kind::SnpReport => {
-                snp_checks(&input.bytes, &given, &amd, at, &mut checks);
+                snp_checks(&input.bytes, &given, &amd, at, context, &mut checks);
                 if let Some(raw) = input.bytes.get(0x50..0x90) {
                     context.report_data("snp.report_data", raw, &mut checks);
                 }
             }
-            Kind::HclReport => hcl_checks(&input.bytes, &given, &amd, at, &mut checks),
+            Kind::HclReport => hcl_checks(&input.bytes, &given, &amd, at, context, &mut checks),
             Kind::TdxQuote => {
                 let mut inner = Checks::new();
                 let quote = tdx::verify_steps(&input.bytes, &intel.anchors, at, &mut inner);
                 checks.extend_prefixed("tdx", inner);
                 if let Some(q) = &quote {
+                    context.revocation("tdx.revocation", &q.chain, at, &mut checks);
                     context.report_data("tdx.report_data", &q.body.report_data, &mut checks);
                     ccel_cross_check(inputs, &q.body.rtmrs, &mut checks);
                 }
@@ -286,7 +293,7 @@ fn verify(
             Kind::Certificate if only_certificates => {
                 let all = with(with(roots::amd(), &roots::intel(), &[]), &extra, &given);
                 for cert in certificates(input)? {
-                    certificate_checks(&cert, &all, at, &mut checks);
+                    certificate_checks(&cert, &all, at, context, &mut checks);
                 }
             }
             // Collateral of the report beside it.
@@ -330,6 +337,7 @@ fn snp_checks(
     given: &[Certificate],
     amd: &Roots,
     at: SystemTime,
+    context: &Context,
     checks: &mut Checks,
 ) {
     let Ok(raw) = <&[u8; snp::REPORT_LEN]>::try_from(bytes) else {
@@ -350,8 +358,11 @@ fn snp_checks(
         .cloned()
         .collect();
     let mut inner = Checks::new();
-    snp::verify_steps(raw, &veks, &amd.intermediates, &amd.anchors, at, &mut inner);
+    let verified = snp::verify_steps(raw, &veks, &amd.intermediates, &amd.anchors, at, &mut inner);
     checks.extend_prefixed("snp", inner);
+    if let Some(v) = verified {
+        context.revocation("snp.revocation", &v.chain, at, checks);
+    }
 }
 
 fn hcl_checks(
@@ -359,6 +370,7 @@ fn hcl_checks(
     given: &[Certificate],
     amd: &Roots,
     at: SystemTime,
+    context: &Context,
     checks: &mut Checks,
 ) {
     let report = match hcl::parse_hcl_report(bytes) {
@@ -383,7 +395,7 @@ fn hcl_checks(
     match &report.hw_report {
         hcl::HwReport::Snp(_) => {
             let slot = &bytes[hcl::HEADER_SIZE..hcl::HEADER_SIZE + snp::REPORT_LEN];
-            snp_checks(slot, given, amd, at, checks);
+            snp_checks(slot, given, amd, at, context, checks);
         }
         hcl::HwReport::Tdx(_) => checks.fail(
             "tdx.report",
@@ -397,7 +409,13 @@ fn hcl_checks(
     }
 }
 
-fn certificate_checks(cert: &Certificate, roots: &Roots, at: SystemTime, checks: &mut Checks) {
+fn certificate_checks(
+    cert: &Certificate,
+    roots: &Roots,
+    at: SystemTime,
+    context: &Context,
+    checks: &mut Checks,
+) {
     use attest_verify::x509_cert::der::Encode;
     let name = format!("chain[{}]", x509::subject(cert));
     if cert.tbs_certificate.subject == cert.tbs_certificate.issuer {
@@ -416,8 +434,13 @@ fn certificate_checks(cert: &Certificate, roots: &Roots, at: SystemTime, checks:
         }
         return;
     }
-    match x509::verify_path(cert, &roots.intermediates, &roots.anchors, at) {
-        Ok(root) => checks.pass(&name, format!("chains to {root}, valid at the time")),
+    match x509::verify_path_certs(cert, &roots.intermediates, &roots.anchors, at) {
+        Ok(path) => {
+            let root = path.last().map(x509::subject).unwrap_or_default();
+            checks.pass(&name, format!("chains to {root}, valid at the time"));
+            let name = format!("revocation[{}]", x509::subject(cert));
+            context.revocation(&name, &path, at, checks);
+        }
         Err(e) => checks.fail(&name, format!("{e:#}")),
     }
 }
@@ -425,6 +448,7 @@ fn certificate_checks(cert: &Certificate, roots: &Roots, at: SystemTime, checks:
 /// What the operator gave besides the files: the TPM quote's signature and AK, the expected
 /// qualifying data, PCR values, and the KBS binding inputs.
 struct Context {
+    crls: Vec<CertificateList>,
     signature: Option<Vec<u8>>,
     ak: Option<Result<rsa::RsaPublicKey, String>>,
     extra_data: Option<Vec<u8>>,
@@ -444,6 +468,13 @@ impl Context {
             file: what.to_string(),
             source: crate::formats::FormatError::invalid("option", why),
         };
+        let mut crls = Vec::new();
+        for p in &cli.crl {
+            crls.extend(
+                x509::parse_crls(&file(p)?)
+                    .map_err(|e| invalid(&p.display().to_string(), format!("{e:#}")))?,
+            );
+        }
         let signature = cli.signature.as_deref().map(file).transpose()?;
         let ak = match cli.ak.as_deref() {
             Some(p) => Some(attest_verify::tpm::ak_key(&file(p)?).map_err(|e| format!("{e:#}"))),
@@ -475,12 +506,28 @@ impl Context {
             _ => None,
         };
         Ok(Context {
+            crls,
             signature,
             ak,
             extra_data,
             pcrs,
             binding,
         })
+    }
+
+    /// With `--crl`: no certificate of a verified chain is revoked.
+    fn revocation(&self, name: &str, chain: &[Certificate], at: SystemTime, checks: &mut Checks) {
+        if self.crls.is_empty() {
+            return;
+        }
+        match x509::check_revocation(chain, &self.crls, at) {
+            Ok(checked) if checked.is_empty() => checks.fail(
+                name,
+                "no CRL given is of an issuer in this chain (give the issuers' CRLs)",
+            ),
+            Ok(checked) => checks.pass(name, format!("not revoked: {}", checked.join("; "))),
+            Err(e) => checks.fail(name, format!("{e:#}")),
+        }
     }
 
     /// With `--nonce` and `--tee-pubkey`: REPORT_DATA must be the binding digest, zero-padded.

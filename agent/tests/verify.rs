@@ -606,3 +606,118 @@ fn ccel_and_binding_cross_checks() {
     assert_eq!(code, 1);
     assert!(!check(&checks(&v), "tdx.report_data").1);
 }
+
+/// Revocation: Intel's PCK and root CRLs (PROVENANCE.md 2) clear the SPR_E4 quote's chain while
+/// current, and fail it once expired; a CRL that lists a certificate revokes it; a CRL signed
+/// by another key is refused.
+#[test]
+fn crls_are_checked_against_each_verified_chain() {
+    let quote = path("tdx/go-tdx-guest/tdx_prod_quote_SPR_E4.dat");
+    let crls = [
+        "--crl".to_string(),
+        path("tdx/go-tdx-guest/collateral/pckcrl.der"),
+        "--crl".to_string(),
+        path("tdx/go-tdx-guest/collateral/rootcrl.der"),
+    ];
+    let mut args = vec![quote];
+    args.extend(crls.iter().cloned());
+    let (code, v) = verify_args("2023-07-01", &args);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    let revocation = &check(&list, "tdx.revocation").2;
+    assert!(
+        revocation.contains("Intel SGX PCK Certificate")
+            && revocation.contains("Intel SGX PCK Platform CA"),
+        "{revocation}"
+    );
+    // The PCK CRL's next update was 2023-07-08.
+    let (code, v) = verify_args("2023-08-01", &args);
+    assert_eq!(code, 1);
+    assert!(
+        check(&checks(&v), "tdx.revocation").2.contains("expired"),
+        "{v}"
+    );
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, KeyIdMethod,
+        KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        (cert, key)
+    };
+    let (ca_cert, ca_key) = ca("test root");
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["node".into()]).unwrap();
+    leaf_params.serial_number = Some(SerialNumber::from(42u64));
+    let leaf = leaf_params.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+    let crl = |revoked: Vec<u64>, signer: &(rcgen::Certificate, KeyPair)| {
+        CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2040, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .into_iter()
+                .map(|n| RevokedCertParams {
+                    serial_number: SerialNumber::from(n),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&signer.0, &signer.1)
+        .unwrap()
+    };
+    let write = |name: &str, der: &[u8]| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, der).unwrap();
+        f.display().to_string()
+    };
+    let root = write("root.der", ca_cert.der());
+    let leaf = write("leaf.der", leaf.der());
+    let run = |crl_der: &[u8]| {
+        let crl = write("crl.der", crl_der);
+        verify_args(
+            "2030-01-01",
+            &[
+                leaf.clone(),
+                "--root".into(),
+                root.clone(),
+                "--crl".into(),
+                crl,
+            ],
+        )
+    };
+    let signer = (ca_cert, ca_key);
+    let (code, v) = run(crl(vec![7], &signer).der());
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = run(crl(vec![7, 42], &signer).der());
+    assert_eq!(code, 1);
+    assert!(
+        checks(&v)
+            .iter()
+            .any(|(_, p, r)| !p && r.contains("is revoked")),
+        "{v}"
+    );
+    // Same issuer name, another key.
+    let impostor = ca("test root");
+    let (code, v) = run(crl(vec![], &impostor).der());
+    assert_eq!(code, 1);
+    assert!(
+        checks(&v)
+            .iter()
+            .any(|(_, p, r)| !p && r.contains("is not signed by")),
+        "{v}"
+    );
+}

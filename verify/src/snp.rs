@@ -250,6 +250,8 @@ pub struct VerifiedSnp {
     pub report: SnpReport,
     /// Which key signed: the VEK certificate's subject.
     pub signer: String,
+    /// The verified chain: the VEK first, the ARK last.
+    pub chain: Vec<Certificate>,
 }
 
 /// Runs every check of a raw report into `checks`: `report` (it parses, ECDSA P-384,
@@ -314,16 +316,16 @@ pub fn verify_steps(
             ))
         })
         .is_some();
-    let chained = checks
-        .run("vek_chain", || {
-            let root = x509::verify_path(vek, intermediates, roots, at)
-                .context("VCEK/VLEK certificate chain")?;
-            Ok(((), format!("{} chains to {root}", x509::subject(vek))))
-        })
-        .is_some();
-    (matches && chained).then(|| VerifiedSnp {
+    let chain = checks.run("vek_chain", || {
+        let path = x509::verify_path_certs(vek, intermediates, roots, at)
+            .context("VCEK/VLEK certificate chain")?;
+        let root = path.last().map(x509::subject).unwrap_or_default();
+        Ok((path, format!("{} chains to {root}", x509::subject(vek))))
+    })?;
+    matches.then(|| VerifiedSnp {
         report,
         signer: x509::subject(vek),
+        chain,
     })
 }
 

@@ -237,6 +237,8 @@ pub struct VerifiedQuote {
     pub body: TdReport,
     /// The PCK leaf's subject.
     pub pck: String,
+    /// The verified chain: the PCK leaf first, the root last.
+    pub chain: Vec<Certificate>,
 }
 
 /// Runs every check of a quote into `checks`: `quote` (it parses), `signature` (the
@@ -315,17 +317,17 @@ pub fn verify_steps(
         Ok((chain, detail))
     })?;
     let pck = &chain[0];
-    let chained = checks
-        .run("pck_chain", || {
-            let root =
-                x509::verify_path(pck, &chain[1..], roots, at).context("PCK certificate chain")?;
-            Ok(((), format!("{} chains to {root}", x509::subject(pck))))
-        })
-        .is_some();
-    (signed && bound && chained).then(|| VerifiedQuote {
+    let path = checks.run("pck_chain", || {
+        let path = x509::verify_path_certs(pck, &chain[1..], roots, at)
+            .context("PCK certificate chain")?;
+        let root = path.last().map(x509::subject).unwrap_or_default();
+        Ok((path, format!("{} chains to {root}", x509::subject(pck))))
+    })?;
+    (signed && bound).then(|| VerifiedQuote {
         version: quote.version,
         body: quote.body,
         pck: x509::subject(pck),
+        chain: path,
     })
 }
 

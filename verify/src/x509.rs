@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, ensure, Context};
 use p256::ecdsa::signature::Verifier;
+use x509_cert::crl::CertificateList;
 use x509_cert::der::asn1::ObjectIdentifier;
 use x509_cert::der::{Decode, Encode};
 use x509_cert::Certificate;
@@ -128,66 +129,176 @@ pub fn verify_signed_by(cert: &Certificate, issuer: &Certificate) -> anyhow::Res
         .tbs_certificate
         .to_der()
         .context("re-encode tbsCertificate")?;
-    let signature = cert
-        .signature
-        .as_bytes()
-        .ok_or_else(|| anyhow!("{}: signature is not whole bytes", subject(cert)))?;
-    let algorithm = &cert.signature_algorithm;
     let who = || format!("{} is not signed by {}", subject(cert), subject(issuer));
+    verify_signature(
+        &tbs,
+        &cert.signature_algorithm,
+        &cert.signature,
+        issuer,
+        &who,
+    )
+}
+
+/// Checks a signature `issuer`'s key made over `tbs` with `algorithm`; `who` says what is
+/// not signed, for the messages.
+fn verify_signature(
+    tbs: &[u8],
+    algorithm: &x509_cert::spki::AlgorithmIdentifierOwned,
+    signature: &x509_cert::der::asn1::BitString,
+    issuer: &Certificate,
+    who: &dyn Fn() -> String,
+) -> anyhow::Result<()> {
+    let signature = signature
+        .as_bytes()
+        .ok_or_else(|| anyhow!("{}: signature is not whole bytes", who()))?;
     if algorithm.oid == ECDSA_WITH_SHA256 {
         let key = p256_key(issuer).with_context(who)?;
         let sig = p256::ecdsa::Signature::from_der(signature).with_context(who)?;
-        key.verify(&tbs, &sig).map_err(|_| anyhow!(who()))
+        key.verify(tbs, &sig).map_err(|_| anyhow!(who()))
     } else if algorithm.oid == ECDSA_WITH_SHA384 {
         let key = p384_key(issuer).with_context(who)?;
         let sig = p384::ecdsa::Signature::from_der(signature).with_context(who)?;
-        key.verify(&tbs, &sig).map_err(|_| anyhow!(who()))
+        key.verify(tbs, &sig).map_err(|_| anyhow!(who()))
     } else if algorithm.oid == RSASSA_PSS {
         let params = algorithm
             .parameters
             .as_ref()
-            .ok_or_else(|| anyhow!("{}: RSASSA-PSS without parameters", subject(cert)))?
+            .ok_or_else(|| anyhow!("{}: RSASSA-PSS without parameters", who()))?
             .decode_as::<rsa::pkcs1::RsaPssParams<'_>>()
-            .map_err(|e| anyhow!("{}: RSASSA-PSS parameters: {e}", subject(cert)))?;
+            .map_err(|e| anyhow!("{}: RSASSA-PSS parameters: {e}", who()))?;
         ensure!(
             params.hash.oid == SHA384,
             "{}: RSASSA-PSS with hash {}, only SHA-384 is accepted",
-            subject(cert),
+            who(),
             params.hash.oid
         );
         ensure!(
             params.salt_len == 48,
             "{}: RSASSA-PSS salt length {}, expected 48",
-            subject(cert),
+            who(),
             params.salt_len
         );
-        let spki = issuer
-            .tbs_certificate
-            .subject_public_key_info
-            .to_der()
-            .context("re-encode issuer key")?;
-        let key = {
-            use rsa::pkcs8::DecodePublicKey;
-            rsa::RsaPublicKey::from_public_key_der(&spki)
-                .map_err(|e| anyhow!("{}: not an RSA key: {e}", subject(issuer)))?
-        };
+        let key = rsa_key(issuer)?;
         let sig = rsa::pss::Signature::try_from(signature).with_context(who)?;
         rsa::pss::VerifyingKey::<sha2::Sha384>::new(key)
-            .verify(&tbs, &sig)
+            .verify(tbs, &sig)
             .map_err(|_| anyhow!(who()))
     } else if algorithm.oid == SHA256_WITH_RSA {
         let key = rsa_key(issuer)?;
         let sig = rsa::pkcs1v15::Signature::try_from(signature).with_context(who)?;
         rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new(key)
-            .verify(&tbs, &sig)
+            .verify(tbs, &sig)
             .map_err(|_| anyhow!(who()))
     } else {
         bail!(
             "{}: signature algorithm {} is not accepted",
-            subject(cert),
+            who(),
             algorithm.oid
         )
     }
+}
+
+/// Parses certificate revocation lists: one DER CRL, or a PEM file of one or more.
+pub fn parse_crls(bytes: &[u8]) -> anyhow::Result<Vec<CertificateList>> {
+    let text = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|t| t.contains("-----BEGIN X509 CRL-----"));
+    let Some(text) = text else {
+        return Ok(vec![CertificateList::from_der(bytes).map_err(|e| {
+            anyhow!("not a DER certificate revocation list: {e}")
+        })?]);
+    };
+    let mut crls = Vec::new();
+    for block in text.split_inclusive("-----END X509 CRL-----") {
+        let Some(start) = block.find("-----BEGIN X509 CRL-----") else {
+            continue;
+        };
+        let (_, der) = x509_cert::der::pem::decode_vec(&block.as_bytes()[start..])
+            .map_err(|e| anyhow!("not a PEM certificate revocation list: {e}"))?;
+        crls.push(
+            CertificateList::from_der(&der)
+                .map_err(|e| anyhow!("not a certificate revocation list: {e}"))?,
+        );
+    }
+    Ok(crls)
+}
+
+/// Checks that `crl` is signed by `issuer` and current at `at`.
+pub fn check_crl(
+    crl: &CertificateList,
+    issuer: &Certificate,
+    at: SystemTime,
+) -> anyhow::Result<()> {
+    let tbs = &crl.tbs_cert_list;
+    ensure!(
+        tbs.issuer == issuer.tbs_certificate.subject,
+        "the CRL of {} is not {}'s",
+        tbs.issuer,
+        subject(issuer)
+    );
+    let der = tbs.to_der().context("re-encode tbsCertList")?;
+    let who = || {
+        format!(
+            "the CRL of {} is not signed by {}",
+            tbs.issuer,
+            subject(issuer)
+        )
+    };
+    verify_signature(&der, &crl.signature_algorithm, &crl.signature, issuer, &who)?;
+    ensure!(
+        at >= tbs.this_update.to_system_time(),
+        "the CRL of {} is not valid before {}",
+        tbs.issuer,
+        tbs.this_update
+    );
+    if let Some(next) = &tbs.next_update {
+        ensure!(
+            at <= next.to_system_time(),
+            "the CRL of {} expired at {next} (its next update)",
+            tbs.issuer
+        );
+    }
+    Ok(())
+}
+
+/// Whether `crl` lists `cert` (same issuer, same serial number).
+pub fn is_revoked(crl: &CertificateList, cert: &Certificate) -> bool {
+    crl.tbs_cert_list.issuer == cert.tbs_certificate.issuer
+        && crl
+            .tbs_cert_list
+            .revoked_certificates
+            .iter()
+            .flatten()
+            .any(|r| r.serial_number == cert.tbs_certificate.serial_number)
+}
+
+/// Checks every certificate of `path` (leaf first, root last, as [`verify_path_certs`] gives
+/// it) that one of `crls` covers: the CRL signed by the certificate's issuer, current at `at`,
+/// and not listing it. Returns what was checked, one entry per certificate a CRL covers.
+pub fn check_revocation(
+    path: &[Certificate],
+    crls: &[CertificateList],
+    at: SystemTime,
+) -> anyhow::Result<Vec<String>> {
+    let mut checked = Vec::new();
+    for pair in path.windows(2) {
+        let (cert, issuer) = (&pair[0], &pair[1]);
+        for crl in crls
+            .iter()
+            .filter(|c| c.tbs_cert_list.issuer == issuer.tbs_certificate.subject)
+        {
+            check_crl(crl, issuer, at)?;
+            ensure!(
+                !is_revoked(crl, cert),
+                "{} (serial {}) is revoked by the CRL of {}",
+                subject(cert),
+                hex::encode(cert.tbs_certificate.serial_number.as_bytes()),
+                subject(issuer)
+            );
+            checked.push(subject(cert));
+        }
+    }
+    Ok(checked)
 }
 
 /// The RSA public key of a certificate.
@@ -258,17 +369,31 @@ pub fn verify_path(
     trusted_roots: &[Certificate],
     at: SystemTime,
 ) -> anyhow::Result<String> {
-    ensure!(!trusted_roots.is_empty(), "no trusted root is configured");
-    path_from(leaf, intermediates, trusted_roots, at, MAX_INTERMEDIATES)
+    let path = verify_path_certs(leaf, intermediates, trusted_roots, at)?;
+    Ok(path.last().map(subject).unwrap_or_default())
 }
 
+/// [`verify_path`], returning the path: the leaf first, the root last.
+pub fn verify_path_certs(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    trusted_roots: &[Certificate],
+    at: SystemTime,
+) -> anyhow::Result<Vec<Certificate>> {
+    ensure!(!trusted_roots.is_empty(), "no trusted root is configured");
+    let mut path = path_from(leaf, intermediates, trusted_roots, at, MAX_INTERMEDIATES)?;
+    path.insert(0, leaf.clone());
+    Ok(path)
+}
+
+/// The rest of the path above `cert` (its issuer first, the root last).
 fn path_from(
     cert: &Certificate,
     intermediates: &[Certificate],
     trusted_roots: &[Certificate],
     at: SystemTime,
     depth: usize,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Vec<Certificate>> {
     check_validity(cert, at)?;
     let issuer = &cert.tbs_certificate.issuer;
     let mut last_error = None;
@@ -280,7 +405,7 @@ fn path_from(
             .and_then(|()| verify_signed_by(root, root))
             .and_then(|()| check_validity(root, at));
         match ok {
-            Ok(()) => return Ok(subject(root)),
+            Ok(()) => return Ok(vec![root.clone()]),
             Err(e) => last_error = Some(e),
         }
     }
@@ -293,7 +418,10 @@ fn path_from(
                 path_from(intermediate, intermediates, trusted_roots, at, depth - 1)
             });
             match attempt {
-                Ok(root) => return Ok(root),
+                Ok(mut rest) => {
+                    rest.insert(0, intermediate.clone());
+                    return Ok(rest);
+                }
                 Err(e) => last_error = Some(e),
             }
         }
