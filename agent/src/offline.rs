@@ -66,6 +66,11 @@ pub struct Cli {
     /// CRL signed by the issuer, current at `--at`, not listing the certificate.
     #[arg(long, value_name = "FILE")]
     pub crl: Vec<PathBuf>,
+    /// Intel's collateral for a TDX quote (`QuoteCollateralV3` JSON, as dcap-qvl and PCCS
+    /// clients write it: TCB info, QE identity, their signatures and issuer chains, the root
+    /// and PCK CRLs): the quote's TCB status, UpToDate or the reason it is not.
+    #[arg(long, value_name = "FILE")]
+    pub collateral: Option<PathBuf>,
     /// The `TPMT_SIGNATURE` of the TPM quote (`TPMS_ATTEST`) given (it has no magic number to
     /// be detected by).
     #[arg(long, value_name = "FILE")]
@@ -286,6 +291,18 @@ fn verify(
                 checks.extend_prefixed("tdx", inner);
                 if let Some(q) = &quote {
                     context.revocation("tdx.revocation", &q.chain, at, &mut checks);
+                    if let Some(c) = &context.collateral {
+                        let mut inner = Checks::new();
+                        attest_verify::collateral::evaluate(
+                            q,
+                            c,
+                            &intel.anchors,
+                            &context.crls,
+                            at,
+                            &mut inner,
+                        );
+                        checks.extend_prefixed("tdx", inner);
+                    }
                     context.report_data("tdx.report_data", &q.body.report_data, &mut checks);
                     ccel_cross_check(inputs, &q.body.rtmrs, &mut checks);
                 }
@@ -449,6 +466,7 @@ fn certificate_checks(
 /// qualifying data, PCR values, and the KBS binding inputs.
 struct Context {
     crls: Vec<CertificateList>,
+    collateral: Option<attest_verify::collateral::Collateral>,
     signature: Option<Vec<u8>>,
     ak: Option<Result<rsa::RsaPublicKey, String>>,
     extra_data: Option<Vec<u8>>,
@@ -475,6 +493,16 @@ impl Context {
                     .map_err(|e| invalid(&p.display().to_string(), format!("{e:#}")))?,
             );
         }
+        let collateral = match cli.collateral.as_deref() {
+            Some(p) => {
+                let c = attest_verify::collateral::parse(&file(p)?)
+                    .map_err(|e| invalid(&p.display().to_string(), format!("{e:#}")))?;
+                // Its CRLs count as given.
+                crls.extend(c.crls.iter().cloned());
+                Some(c)
+            }
+            None => None,
+        };
         let signature = cli.signature.as_deref().map(file).transpose()?;
         let ak = match cli.ak.as_deref() {
             Some(p) => Some(attest_verify::tpm::ak_key(&file(p)?).map_err(|e| format!("{e:#}"))),
@@ -507,6 +535,7 @@ impl Context {
         };
         Ok(Context {
             crls,
+            collateral,
             signature,
             ak,
             extra_data,

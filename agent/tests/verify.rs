@@ -721,3 +721,34 @@ fn crls_are_checked_against_each_verified_chain() {
         "{v}"
     );
 }
+
+/// Intel's collateral beside a TDX quote: the TCB status (PROVENANCE.md 2: UpToDate for
+/// dcap-qvl's quote in its collateral's window), the collateral's CRLs applied to the PCK
+/// chain; the outdated fixture matches no TCB level and fails.
+#[test]
+fn tdx_collateral_gives_the_tcb_status() {
+    let args = vec![
+        path("tdx/dcap-qvl/tdx_quote"),
+        "--collateral".to_string(),
+        path("tdx/dcap-qvl/tdx_quote_collateral.json"),
+    ];
+    let (code, v) = verify_args("2025-07-01", &args);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert_eq!(check(&list, "tdx.tcb_status").2, "UpToDate");
+    assert!(check(&list, "tdx.revocation").2.contains("not revoked"));
+    assert!(check(&list, "tdx.tcb_info")
+        .2
+        .contains("Intel SGX TCB Signing"));
+
+    let args = vec![
+        path("tdx/dcap-qvl/tdx_quote_outdated"),
+        "--collateral".to_string(),
+        path("tdx/dcap-qvl/tdx_quote_outdated_collateral.json"),
+    ];
+    let (code, v) = verify_args("2026-03-01", &args);
+    assert_eq!(code, 1);
+    assert!(check(&checks(&v), "tdx.tcb_level")
+        .2
+        .contains("no TCB level matches"));
+}

@@ -15,6 +15,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let intel = roots::intel();
     let _ = tdx::verify_steps(data, &intel.anchors, at, &mut Checks::new());
     let _ = tdx::replay_ccel(data);
+    // Intel's collateral (JSON, hex CRLs, PEM issuer chains) and CRLs alone.
+    let _ = attest_verify::collateral::parse(data);
+    let _ = attest_verify::x509::parse_crls(data);
     // A TPM quote, its signature and an AK in every form an operator may give.
     let _ = tpm::parse_quote(data);
     if let Ok(ak) = tpm::ak_key(data) {

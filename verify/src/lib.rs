@@ -13,6 +13,7 @@
 pub mod binding;
 pub mod certs;
 pub mod check;
+pub mod collateral;
 pub mod roots;
 pub mod snp;
 pub mod tdx;

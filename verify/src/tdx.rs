@@ -45,6 +45,10 @@ pub struct TdReport {
     pub tee_tcb_svn: [u8; 16],
     /// MRSEAM, the TDX module's measurement.
     pub mr_seam: [u8; 48],
+    /// MRSIGNERSEAM, the TDX module signer (zero for Intel's modules).
+    pub mr_signer_seam: [u8; 48],
+    /// SEAMATTRIBUTES.
+    pub seam_attributes: [u8; 8],
     /// TD_ATTRIBUTES.
     pub td_attributes: [u8; 8],
     /// XFAM.
@@ -74,9 +78,13 @@ impl TdReport {
         xfam.copy_from_slice(&body[128..136]);
         let mut report_data = [0u8; 64];
         report_data.copy_from_slice(&body[520..584]);
+        let mut seam_attributes = [0u8; 8];
+        seam_attributes.copy_from_slice(&body[112..120]);
         TdReport {
             tee_tcb_svn,
             mr_seam: a48(16),
+            mr_signer_seam: a48(64),
+            seam_attributes,
             td_attributes,
             xfam,
             mr_td: a48(136),
@@ -98,11 +106,14 @@ pub struct Quote<'a> {
     pub version: u16,
     /// The TD report body (its TD10 part).
     pub body: TdReport,
+    /// TEE_TCB_SVN2 of a TD 1.5 body (the current TCB after a TD-preserving update).
+    pub tee_tcb_svn2: Option<[u8; 16]>,
     /// Header and body: what the attestation key signs.
     signed: &'a [u8],
     signature: &'a [u8],
     attestation_key: &'a [u8],
-    qe_report: &'a [u8],
+    /// The QE's SGX report body (384 bytes), signed by the PCK key.
+    pub qe_report: &'a [u8],
     qe_report_signature: &'a [u8],
     qe_auth_data: &'a [u8],
     pck_chain_pem: &'a [u8],
@@ -212,6 +223,9 @@ impl<'a> Quote<'a> {
         Ok(Quote {
             version,
             body: TdReport::parse(&body[..TD10_BODY_LEN]),
+            tee_tcb_svn2: body
+                .get(TD10_BODY_LEN..TD10_BODY_LEN + 16)
+                .and_then(|b| <[u8; 16]>::try_from(b).ok()),
             signed,
             signature,
             attestation_key,
@@ -235,6 +249,10 @@ pub struct VerifiedQuote {
     pub version: u16,
     /// The TD report body (its TD10 part).
     pub body: TdReport,
+    /// TEE_TCB_SVN2 of a TD 1.5 body.
+    pub tee_tcb_svn2: Option<[u8; 16]>,
+    /// The QE's report body, which the PCK key signed.
+    pub qe_report: Vec<u8>,
     /// The PCK leaf's subject.
     pub pck: String,
     /// The verified chain: the PCK leaf first, the root last.
@@ -326,6 +344,8 @@ pub fn verify_steps(
     (signed && bound).then(|| VerifiedQuote {
         version: quote.version,
         body: quote.body,
+        tee_tcb_svn2: quote.tee_tcb_svn2,
+        qe_report: quote.qe_report.to_vec(),
         pck: x509::subject(pck),
         chain: path,
     })
