@@ -39,11 +39,15 @@ pub enum Kind {
     /// X.509 certificates: one DER certificate or a PEM file of one or more (VCEK, VLEK, ASK,
     /// ARK, PCK chains).
     Certificate,
+    /// The evidence document `attest-unlock evidence` prints (`tee`, `runtime-data`,
+    /// `tee-evidence`).
+    Evidence,
 }
 
 impl Kind {
     /// Every kind, in the order detection tries them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
+        Kind::Evidence,
         Kind::HclReport,
         Kind::TpmsAttest,
         Kind::TdxQuote,
@@ -65,6 +69,7 @@ impl Kind {
             Kind::EventLog => "event_log",
             Kind::Ccel => "ccel",
             Kind::Certificate => "certificate",
+            Kind::Evidence => "evidence",
         }
     }
 }
@@ -104,6 +109,7 @@ impl FromStr for Kind {
 
 /// Guesses what `bytes` are, from magic numbers and shapes:
 ///
+/// * a JSON object with `tee-evidence`: an evidence document;
 /// * `HCLA` at offset 0: an HCL report;
 /// * big-endian 0xff544347 at offset 0: a `TPMS_ATTEST`;
 /// * a little-endian `u16` version 4 or 5 then TEE type 0x81 at offset 4: a TDX quote;
@@ -118,6 +124,9 @@ pub fn detect(bytes: &[u8]) -> Option<Kind> {
     // Zeros parse as legacy SHA-1 event records of type 0; they are no artefact.
     if bytes.iter().all(|b| *b == 0) {
         return None;
+    }
+    if evidence_document(bytes).is_some() {
+        return Some(Kind::Evidence);
     }
     if bytes.starts_with(hcl::SIGNATURE) {
         return Some(Kind::HclReport);
@@ -183,6 +192,12 @@ pub fn inspect(bytes: &[u8], kind: Option<Kind>) -> Result<Value, FormatError> {
         Kind::TpmtSignature => tpmt_signature_json(&tpm::parse_tpmt_signature(bytes)?),
         Kind::EventLog => event_log_json(&eventlog::parse_event_log(bytes)?),
         Kind::Ccel => ccel_json(&eventlog::parse_ccel(bytes)?),
+        Kind::Evidence => evidence_document(bytes).ok_or_else(|| {
+            FormatError::invalid(
+                "evidence",
+                "not a JSON object with tee-evidence".to_string(),
+            )
+        })?,
         Kind::Certificate => {
             let certs = attest_verify::certs::parse_any(bytes)
                 .map_err(|e| FormatError::invalid("certificate", format!("{e:#}")))?;
@@ -192,6 +207,16 @@ pub fn inspect(bytes: &[u8], kind: Option<Kind>) -> Result<Value, FormatError> {
     };
     insert(&mut value, "kind", json!(kind.name()));
     Ok(value)
+}
+
+/// An evidence document: a JSON object with a `tee-evidence` member.
+pub fn evidence_document(bytes: &[u8]) -> Option<Value> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    v.get("tee-evidence").is_some().then_some(v)
 }
 
 /// The error for bytes [`detect`] does not recognise.

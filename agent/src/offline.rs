@@ -316,6 +316,17 @@ fn verify(
             // Collateral of the report beside it.
             Kind::Certificate => continue,
             Kind::TpmsAttest => tpm_checks(&input.bytes, inputs, context, &mut checks),
+            Kind::Evidence => {
+                let env = Env {
+                    given: &given,
+                    extra: &extra,
+                    amd: &amd,
+                    intel: &intel,
+                    at,
+                    context,
+                };
+                evidence_checks(&input.bytes, &env, &mut checks);
+            }
             Kind::TpmtSignature => checks.fail(
                 "tpm.signature",
                 "a signature alone: give the TPMS_ATTEST it signs, with --signature FILE",
@@ -465,6 +476,9 @@ fn certificate_checks(
 /// What the operator gave besides the files: the TPM quote's signature and AK, the expected
 /// qualifying data, PCR values, and the KBS binding inputs.
 struct Context {
+    /// `--nonce` and `--tee-pubkey`, as given.
+    nonce: Option<String>,
+    tee_pubkey: Option<Value>,
     crls: Vec<CertificateList>,
     collateral: Option<attest_verify::collateral::Collateral>,
     signature: Option<Vec<u8>>,
@@ -534,6 +548,11 @@ impl Context {
             _ => None,
         };
         Ok(Context {
+            nonce: cli.nonce.clone(),
+            tee_pubkey: cli
+                .tee_pubkey
+                .as_deref()
+                .and_then(|k| serde_json::from_str(k).ok()),
             crls,
             collateral,
             signature,
@@ -561,71 +580,135 @@ impl Context {
 
     /// With `--nonce` and `--tee-pubkey`: REPORT_DATA must be the binding digest, zero-padded.
     fn report_data(&self, name: &str, report_data: &[u8], checks: &mut Checks) {
-        let Some(binding) = &self.binding else {
-            return;
-        };
-        match binding {
-            Err(e) => checks.fail(name, e.clone()),
-            Ok(digest) => {
-                let mut expected = [0u8; 64];
-                expected[..48].copy_from_slice(digest);
-                if report_data == expected {
-                    checks.pass(name, "the binding digest of the nonce and the TEE key");
-                } else {
-                    checks.fail(
-                        name,
-                        format!(
-                            "REPORT_DATA {} is not the binding digest of the nonce and the TEE \
-                             key {} (zero-padded)",
-                            hex::encode(report_data),
-                            hex::encode(digest)
-                        ),
-                    );
-                }
-            }
+        if let Some(binding) = &self.binding {
+            report_data_check(name, report_data, binding, checks);
         }
-    }
-
-    /// The PCR values of `bank` in `selected` order from `--pcrs`, as hex.
-    fn pcr_values(&self, bank: &str, selected: &[u8]) -> Option<Result<Vec<Vec<u8>>, String>> {
-        let v = self.pcrs.as_ref()?;
-        let v = v.get("pcrs").unwrap_or(v);
-        let hexes: Vec<Option<&str>> = match v {
-            Value::Array(list) => list.iter().map(Value::as_str).collect(),
-            Value::Object(banks) => {
-                let Some(Value::Object(bank_values)) = banks.get(bank) else {
-                    return Some(Err(format!("--pcrs has no {bank} bank")));
-                };
-                selected
-                    .iter()
-                    .map(|i| bank_values.get(&i.to_string()).and_then(Value::as_str))
-                    .collect()
-            }
-            _ => return Some(Err("--pcrs is neither a list nor an object of banks".into())),
-        };
-        if hexes.len() != selected.len() {
-            return Some(Err(format!(
-                "--pcrs has {} values, the quote selects {}",
-                hexes.len(),
-                selected.len()
-            )));
-        }
-        Some(
-            hexes
-                .into_iter()
-                .zip(selected)
-                .map(|(h, i)| {
-                    h.and_then(|h| hex::decode(h).ok())
-                        .ok_or_else(|| format!("--pcrs: PCR {i} is missing or not hex"))
-                })
-                .collect(),
-        )
     }
 }
 
-/// A TPM quote: signature with the AK, qualifying data, PCR digest against the values given,
-/// and an event log beside it replayed against those values.
+/// REPORT_DATA must be `binding` zero-padded to 64 bytes.
+fn report_data_check(
+    name: &str,
+    report_data: &[u8],
+    binding: &Result<[u8; 48], String>,
+    checks: &mut Checks,
+) {
+    match binding {
+        Err(e) => checks.fail(name, e.clone()),
+        Ok(digest) => {
+            let mut expected = [0u8; 64];
+            expected[..48].copy_from_slice(digest);
+            if report_data == expected {
+                checks.pass(name, "the binding digest of the nonce and the TEE key");
+            } else {
+                checks.fail(
+                    name,
+                    format!(
+                        "REPORT_DATA {} is not the binding digest of the nonce and the TEE key \
+                         {} (zero-padded)",
+                        hex::encode(report_data),
+                        hex::encode(digest)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The PCR values of `bank` in `selected` order from a PCR JSON (`--pcrs`, or the evidence's
+/// `tpm_quote.pcrs`): a list in selection order, or banks of `{"index": hex}`.
+fn pcr_values(v: &Value, bank: &str, selected: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let v = v.get("pcrs").unwrap_or(v);
+    let hexes: Vec<Option<&str>> = match v {
+        Value::Array(list) => list.iter().map(Value::as_str).collect(),
+        Value::Object(banks) => {
+            let Some(Value::Object(bank_values)) = banks.get(bank) else {
+                return Err(format!("the PCR values have no {bank} bank"));
+            };
+            selected
+                .iter()
+                .map(|i| bank_values.get(&i.to_string()).and_then(Value::as_str))
+                .collect()
+        }
+        _ => return Err("the PCR values are neither a list nor an object of banks".into()),
+    };
+    if hexes.len() != selected.len() {
+        return Err(format!(
+            "{} PCR values, the quote selects {}",
+            hexes.len(),
+            selected.len()
+        ));
+    }
+    hexes
+        .into_iter()
+        .zip(selected)
+        .map(|(h, i)| {
+            h.and_then(|h| hex::decode(h).ok())
+                .ok_or_else(|| format!("PCR {i} is missing or not hex"))
+        })
+        .collect()
+}
+
+/// Qualifying data a quote must carry: (check name, the bytes or why there are none, what
+/// they are).
+type Expected = (&'static str, Result<Vec<u8>, String>, &'static str);
+
+/// What a TPM quote is checked with.
+struct TpmParts<'a> {
+    message: &'a [u8],
+    signature: Option<Vec<u8>>,
+    ak: Option<Result<rsa::RsaPublicKey, String>>,
+    /// Whose AK it is, for the detail.
+    whose: String,
+    /// Qualifying data the quote must carry: (check name, bytes, what they are).
+    expected: Vec<Expected>,
+    pcrs: Option<Value>,
+    logs: Vec<&'a Input>,
+}
+
+/// A TPM quote from files: `--signature`, `--ak` (or an HCL report beside it), `--extra-data`,
+/// `--nonce`/`--tee-pubkey`, `--pcrs`, and the event logs beside it.
 fn tpm_checks(message: &[u8], inputs: &[Input], context: &Context, checks: &mut Checks) {
+    // Composite evidence: without --ak, the AK an HCL report beside the quote vouches for.
+    let hcl_ak = inputs
+        .iter()
+        .find(|i| i.kind == Kind::HclReport)
+        .and_then(|i| hcl::parse_hcl_report(&i.bytes).ok())
+        .map(|h| attest_verify::tpm::hcl_ak(&h.runtime_claims).map_err(|e| format!("{e:#}")));
+    let (ak, whose) = match (&context.ak, hcl_ak) {
+        (Some(ak), _) => (Some(ak.clone()), "the AK given (--ak)"),
+        (None, Some(ak)) => (Some(ak), "the HCL report's HCLAkPub"),
+        (None, None) => (None, ""),
+    };
+    let mut expected = Vec::new();
+    if let Some(e) = &context.extra_data {
+        expected.push(("tpm.extra_data", Ok(e.clone()), "the --extra-data"));
+    }
+    if let Some(binding) = &context.binding {
+        expected.push((
+            "tpm.binding",
+            binding.clone().map(|d| d[..32].to_vec()),
+            "the first 32 bytes of the binding digest",
+        ));
+    }
+    tpm_core(
+        TpmParts {
+            message,
+            signature: context.signature.clone(),
+            ak,
+            whose: whose.to_string(),
+            expected,
+            pcrs: context.pcrs.clone(),
+            logs: inputs.iter().filter(|i| i.kind == Kind::EventLog).collect(),
+        },
+        checks,
+    );
+}
+
+/// A TPM quote: signature with the AK, qualifying data, PCR digest against the values given,
+/// and the event logs replayed against those values.
+fn tpm_core(parts: TpmParts<'_>, checks: &mut Checks) {
+    let message = parts.message;
     let quote = match attest_verify::tpm::parse_quote(message) {
         Ok(q) => {
             let banks: Vec<String> = q
@@ -641,18 +724,8 @@ fn tpm_checks(message: &[u8], inputs: &[Input], context: &Context, checks: &mut 
             return;
         }
     };
-    // Composite evidence: without --ak, the AK an HCL report beside the quote vouches for.
-    let hcl_ak = inputs
-        .iter()
-        .find(|i| i.kind == Kind::HclReport)
-        .and_then(|i| hcl::parse_hcl_report(&i.bytes).ok())
-        .map(|h| attest_verify::tpm::hcl_ak(&h.runtime_claims).map_err(|e| format!("{e:#}")));
-    let (ak, whose) = match (&context.ak, hcl_ak) {
-        (Some(ak), _) => (Some(ak.clone()), "the AK given (--ak)"),
-        (None, Some(ak)) => (Some(ak), "the HCL report's HCLAkPub"),
-        (None, None) => (None, ""),
-    };
-    match (&context.signature, &ak) {
+    let whose = &parts.whose;
+    match (&parts.signature, &parts.ak) {
         (Some(sig), Some(Ok(ak))) => match tpm_signature(message, sig, ak) {
             Ok(()) => checks.pass(
                 "tpm.signature",
@@ -660,38 +733,24 @@ fn tpm_checks(message: &[u8], inputs: &[Input], context: &Context, checks: &mut 
             ),
             Err(e) => checks.fail("tpm.signature", e),
         },
-        (_, Some(Err(e))) => checks.fail("tpm.signature", format!("--ak: {e}")),
+        (_, Some(Err(e))) => checks.fail("tpm.signature", format!("the AK: {e}")),
         (None, _) => checks.fail("tpm.signature", "no signature given (--signature FILE)"),
         (_, None) => checks.fail(
             "tpm.signature",
             "no attestation key given (--ak FILE, or the HCL report that carries it)",
         ),
     }
-    if let Some(expected) = &context.extra_data {
-        match attest_verify::tpm::check_extra_data(&quote, expected, "the --extra-data") {
-            Ok(()) => checks.pass("tpm.extra_data", "the qualifying data given"),
-            Err(e) => checks.fail("tpm.extra_data", format!("{e:#}")),
-        }
-    }
-    if let Some(binding) = &context.binding {
-        let outcome = binding.clone().and_then(|d| {
-            attest_verify::tpm::check_extra_data(
-                &quote,
-                &d[..32],
-                "the first 32 bytes of the binding digest",
-            )
-            .map_err(|e| format!("{e:#}"))
+    for (name, bytes, what) in &parts.expected {
+        let outcome = bytes.clone().and_then(|b| {
+            attest_verify::tpm::check_extra_data(&quote, &b, what).map_err(|e| format!("{e:#}"))
         });
         match outcome {
-            Ok(()) => checks.pass(
-                "tpm.binding",
-                "the binding digest of the nonce and the TEE key",
-            ),
-            Err(e) => checks.fail("tpm.binding", e),
+            Ok(()) => checks.pass(name, format!("the qualifying data is {what}")),
+            Err(e) => checks.fail(name, e),
         }
     }
     let [(bank, selected)] = quote.banks.as_slice() else {
-        if context.pcrs.is_some() {
+        if parts.pcrs.is_some() {
             checks.fail(
                 "tpm.pcr_digest",
                 "the quote selects several banks; give one bank's quote",
@@ -699,11 +758,13 @@ fn tpm_checks(message: &[u8], inputs: &[Input], context: &Context, checks: &mut 
         }
         return;
     };
-    let logs: Vec<&Input> = inputs.iter().filter(|i| i.kind == Kind::EventLog).collect();
     // The values: given, or replayed from the log when the log covers every selected PCR.
-    let values = match context.pcr_values(bank, selected) {
-        Some(v) => Some(v),
-        None => logs.first().map(|log| replayed_values(log, bank, selected)),
+    let values = match &parts.pcrs {
+        Some(v) => Some(pcr_values(v, bank, selected)),
+        None => parts
+            .logs
+            .first()
+            .map(|log| replayed_values(log, bank, selected)),
     };
     let Some(values) = values else {
         return;
@@ -722,7 +783,7 @@ fn tpm_checks(message: &[u8], inputs: &[Input], context: &Context, checks: &mut 
         ),
         Err(e) => checks.fail("tpm.pcr_digest", format!("{e:#}")),
     }
-    for log in logs {
+    for log in parts.logs {
         event_log_cross_check(log, bank, selected, &values, checks);
     }
 }
@@ -877,4 +938,333 @@ fn tpm_signature(message: &[u8], sig: &[u8], ak: &rsa::RsaPublicKey) -> Result<(
         attest_verify::tpm::verify_signature(message, sig, ak)
     };
     outcome.map_err(|e| format!("{e:#}"))
+}
+
+/// What every check of an evidence document needs besides the document.
+struct Env<'a> {
+    given: &'a [Certificate],
+    extra: &'a Roots,
+    amd: &'a Roots,
+    intel: &'a Roots,
+    at: SystemTime,
+    context: &'a Context,
+}
+
+/// Standard or URL-safe base64, padded or not (Trustee's evidence uses both).
+fn b64(v: &Value, what: &str) -> Result<Vec<u8>, String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let text = v
+        .as_str()
+        .ok_or_else(|| format!("{what} is missing or not a string"))?;
+    STANDARD
+        .decode(text)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
+        .map_err(|e| format!("{what} is not base64: {e}"))
+}
+
+/// An evidence document (`attest-unlock evidence`): the binding recomputed from its runtime
+/// data (or `--nonce`/`--tee-pubkey`, the broker's), then the primary evidence by its TEE and
+/// the additional evidence (a vTPM quote beside a TEE report) checked as the files would be.
+fn evidence_checks(bytes: &[u8], env: &Env<'_>, checks: &mut Checks) {
+    let Some(doc) = inspect::evidence_document(bytes) else {
+        checks.fail("evidence", "not a JSON object with tee-evidence");
+        return;
+    };
+    let tee = doc.get("tee").and_then(Value::as_str).unwrap_or_default();
+    let runtime = &doc["runtime-data"];
+    let primary = &doc["tee-evidence"]["primary_evidence"];
+    let additional = match &doc["tee-evidence"]["additional_evidence"] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    // The broker's nonce and key when given: the document's own only prove it consistent.
+    let (nonce, key) = match (&env.context.nonce, &env.context.tee_pubkey) {
+        (Some(n), Some(k)) => (n.clone(), k.clone()),
+        _ => (
+            runtime["nonce"].as_str().unwrap_or_default().to_string(),
+            runtime["tee-pubkey"].clone(),
+        ),
+    };
+    let digest = attest_verify::binding::binding_digest(&additional, &nonce, &key)
+        .map_err(|e| format!("{e:#}"));
+    checks.pass(
+        "evidence",
+        format!(
+            "{tee} evidence for nonce {nonce}{}",
+            if additional.is_empty() {
+                ""
+            } else {
+                " with additional evidence"
+            }
+        ),
+    );
+    match tee {
+        "tpm" => tpm_json(
+            primary,
+            digest.clone().map(|d| d[..32].to_vec()),
+            "the first 32 bytes of the binding digest",
+            env,
+            checks,
+        ),
+        "snp" => snp_json(primary, &digest, env, checks),
+        "tdx" => tdx_json(primary, &digest, env, checks),
+        "az-snp-vtpm" | "az-tdx-vtpm" => azure_json(primary, tee, &digest, env, checks),
+        other => checks.fail(
+            "evidence",
+            format!("TEE {other:?} is not one this tool verifies"),
+        ),
+    }
+    if !additional.is_empty() {
+        let devices: Value = match serde_json::from_str(&additional) {
+            Ok(v) => v,
+            Err(e) => {
+                checks.fail(
+                    "additional",
+                    format!("additional_evidence is not JSON: {e}"),
+                );
+                return;
+            }
+        };
+        let device_digest = attest_verify::binding::device_binding_digest(&nonce, &key)
+            .map_err(|e| format!("{e:#}"));
+        match devices.get("tpm") {
+            Some(tpm) => tpm_json(
+                tpm,
+                device_digest.map(|d| d[..32].to_vec()),
+                "the first 32 bytes of the device binding digest",
+                env,
+                checks,
+            ),
+            None => checks.fail(
+                "additional",
+                format!(
+                    "additional evidence of {} is not one this tool verifies",
+                    additional
+                ),
+            ),
+        }
+    }
+}
+
+/// Trustee's `tpm` evidence: the quote (base64), its PCRs, the AK it carries (`--ak` pins one,
+/// an `ak_cert` chaining to a trusted root vouches for it), its event log.
+fn tpm_json(
+    ev: &Value,
+    expected: Result<Vec<u8>, String>,
+    what: &'static str,
+    env: &Env<'_>,
+    checks: &mut Checks,
+) {
+    let message = match b64(&ev["tpm_quote"]["message"], "tpm_quote.message") {
+        Ok(m) => m,
+        Err(e) => {
+            checks.fail("tpm.quote", e);
+            return;
+        }
+    };
+    let carried = b64(&ev["ak_public"], "ak_public")
+        .and_then(|der| attest_verify::tpm::ak_key(&der).map_err(|e| format!("ak_public: {e:#}")));
+    let (ak, whose) = match &env.context.ak {
+        Some(ak) => (Some(ak.clone()), "the AK given (--ak)".to_string()),
+        None => (
+            Some(carried.clone()),
+            "the AK the evidence carries".to_string(),
+        ),
+    };
+    // Is the AK vouched for: pinned with --ak, or certified by a trusted root?
+    match (&env.context.ak, ev.get("ak_cert")) {
+        (Some(_), _) => {}
+        (None, Some(cert)) => {
+            let outcome = b64(cert, "ak_cert").and_then(|der| {
+                let cert = x509::from_der(&der).map_err(|e| format!("ak_cert: {e:#}"))?;
+                let key = x509::rsa_key(&cert).map_err(|e| format!("{e:#}"))?;
+                if carried.as_ref().ok() != Some(&key) {
+                    return Err("ak_cert certifies another key than ak_public".into());
+                }
+                // The operator's roots (--root) and the certificates given beside.
+                let roots = with(Roots::default(), env.extra, env.given);
+                x509::verify_path(&cert, &roots.intermediates, &roots.anchors, env.at)
+                    .map_err(|e| format!("ak_cert: {e:#} (give its root with --root and its intermediate beside)"))
+            });
+            match outcome {
+                Ok(root) => checks.pass("tpm.ak_trusted", format!("ak_cert chains to {root}")),
+                Err(e) => checks.fail("tpm.ak_trusted", e),
+            }
+        }
+        (None, None) => checks.fail(
+            "tpm.ak_trusted",
+            "the AK is the evidence's own claim: give the registered AK with --ak",
+        ),
+    }
+    let log_input = ev
+        .get("event_log")
+        .and_then(|l| b64(l, "event_log").ok())
+        .map(|bytes| Input {
+            name: "event_log".into(),
+            kind: Kind::EventLog,
+            bytes,
+        });
+    tpm_core(
+        TpmParts {
+            message: &message,
+            signature: b64(&ev["tpm_quote"]["signature"], "tpm_quote.signature").ok(),
+            ak,
+            whose,
+            expected: vec![("tpm.binding", expected, what)],
+            pcrs: ev["tpm_quote"].get("pcrs").cloned(),
+            logs: log_input.iter().collect(),
+        },
+        checks,
+    );
+}
+
+/// Trustee's `snp` evidence: the report in the sev crate's serde form, the certificate table.
+fn snp_json(ev: &Value, digest: &Result<[u8; 48], String>, env: &Env<'_>, checks: &mut Checks) {
+    use sev::firmware::guest::AttestationReport;
+    use sev::firmware::host::{CertTableEntry, CertType};
+    use sev::parser::ByteParser;
+    let raw = serde_json::from_value::<AttestationReport>(ev["attestation_report"].clone())
+        .map_err(|e| format!("attestation_report: {e}"))
+        .and_then(|r| {
+            r.to_bytes()
+                .map_err(|e| format!("attestation_report does not encode: {e}"))
+        });
+    let raw = match raw {
+        Ok(r) => r,
+        Err(e) => {
+            checks.fail("snp.report", e);
+            return;
+        }
+    };
+    let mut given = env.given.to_vec();
+    if let Ok(table) =
+        serde_json::from_value::<Option<Vec<CertTableEntry>>>(ev["cert_chain"].clone())
+    {
+        for entry in table.unwrap_or_default() {
+            if matches!(
+                entry.cert_type,
+                CertType::VCEK | CertType::VLEK | CertType::ASK
+            ) {
+                if let Ok(cert) = x509::from_der(&entry.data) {
+                    given.push(cert);
+                }
+            }
+        }
+    }
+    let amd = with(env.amd.clone(), &Roots::default(), &given);
+    snp_checks(&raw, &given, &amd, env.at, env.context, checks);
+    if let Some(rd) = raw.get(0x50..0x90) {
+        report_data_check("snp.report_data", rd, digest, checks);
+    }
+}
+
+/// Trustee's `tdx` evidence: the quote and the CCEL, base64.
+fn tdx_json(ev: &Value, digest: &Result<[u8; 48], String>, env: &Env<'_>, checks: &mut Checks) {
+    let quote = match b64(&ev["quote"], "quote") {
+        Ok(q) => q,
+        Err(e) => {
+            checks.fail("tdx.quote", e);
+            return;
+        }
+    };
+    let mut inner = Checks::new();
+    let verified = tdx::verify_steps(&quote, &env.intel.anchors, env.at, &mut inner);
+    checks.extend_prefixed("tdx", inner);
+    let Some(q) = verified else {
+        return;
+    };
+    env.context
+        .revocation("tdx.revocation", &q.chain, env.at, checks);
+    report_data_check("tdx.report_data", &q.body.report_data, digest, checks);
+    if let Some(log) = ev.get("cc_eventlog").filter(|l| !l.is_null()) {
+        match b64(log, "cc_eventlog") {
+            Ok(bytes) => {
+                let input = Input {
+                    name: "cc_eventlog".into(),
+                    kind: Kind::Ccel,
+                    bytes,
+                };
+                ccel_cross_check(std::slice::from_ref(&input), &q.body.rtmrs, checks);
+            }
+            Err(e) => checks.fail("tdx.ccel", e),
+        }
+    }
+}
+
+/// Trustee's `az-snp-vtpm` / `az-tdx-vtpm` evidence: the HCL report (its SNP report and VCEK,
+/// or its TD quote), the vTPM quote (hex) signed by the HCL's AK over the whole binding digest.
+fn azure_json(
+    ev: &Value,
+    tee: &str,
+    digest: &Result<[u8; 48], String>,
+    env: &Env<'_>,
+    checks: &mut Checks,
+) {
+    let hcl_bytes = match b64(&ev["hcl_report"], "hcl_report") {
+        Ok(b) => b,
+        Err(e) => {
+            checks.fail("hcl.report", e);
+            return;
+        }
+    };
+    let mut given = env.given.to_vec();
+    if let Some(vcek) = ev.get("vcek") {
+        match b64(vcek, "vcek")
+            .and_then(|der| x509::from_der(&der).map_err(|e| format!("vcek: {e:#}")))
+        {
+            Ok(cert) => given.push(cert),
+            Err(e) => checks.fail("snp.vek", e),
+        }
+    }
+    if tee == "az-snp-vtpm" {
+        let amd = with(env.amd.clone(), &Roots::default(), &given);
+        hcl_checks(&hcl_bytes, &given, &amd, env.at, env.context, checks);
+    } else {
+        match b64(&ev["td_quote"], "td_quote") {
+            Ok(quote) => {
+                let mut inner = Checks::new();
+                let verified = tdx::verify_steps(&quote, &env.intel.anchors, env.at, &mut inner);
+                checks.extend_prefixed("tdx", inner);
+                if let (Some(q), Ok(report)) = (verified, hcl::parse_hcl_report(&hcl_bytes)) {
+                    let hash = report.var_data_hash();
+                    if q.body.report_data.starts_with(&hash) {
+                        checks.pass("hcl.var_data_binding", "the TD quote's REPORTDATA starts with the hash of the variable data (runtime claims)");
+                    } else {
+                        checks.fail("hcl.var_data_binding", format!("the TD quote's REPORTDATA {} does not start with the hash of the variable data {}", hex::encode(q.body.report_data), hex::encode(hash)));
+                    }
+                }
+            }
+            Err(e) => checks.fail("tdx.quote", e),
+        }
+    }
+    let ak = hcl::parse_hcl_report(&hcl_bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|h| attest_verify::tpm::hcl_ak(&h.runtime_claims).map_err(|e| format!("{e:#}")));
+    let hexed = |k: &str| {
+        ev["tpm_quote"][k]
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+    };
+    let Some(message) = hexed("message") else {
+        checks.fail("tpm.quote", "tpm_quote.message is missing or not hex");
+        return;
+    };
+    tpm_core(
+        TpmParts {
+            message: &message,
+            signature: hexed("signature"),
+            ak: Some(ak),
+            whose: "the HCL report's HCLAkPub".into(),
+            expected: vec![(
+                "tpm.binding",
+                digest.clone().map(|d| d.to_vec()),
+                "the binding digest",
+            )],
+            pcrs: ev["tpm_quote"].get("pcrs").cloned(),
+            logs: Vec::new(),
+        },
+        checks,
+    );
 }

@@ -288,3 +288,48 @@ fn a_key_planted_at_the_cache_handle_is_not_used() {
     );
     assert_ne!(std::fs::read_to_string(&planted).unwrap().trim(), derived);
 }
+
+/// The document `attest-unlock evidence` prints verifies offline with `attest-inspect`
+/// against the AK registered for the node and the broker's nonce; another nonce, or no AK
+/// pinned, fails.
+#[test]
+fn the_evidence_document_verifies_offline() {
+    let tpm = Swtpm::start();
+    let nonce = STANDARD.encode([9u8; 32]);
+    let doc = evidence(&tpm, &nonce);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("evidence.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let ak = dir.path().join("ak.der");
+    std::fs::write(&ak, STANDARD.decode(ak_public(&tpm)).unwrap()).unwrap();
+    let key = doc["runtime-data"]["tee-pubkey"].to_string();
+    let inspect = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_attest-inspect"))
+            .args(["--verify", "--text"])
+            .arg(&file)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let ak = ak.to_str().unwrap();
+    let (code, text) = inspect(&["--ak", ak, "--nonce", &nonce, "--tee-pubkey", &key]);
+    assert_eq!(code, Some(0), "{text}");
+    for line in [
+        "pass  tpm.signature",
+        "pass  tpm.binding",
+        "pass  tpm.pcr_digest",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    let other = STANDARD.encode([8u8; 32]);
+    let (code, text) = inspect(&["--ak", ak, "--nonce", &other, "--tee-pubkey", &key]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL  tpm.binding"), "{text}");
+    let (code, text) = inspect(&[]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL  tpm.ak_trusted"), "{text}");
+}

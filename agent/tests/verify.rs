@@ -752,3 +752,123 @@ fn tdx_collateral_gives_the_tcb_status() {
         .2
         .contains("no TCB level matches"));
 }
+
+/// An evidence document as `attest-unlock evidence` prints it.
+fn document(tee: &str, nonce: &str, key: &Value, primary: Value, additional: &str) -> Value {
+    serde_json::json!({
+        "tee": tee,
+        "runtime-data": {"nonce": nonce, "tee-pubkey": key},
+        "tee-evidence": {"primary_evidence": primary, "additional_evidence": additional},
+    })
+}
+
+fn test_key() -> Value {
+    serde_json::json!({"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": "eA", "y": "eQ"})
+}
+
+fn padded(digest: [u8; 48]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..48].copy_from_slice(&digest);
+    out
+}
+
+/// SNP and TDX evidence documents, in the agent's own encoding (`evidence::snp::encode`),
+/// from simulated hardware whose roots are given with `--root`: the report, its VCEK from the
+/// certificate table, the chain, and REPORT_DATA against the document's runtime data and,
+/// with `--nonce`/`--tee-pubkey`, the broker's.
+#[test]
+fn snp_and_tdx_evidence_documents_verify() {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use test_kbs::sim::{SnpReportParams, SnpSigner, TdxQuoteParams, TdxSigner};
+    let dir = tempfile::tempdir().unwrap();
+    let key = test_key();
+    let nonce = "bm9uY2U=";
+    let digest = attest_verify::binding::binding_digest("", nonce, &key).unwrap();
+
+    let snp = SnpSigner::new().unwrap();
+    let raw = snp.report(&SnpReportParams::default(), &padded(digest));
+    let ev = attest_unlock::evidence::snp::encode(&raw, Some(snp.cert_table()), &padded(digest))
+        .unwrap();
+    let doc = dir.path().join("snp.json");
+    std::fs::write(&doc, document("snp", nonce, &key, ev, "").to_string()).unwrap();
+    let ark = dir.path().join("ark.der");
+    std::fs::write(&ark, snp.ark_der()).unwrap();
+    let args = vec![
+        doc.display().to_string(),
+        "--root".to_string(),
+        ark.display().to_string(),
+    ];
+    let (code, v) = verify_args("2030-01-01", &args);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert!(check(&list, "snp.report_data").1);
+    assert!(check(&list, "snp.signature").1);
+    // The broker's nonce was another: the report is not bound to it.
+    let mut other = args;
+    other.extend([
+        "--nonce".into(),
+        "b3RoZXI=".into(),
+        "--tee-pubkey".into(),
+        key.to_string(),
+    ]);
+    let (code, v) = verify_args("2030-01-01", &other);
+    assert_eq!(code, 1);
+    assert!(!check(&checks(&v), "snp.report_data").1);
+
+    let tdx = TdxSigner::new().unwrap();
+    let ccel = std::fs::read(path("tdx/ccel/trustee-ovmf/CCEL_data_ovmf")).unwrap();
+    let replay = attest_verify::tdx::replay_ccel(&ccel).unwrap();
+    let params = TdxQuoteParams {
+        rtmrs: replay.rtmrs,
+        ..TdxQuoteParams::default()
+    };
+    let quote = tdx.quote(&params, &padded(digest));
+    let ev = serde_json::json!({"quote": STANDARD.encode(&quote), "cc_eventlog": STANDARD.encode(&ccel)});
+    let doc = dir.path().join("tdx.json");
+    std::fs::write(&doc, document("tdx", nonce, &key, ev, "").to_string()).unwrap();
+    let root = dir.path().join("intel.der");
+    std::fs::write(&root, tdx.root_der()).unwrap();
+    let (code, v) = verify_args(
+        "2030-01-01",
+        &[
+            doc.display().to_string(),
+            "--root".into(),
+            root.display().to_string(),
+        ],
+    );
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert!(check(&list, "tdx.ccel").1 && check(&list, "tdx.report_data").1);
+}
+
+/// A real Azure SNP evidence (PROVENANCE.md 4.1, trustee's `evidence-v2.json`) in a document:
+/// the SNP report with its VCEK and AMD's chain, the runtime-claims binding, the vTPM quote
+/// with the HCL's AK and its PCRs all verify; only the binding to this document's runtime data
+/// fails, because trustee's fixture was bound to its own test nonce.
+#[test]
+fn azure_evidence_document_verifies_up_to_its_binding() {
+    let ev: Value = serde_json::from_slice(
+        &std::fs::read(path("azure/trustee-az-snp/evidence-v2.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("az.json");
+    std::fs::write(
+        &doc,
+        document("az-snp-vtpm", "bm9uY2U=", &test_key(), ev, "").to_string(),
+    )
+    .unwrap();
+    let (code, v) = verify_args("2026-01-01", &[doc.display().to_string()]);
+    assert_eq!(code, 1);
+    let failed: Vec<String> = checks(&v)
+        .into_iter()
+        .filter(|(_, p, _)| !p)
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(failed, ["tpm.binding"], "{:#?}", checks(&v));
+    let list = checks(&v);
+    assert!(check(&list, "snp.vek_chain").2.contains("ARK-Milan"));
+    assert!(check(&list, "tpm.signature").2.contains("HCLAkPub"));
+    assert!(check(&list, "tpm.pcr_digest").1);
+}
