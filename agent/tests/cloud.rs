@@ -9,7 +9,7 @@
 //!   -> binding digest.
 //! - GCP (`gcp-vtpm`): a swtpm with a GCE-style AK template and an AK certificate from a test
 //!   CA in NV; the broker trusts the AK because the certificate chains to that CA.
-//! - The real Azure and GCE artefacts in `shared/testdata` through `attest-unlock inspect`.
+//! - The real Azure and GCE artefacts in `shared/testdata` through `attest-inspect`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
