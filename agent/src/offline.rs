@@ -284,7 +284,10 @@ fn verify(
                     context.report_data("snp.report_data", raw, &mut checks);
                 }
             }
-            Kind::HclReport => hcl_checks(&input.bytes, &given, &amd, at, context, &mut checks),
+            Kind::HclReport => {
+                hcl_checks(&input.bytes, &given, &amd, at, context, &mut checks);
+                td_quote_of_hcl(&input.bytes, inputs, &mut checks);
+            }
             Kind::TdxQuote => {
                 let mut inner = Checks::new();
                 let quote = tdx::verify_steps(&input.bytes, &intel.anchors, at, &mut inner);
@@ -425,11 +428,8 @@ fn hcl_checks(
             let slot = &bytes[hcl::HEADER_SIZE..hcl::HEADER_SIZE + snp::REPORT_LEN];
             snp_checks(slot, given, amd, at, context, checks);
         }
-        hcl::HwReport::Tdx(_) => checks.fail(
-            "tdx.report",
-            "a TDREPORT is MACed, not signed: it is verified through the TD quote made from it \
-             (give the quote)",
-        ),
+        // MACed, not signed: vouched for by the TD quote made from it (td_quote_of_hcl).
+        hcl::HwReport::Tdx(_) => {}
     }
     match binding {
         Ok(d) => checks.pass("hcl.var_data_binding", d),
@@ -1267,4 +1267,33 @@ fn azure_json(
         },
         checks,
     );
+}
+
+/// An Azure TDX HCL report's TDREPORT is MACed, not signed: the TD quote given beside it (itself
+/// verified as a file) must carry its REPORTDATA and MRTD.
+fn td_quote_of_hcl(bytes: &[u8], inputs: &[Input], checks: &mut Checks) {
+    let Ok(report) = hcl::parse_hcl_report(bytes) else {
+        return;
+    };
+    let hcl::HwReport::Tdx(td) = &report.hw_report else {
+        return;
+    };
+    let quote = inputs
+        .iter()
+        .filter(|i| i.kind == Kind::TdxQuote)
+        .find_map(|i| tdx::Quote::parse(&i.bytes).ok());
+    match quote {
+        None => checks.fail(
+            "tdx.report",
+            "a TDREPORT is MACed, not signed: give the TD quote made from it beside it",
+        ),
+        Some(q) if q.body.report_data == td.report_data && q.body.mr_td == td.mr_td => checks.pass(
+            "tdx.report",
+            "the TD quote given beside carries this TDREPORT's REPORTDATA and MRTD",
+        ),
+        Some(_) => checks.fail(
+            "tdx.report",
+            "the TD quote given beside was made from another TDREPORT (REPORTDATA or MRTD differ)",
+        ),
+    }
 }

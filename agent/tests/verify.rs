@@ -872,3 +872,130 @@ fn azure_evidence_document_verifies_up_to_its_binding() {
     assert!(check(&list, "tpm.signature").2.contains("HCLAkPub"));
     assert!(check(&list, "tpm.pcr_digest").1);
 }
+
+/// The rest of the signed artefacts (PROVENANCE.md 4.2, 4.3, 4.4): the Azure TDX vTPM quote
+/// with its HCL report and TD quote, the Genoa vTPM quote with its HCL report and VCEK, the
+/// cvm-tooling quote with its AK, and the cvm-tooling VCEK chain; each verifies with the
+/// nonce `challenge` (or the Genoa evaluation's nonce), and a changed signature byte fails.
+#[test]
+fn the_other_azure_artefacts_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, bytes).unwrap();
+        f.display().to_string()
+    };
+    let challenge = hex::encode("challenge");
+
+    // Azure TDX: the TDREPORT in the HCL report is vouched for by the TD quote beside it.
+    let json: Value = serde_json::from_slice(
+        &std::fs::read(path("azure/trustee-az-tdx/tpm-quote-v1.json")).unwrap(),
+    )
+    .unwrap();
+    let hexed = |k: &str| hex::decode(json[k].as_str().unwrap()).unwrap();
+    let args = vec![
+        write("tdx-message.bin", &hexed("message")),
+        "--signature".into(),
+        write("tdx-signature.bin", &hexed("signature")),
+        "--extra-data".into(),
+        challenge.clone(),
+        "--pcrs".into(),
+        write("tdx-pcrs.json", json["pcrs"].to_string().as_bytes()),
+        path("azure/trustee-az-tdx/hcl-report.bin"),
+        path("azure/trustee-az-tdx/td-quote.bin"),
+    ];
+    let (code, v) = verify_args("2026-06-01", &args);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert!(check(&list, "tdx.report").1 && check(&list, "tdx.pck_chain").1);
+    assert!(check(&list, "tpm.signature").2.contains("HCLAkPub"));
+    // Without the TD quote, the TDREPORT is vouched for by nothing.
+    let (code, v) = verify_args("2026-06-01", &args[..args.len() - 1]);
+    assert_eq!(code, 1);
+    assert!(!check(&checks(&v), "tdx.report").1);
+
+    // Genoa: the JSON's byte arrays.
+    let ev: Value = serde_json::from_slice(
+        &std::fs::read(path("azure/trustee-az-snp-genoa/evidence-genoa.json")).unwrap(),
+    )
+    .unwrap();
+    let bytes = |v: &Value| -> Vec<u8> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect()
+    };
+    let pcrs: Vec<String> = ev["quote"]["pcrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| hex::encode(bytes(p)))
+        .collect();
+    let mut signature = bytes(&ev["quote"]["signature"]);
+    let args = vec![
+        write("genoa-message.bin", &bytes(&ev["quote"]["message"])),
+        "--signature".into(),
+        write("genoa-signature.bin", &signature),
+        "--extra-data".into(),
+        "0218488bae25d2509232bf676f1a66a30d7372add909109b36016ef136f2938ca05475f8b46094de6b64270ea35d950f".into(),
+        "--pcrs".into(),
+        write("genoa-pcrs.json", serde_json::to_string(&pcrs).unwrap().as_bytes()),
+        path("azure/trustee-az-snp-genoa/hcl-report-genoa.bin"),
+        path("azure/trustee-az-snp-genoa/vcek-genoa.pem"),
+    ];
+    let (code, v) = verify_args("2026-01-01", &args);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert!(check(&list, "snp.vek_chain").2.contains("ARK-Genoa"));
+    signature[100] ^= 1;
+    let mut bad = args;
+    bad[2] = write("genoa-signature.bin", &signature);
+    let (code, v) = verify_args("2026-01-01", &bad);
+    assert_eq!(code, 1);
+    assert!(!check(&checks(&v), "tpm.signature").1);
+
+    // cvm-tooling's quote.bin: u64-LE length + signature, u64-LE length + TPMS_ATTEST,
+    // u64-LE count + SHA-256 PCRs.
+    let raw = std::fs::read(path("azure/azure-cvm-tooling/quote.bin")).unwrap();
+    let mut at = 0;
+    let mut take = |n: usize| {
+        let out = raw[at..at + n].to_vec();
+        at += n;
+        out
+    };
+    let len = |b: Vec<u8>| u64::from_le_bytes(b.try_into().unwrap()) as usize;
+    let n = len(take(8));
+    let sig = take(n);
+    let n = len(take(8));
+    let message = take(n);
+    let count = len(take(8));
+    let pcrs: Vec<String> = (0..count).map(|_| hex::encode(take(32))).collect();
+    let args = vec![
+        write("cvm-message.bin", &message),
+        "--signature".into(),
+        write("cvm-signature.bin", &sig),
+        "--ak".into(),
+        path("azure/azure-cvm-tooling/akpub.pem"),
+        "--extra-data".into(),
+        challenge,
+        "--pcrs".into(),
+        write(
+            "cvm-pcrs.json",
+            serde_json::to_string(&pcrs).unwrap().as_bytes(),
+        ),
+    ];
+    let (code, v) = verify_args("2024-01-01", &args);
+    assert_eq!(code, 0, "{:#?}", checks(&v));
+    // Its nonce is not [1,2,3,4] (the source's NonceMismatch case).
+    let mut wrong = args;
+    wrong[6] = "01020304".into();
+    let (code, _) = verify_args("2024-01-01", &wrong);
+    assert_eq!(code, 1);
+
+    // The cvm-tooling VCEK chain (another chip's; it still chains to ARK-Milan).
+    let (code, v) = verify_args("2024-01-01", &[path("azure/azure-cvm-tooling/certs.pem")]);
+    let list = checks(&v);
+    assert_eq!(code, 0, "{list:#?}");
+    assert_eq!(list.len(), 3, "{list:#?}");
+}
