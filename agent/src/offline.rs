@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use attest_verify::check::Checks;
 use attest_verify::roots::{self, Roots};
@@ -100,27 +100,8 @@ pub struct Cli {
 
 /// Parses `--at`.
 fn parse_time(s: &str) -> Result<SystemTime, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(UNIX_EPOCH + Duration::from_secs(secs));
-    }
-    let bad = || format!("{s:?} is not YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or Unix seconds");
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, t.strip_suffix('Z').ok_or_else(bad)?),
-        None => (s, "00:00:00"),
-    };
-    let num = |v: Option<&str>| v.and_then(|v| v.parse::<u16>().ok()).ok_or_else(bad);
-    let mut d = date.split('-');
-    let mut t = time.split(':');
-    let (y, mo, da) = (num(d.next())?, num(d.next())?, num(d.next())?);
-    let (h, mi, se) = (num(t.next())?, num(t.next())?, num(t.next())?);
-    if d.next().is_some() || t.next().is_some() {
-        return Err(bad());
-    }
-    let small = |v: u16| u8::try_from(v).map_err(|_| bad());
-    let dt =
-        x509_cert::der::DateTime::new(y, small(mo)?, small(da)?, small(h)?, small(mi)?, small(se)?)
-            .map_err(|_| bad())?;
-    Ok(dt.to_system_time())
+    attest_verify::time::parse(s)
+        .ok_or_else(|| format!("{s:?} is not YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or Unix seconds"))
 }
 
 /// One input: its name for output, its kind, its bytes.

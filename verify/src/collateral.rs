@@ -81,21 +81,7 @@ pub fn parse(bytes: &[u8]) -> anyhow::Result<Collateral> {
 
 /// An RFC 3339 UTC time (`2025-06-19T10:16:03Z`), as Intel's collateral writes them.
 pub fn parse_time(s: &str) -> anyhow::Result<SystemTime> {
-    let bad = || anyhow!("{s:?} is not an RFC 3339 UTC time");
-    let s = s.strip_suffix('Z').ok_or_else(bad)?;
-    let s = s.split('.').next().ok_or_else(bad)?;
-    let (date, time) = s.split_once('T').ok_or_else(bad)?;
-    let n =
-        |v: Option<&str>| -> anyhow::Result<u16> { v.and_then(|v| v.parse().ok()).ok_or_else(bad) };
-    let mut d = date.split('-');
-    let mut t = time.split(':');
-    let (y, mo, da) = (n(d.next())?, n(d.next())?, n(d.next())?);
-    let (h, mi, se) = (n(t.next())?, n(t.next())?, n(t.next())?);
-    let small = |v: u16| u8::try_from(v).map_err(|_| bad());
-    let dt =
-        x509_cert::der::DateTime::new(y, small(mo)?, small(da)?, small(h)?, small(mi)?, small(se)?)
-            .map_err(|_| bad())?;
-    Ok(dt.to_system_time())
+    crate::time::parse(s).ok_or_else(|| anyhow!("{s:?} is not an RFC 3339 UTC time"))
 }
 
 /// What a PCK certificate's SGX extension says about the platform.

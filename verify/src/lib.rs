@@ -17,6 +17,7 @@ pub mod collateral;
 pub mod roots;
 pub mod snp;
 pub mod tdx;
+pub mod time;
 pub mod tpm;
 pub mod x509;
 
