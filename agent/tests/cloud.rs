@@ -716,3 +716,46 @@ fn real_azure_and_gce_artefacts_parse_through_inspect() {
     let v = inspect(&testdata(&format!("{set}/event_log.bin")), dir.path());
     assert_eq!(v["kind"], "event_log");
 }
+
+/// The GCE evidence document verifies offline: `attest-inspect` finds the AK vouched for by
+/// its certificate through the intermediate given beside and the root given with `--root`,
+/// and refuses it without the root.
+#[test]
+fn gcp_evidence_document_verifies_offline_through_its_ak_certificate() {
+    let w = Gcp::new();
+    let broker = Broker::start(w.broker_config(vec![w.ca.root_der()])).unwrap();
+    let cfg = write_config(&w.agent_config(&broker), w.work.path());
+    let nonce = STANDARD.encode([5u8; 32]);
+    let out = run_ok(
+        Command::new(agent_bin())
+            .args(["evidence", "--kernel-cmdline", "/dev/null", "--config"])
+            .arg(&cfg)
+            .args(["--nonce", &nonce]),
+    );
+    let doc = w.work.path().join("evidence.json");
+    std::fs::write(&doc, &out.stdout).unwrap();
+    let root = w.work.path().join("root.der");
+    std::fs::write(&root, w.ca.root_der()).unwrap();
+    let intermediate = w.work.path().join("intermediate.der");
+    std::fs::write(&intermediate, w.ca.intermediate_der()).unwrap();
+    let inspect = |extra: &[&Path]| {
+        Command::new(env!("CARGO_BIN_EXE_attest-inspect"))
+            .args(["--verify", "--text"])
+            .arg(&doc)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = inspect(&[&intermediate, Path::new("--root"), &root]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("pass  tpm.ak_trusted: ak_cert chains to"),
+        "{text}"
+    );
+    assert!(text.contains("pass  tpm.binding"), "{text}");
+    let out = inspect(&[&intermediate]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  tpm.ak_trusted"), "{text}");
+}
