@@ -182,9 +182,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         for (name, kind, checks) in &results {
             text.push_str(&format!("{name} ({kind}):\n"));
             for c in checks.iter() {
+                // Each line made printable on its own: a reason may quote hostile bytes.
                 let line = match &c.outcome {
-                    Ok(detail) => format!("  pass  {}: {detail}\n", c.name),
-                    Err(reason) => format!("  FAIL  {}: {reason}\n", c.name),
+                    Ok(detail) => format!("  pass  {}: {detail}", c.name),
+                    Err(reason) => format!("  FAIL  {}: {reason}", c.name),
                 };
                 text.push_str(&crate::text::console(&line, 4096));
                 text.push('\n');
@@ -195,7 +196,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         } else {
             "NOT verified\n"
         });
-        let _ = write!(out, "{}", text.replace("\n\n", "\n"));
+        let _ = write!(out, "{text}");
     } else {
         let files: Vec<Value> = results
             .iter()
@@ -371,6 +372,9 @@ fn snp_checks(
         .collect();
     let mut inner = Checks::new();
     let verified = snp::verify_steps(raw, &veks, &amd.intermediates, &amd.anchors, at, &mut inner);
+    if veks.is_empty() {
+        inner.add_hint("signature", &kds_hint(raw));
+    }
     checks.extend_prefixed("snp", inner);
     if let Some(v) = verified {
         context.revocation("snp.revocation", &v.chain, at, checks);
@@ -1277,4 +1281,38 @@ fn td_quote_of_hcl(bytes: &[u8], inputs: &[Input], checks: &mut Checks) {
             "the TD quote given beside was made from another TDREPORT (REPORTDATA or MRTD differ)",
         ),
     }
+}
+
+/// Where AMD's KDS publishes the VCEK of the chip and TCB a report names (VCEK specification,
+/// "VCEK certificate"): the product from the report's CPUID (version 3 and later), the chip ID
+/// (its first 8 bytes on Turin) and the reported TCB's SPLs.
+fn kds_hint(raw: &[u8; snp::REPORT_LEN]) -> String {
+    let Ok(report) = snp::SnpReport::parse(raw) else {
+        return String::new();
+    };
+    if report.signing_key != 0 || report.chip_id.iter().all(|b| *b == 0) {
+        return " (give the VCEK/VLEK beside the report)".into();
+    }
+    let product = match (report.version >= 3, raw[0x188], raw[0x189]) {
+        (true, 0x19, 0x00..=0x0F) => "Milan",
+        (true, 0x19, 0x10..=0x1F) => "Genoa",
+        (true, 0x1A, _) => "Turin",
+        _ => "{Milan|Genoa}",
+    };
+    let hwid = if report.turin {
+        hex::encode(&report.chip_id[..8])
+    } else {
+        hex::encode(report.chip_id)
+    };
+    let t = report.reported_tcb;
+    let fmc = if report.turin {
+        format!("fmcSPL={}&", raw[0x180])
+    } else {
+        String::new()
+    };
+    format!(
+        " (give it beside the report; AMD publishes it at https://kdsintf.amd.com/vcek/v1/\
+         {product}/{hwid}?{fmc}blSPL={}&teeSPL={}&snpSPL={}&ucodeSPL={})",
+        t.bootloader, t.tee, t.snp, t.microcode
+    )
 }

@@ -999,3 +999,36 @@ fn the_other_azure_artefacts_verify() {
     assert_eq!(code, 0, "{list:#?}");
     assert_eq!(list.len(), 3, "{list:#?}");
 }
+
+/// `--text` prints one line per check, no escaped newlines, and for an SNP report without its
+/// VCEK says where AMD publishes it.
+#[test]
+fn text_output_is_one_clean_line_per_check() {
+    let (code, out, _) = tool(&[
+        "--verify",
+        "--text",
+        "--at",
+        "2025-06-01",
+        &path("snp/genoa-azure/report_genoa.bin"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(!out.contains("\\x0a") && !out.contains("\n\n"), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[1].starts_with("  pass  snp.report: "), "{out}");
+    assert!(
+        lines[2].starts_with("  FAIL  snp.signature: no VCEK certificate"),
+        "{out}"
+    );
+    // Genoa (CPUID family 0x19 model 0x11): the KDS address of this chip's VCEK at its TCB.
+    // The hwID and SPLs are those of the chip's real VCEK (vcek_genoa.pem's extensions).
+    assert!(
+        lines[2].contains(
+            "https://kdsintf.amd.com/vcek/v1/Genoa/0506ffba875e939c2729d20c74eb72b4c5ba6bf7ea1faa\
+             a640141f12c6d64782fb487f68ce69dcd021e914cc0d9244327bc121f0242d6470903ad1d4aaea4ad1\
+             ?blSPL=10&teeSPL=0&snpSPL=23&ucodeSPL=84)"
+        ),
+        "{out}"
+    );
+    assert_eq!(lines[3], "NOT verified");
+}

@@ -58,6 +58,15 @@ impl Checks {
         });
     }
 
+    /// Adds `hint` to the reason of the failed check `name`, if there is one.
+    pub fn add_hint(&mut self, name: &str, hint: &str) {
+        for c in self.list.iter_mut().filter(|c| c.name == name) {
+            if let Err(reason) = &mut c.outcome {
+                reason.push_str(hint);
+            }
+        }
+    }
+
     /// Appends another verification's checks, their names prefixed with `prefix.`.
     pub fn extend_prefixed(&mut self, prefix: &str, other: Checks) {
         for mut check in other.list {
