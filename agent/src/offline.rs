@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use attest_verify::check::Checks;
 use attest_verify::roots::{self, Roots};
+use attest_verify::tdx::VerifiedQuote;
 use attest_verify::x509_cert::crl::CertificateList;
 use attest_verify::x509_cert::{self, Certificate};
 use attest_verify::{certs, snp, tdx, x509};
@@ -256,44 +257,47 @@ fn verify(
     let only_certificates = inputs.iter().all(|i| i.kind == Kind::Certificate);
     let amd = with(roots::amd(), &extra, &given);
     let intel = with(roots::intel(), &extra, &[]);
+    let env = Env {
+        given: &given,
+        extra: &extra,
+        amd: &amd,
+        intel: &intel,
+        at,
+        context,
+    };
+    let ccels: Vec<&Input> = inputs.iter().filter(|i| i.kind == Kind::Ccel).collect();
+    let td_quote = inputs
+        .iter()
+        .find(|i| i.kind == Kind::TdxQuote)
+        .map(|i| i.bytes.as_slice());
     let mut results = Vec::new();
     for input in inputs {
         let mut checks = Checks::new();
         match input.kind {
-            Kind::SnpReport => {
-                snp_checks(&input.bytes, &given, &amd, at, context, &mut checks);
-                if let Some(raw) = input.bytes.get(0x50..0x90) {
-                    context.report_data("snp.report_data", raw, &mut checks);
-                }
-            }
+            Kind::SnpReport => snp_checks(
+                &input.bytes,
+                &given,
+                &amd,
+                context.binding.as_ref(),
+                &env,
+                &mut checks,
+            ),
             Kind::HclReport => {
-                hcl_checks(&input.bytes, &given, &amd, at, context, &mut checks);
-                td_quote_of_hcl(&input.bytes, inputs, &mut checks);
+                hcl_checks(&input.bytes, &given, &amd, &env, &mut checks);
+                td_quote_of_hcl(&input.bytes, td_quote, &mut checks);
             }
             Kind::TdxQuote => {
-                let mut inner = Checks::new();
-                let quote = tdx::verify_steps(&input.bytes, &intel.anchors, at, &mut inner);
-                checks.extend_prefixed("tdx", inner);
-                if let Some(q) = &quote {
-                    context.revocation("tdx.revocation", &q.chain, at, &mut checks);
-                    if let Some(c) = &context.collateral {
-                        let mut inner = Checks::new();
-                        attest_verify::collateral::evaluate(
-                            q,
-                            c,
-                            &intel.anchors,
-                            &context.crls,
-                            at,
-                            &mut inner,
-                        );
-                        checks.extend_prefixed("tdx", inner);
-                    }
-                    context.report_data("tdx.report_data", &q.body.report_data, &mut checks);
-                    ccel_cross_check(inputs, &q.body.rtmrs, &mut checks);
-                }
+                tdx_quote_checks(
+                    &input.bytes,
+                    context.binding.as_ref(),
+                    &ccels,
+                    &env,
+                    &mut checks,
+                );
             }
             Kind::Certificate if only_certificates => {
-                let all = with(with(roots::amd(), &roots::intel(), &[]), &extra, &given);
+                // Both vendors' roots: a certificate alone may be either's.
+                let all = with(intel.clone(), &amd, &[]);
                 for cert in certificates(input)? {
                     certificate_checks(&cert, &all, at, context, &mut checks);
                 }
@@ -301,17 +305,7 @@ fn verify(
             // Collateral of the report beside it.
             Kind::Certificate => continue,
             Kind::TpmsAttest => tpm_checks(&input.bytes, inputs, context, &mut checks),
-            Kind::Evidence => {
-                let env = Env {
-                    given: &given,
-                    extra: &extra,
-                    amd: &amd,
-                    intel: &intel,
-                    at,
-                    context,
-                };
-                evidence_checks(&input.bytes, &env, &mut checks);
-            }
+            Kind::Evidence => evidence_checks(&input.bytes, &env, &mut checks),
             Kind::TpmtSignature => checks.fail(
                 "tpm.signature",
                 "a signature alone: give the TPMS_ATTEST it signs, with --signature FILE",
@@ -345,14 +339,17 @@ fn with(base: Roots, extra: &Roots, given: &[Certificate]) -> Roots {
     roots
 }
 
+/// An SNP report: signature with one of the P-384 certificates in `given`, chain through
+/// `amd`, revocation when CRLs are given, and REPORT_DATA against `binding` when there is one.
 fn snp_checks(
     bytes: &[u8],
     given: &[Certificate],
     amd: &Roots,
-    at: SystemTime,
-    context: &Context,
+    binding: Option<&Result<[u8; 48], String>>,
+    env: &Env<'_>,
     checks: &mut Checks,
 ) {
+    let (at, context) = (env.at, env.context);
     let Ok(raw) = <&[u8; snp::REPORT_LEN]>::try_from(bytes) else {
         checks.fail(
             "snp.report",
@@ -379,14 +376,51 @@ fn snp_checks(
     if let Some(v) = verified {
         context.revocation("snp.revocation", &v.chain, at, checks);
     }
+    if let (Some(binding), Ok(report)) = (binding, snp::SnpReport::parse(raw)) {
+        report_data_check("snp.report_data", &report.report_data, binding, checks);
+    }
+}
+
+/// A TDX quote: verified against Intel's roots (and `--root`), revocation and Intel's
+/// collateral when given, REPORTDATA against `binding` when there is one, and each of `ccels`
+/// replayed against its RTMRs.
+fn tdx_quote_checks(
+    bytes: &[u8],
+    binding: Option<&Result<[u8; 48], String>>,
+    ccels: &[&Input],
+    env: &Env<'_>,
+    checks: &mut Checks,
+) -> Option<VerifiedQuote> {
+    let (at, context) = (env.at, env.context);
+    let mut inner = Checks::new();
+    let quote = tdx::verify_steps(bytes, &env.intel.anchors, at, &mut inner);
+    checks.extend_prefixed("tdx", inner);
+    let q = quote?;
+    context.revocation("tdx.revocation", &q.chain, at, checks);
+    if let Some(c) = &context.collateral {
+        let mut inner = Checks::new();
+        attest_verify::collateral::evaluate(
+            &q,
+            c,
+            &env.intel.anchors,
+            &context.crls,
+            at,
+            &mut inner,
+        );
+        checks.extend_prefixed("tdx", inner);
+    }
+    if let Some(binding) = binding {
+        report_data_check("tdx.report_data", &q.body.report_data, binding, checks);
+    }
+    ccel_cross_check(ccels, &q.body.rtmrs, checks);
+    Some(q)
 }
 
 fn hcl_checks(
     bytes: &[u8],
     given: &[Certificate],
     amd: &Roots,
-    at: SystemTime,
-    context: &Context,
+    env: &Env<'_>,
     checks: &mut Checks,
 ) {
     let report = match hcl::parse_hcl_report(bytes) {
@@ -411,7 +445,8 @@ fn hcl_checks(
     match &report.hw_report {
         hcl::HwReport::Snp(_) => {
             let slot = &bytes[hcl::HEADER_SIZE..hcl::HEADER_SIZE + snp::REPORT_LEN];
-            snp_checks(slot, given, amd, at, context, checks);
+            // Its REPORT_DATA is the runtime claims' hash, checked below, not the KBS binding.
+            snp_checks(slot, given, amd, None, env, checks);
         }
         // MACed, not signed: vouched for by the TD quote made from it (td_quote_of_hcl).
         hcl::HwReport::Tdx(_) => {}
@@ -560,13 +595,6 @@ impl Context {
             ),
             Ok(checked) => checks.pass(name, format!("not revoked: {}", checked.join("; "))),
             Err(e) => checks.fail(name, format!("{e:#}")),
-        }
-    }
-
-    /// With `--nonce` and `--tee-pubkey`: REPORT_DATA must be the binding digest, zero-padded.
-    fn report_data(&self, name: &str, report_data: &[u8], checks: &mut Checks) {
-        if let Some(binding) = &self.binding {
-            report_data_check(name, report_data, binding, checks);
         }
     }
 }
@@ -881,8 +909,8 @@ fn event_log_cross_check(
 }
 
 /// A CCEL beside a TDX quote replays to the quote's RTMRs.
-fn ccel_cross_check(inputs: &[Input], rtmrs: &[[u8; 48]; 4], checks: &mut Checks) {
-    for log in inputs.iter().filter(|i| i.kind == Kind::Ccel) {
+fn ccel_cross_check(ccels: &[&Input], rtmrs: &[[u8; 48]; 4], checks: &mut Checks) {
+    for log in ccels {
         let name = "tdx.ccel";
         match tdx::replay_ccel(&log.bytes) {
             Err(e) => checks.fail(name, format!("{}: {e:#}", log.name)),
@@ -1139,10 +1167,7 @@ fn snp_json(ev: &Value, digest: &Result<[u8; 48], String>, env: &Env<'_>, checks
         }
     }
     let amd = with(env.amd.clone(), &Roots::default(), &given);
-    snp_checks(&raw, &given, &amd, env.at, env.context, checks);
-    if let Some(rd) = raw.get(0x50..0x90) {
-        report_data_check("snp.report_data", rd, digest, checks);
-    }
+    snp_checks(&raw, &given, &amd, Some(digest), env, checks);
 }
 
 /// Trustee's `tdx` evidence: the quote and the CCEL, base64.
@@ -1154,28 +1179,22 @@ fn tdx_json(ev: &Value, digest: &Result<[u8; 48], String>, env: &Env<'_>, checks
             return;
         }
     };
-    let mut inner = Checks::new();
-    let verified = tdx::verify_steps(&quote, &env.intel.anchors, env.at, &mut inner);
-    checks.extend_prefixed("tdx", inner);
-    let Some(q) = verified else {
-        return;
-    };
-    env.context
-        .revocation("tdx.revocation", &q.chain, env.at, checks);
-    report_data_check("tdx.report_data", &q.body.report_data, digest, checks);
-    if let Some(log) = ev.get("cc_eventlog").filter(|l| !l.is_null()) {
-        match b64(log, "cc_eventlog") {
-            Ok(bytes) => {
-                let input = Input {
-                    name: "cc_eventlog".into(),
-                    kind: Kind::Ccel,
-                    bytes,
-                };
-                ccel_cross_check(std::slice::from_ref(&input), &q.body.rtmrs, checks);
+    let ccel = match ev.get("cc_eventlog").filter(|l| !l.is_null()) {
+        Some(log) => match b64(log, "cc_eventlog") {
+            Ok(bytes) => Some(Input {
+                name: "cc_eventlog".into(),
+                kind: Kind::Ccel,
+                bytes,
+            }),
+            Err(e) => {
+                checks.fail("tdx.ccel", e);
+                None
             }
-            Err(e) => checks.fail("tdx.ccel", e),
-        }
-    }
+        },
+        None => None,
+    };
+    let ccels: Vec<&Input> = ccel.iter().collect();
+    tdx_quote_checks(&quote, Some(digest), &ccels, env, checks);
 }
 
 /// Trustee's `az-snp-vtpm` / `az-tdx-vtpm` evidence: the HCL report (its SNP report and VCEK,
@@ -1203,23 +1222,14 @@ fn azure_json(
             Err(e) => checks.fail("snp.vek", e),
         }
     }
-    if tee == "az-snp-vtpm" {
-        let amd = with(env.amd.clone(), &Roots::default(), &given);
-        hcl_checks(&hcl_bytes, &given, &amd, env.at, env.context, checks);
-    } else {
+    let amd = with(env.amd.clone(), &Roots::default(), &given);
+    hcl_checks(&hcl_bytes, &given, &amd, env, checks);
+    if tee == "az-tdx-vtpm" {
         match b64(&ev["td_quote"], "td_quote") {
             Ok(quote) => {
-                let mut inner = Checks::new();
-                let verified = tdx::verify_steps(&quote, &env.intel.anchors, env.at, &mut inner);
-                checks.extend_prefixed("tdx", inner);
-                if let (Some(q), Ok(report)) = (verified, hcl::parse_hcl_report(&hcl_bytes)) {
-                    let hash = report.var_data_hash();
-                    if q.body.report_data.starts_with(&hash) {
-                        checks.pass("hcl.var_data_binding", "the TD quote's REPORTDATA starts with the hash of the variable data (runtime claims)");
-                    } else {
-                        checks.fail("hcl.var_data_binding", format!("the TD quote's REPORTDATA {} does not start with the hash of the variable data {}", hex::encode(q.body.report_data), hex::encode(hash)));
-                    }
-                }
+                // Its REPORTDATA is the TDREPORT's (the runtime claims' hash), not the binding.
+                tdx_quote_checks(&quote, None, &[], env, checks);
+                td_quote_of_hcl(&hcl_bytes, Some(&quote), checks);
             }
             Err(e) => checks.fail("tdx.quote", e),
         }
@@ -1256,17 +1266,14 @@ fn azure_json(
 
 /// An Azure TDX HCL report's TDREPORT is MACed, not signed: the TD quote given beside it (itself
 /// verified as a file) must carry its REPORTDATA and MRTD.
-fn td_quote_of_hcl(bytes: &[u8], inputs: &[Input], checks: &mut Checks) {
+fn td_quote_of_hcl(bytes: &[u8], td_quote: Option<&[u8]>, checks: &mut Checks) {
     let Ok(report) = hcl::parse_hcl_report(bytes) else {
         return;
     };
     let hcl::HwReport::Tdx(td) = &report.hw_report else {
         return;
     };
-    let quote = inputs
-        .iter()
-        .filter(|i| i.kind == Kind::TdxQuote)
-        .find_map(|i| tdx::Quote::parse(&i.bytes).ok());
+    let quote = td_quote.and_then(|b| tdx::Quote::parse(b).ok());
     match quote {
         None => checks.fail(
             "tdx.report",

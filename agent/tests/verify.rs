@@ -871,6 +871,34 @@ fn azure_evidence_document_verifies_up_to_its_binding() {
     assert!(check(&list, "snp.vek_chain").2.contains("ARK-Milan"));
     assert!(check(&list, "tpm.signature").2.contains("HCLAkPub"));
     assert!(check(&list, "tpm.pcr_digest").1);
+    // The same for Azure TDX (PROVENANCE.md 4.2): the TD quote and its PCK chain, the TDREPORT
+    // in the HCL report it was made from, the runtime claims, the vTPM quote.
+    let ev: Value = serde_json::from_slice(
+        &std::fs::read(path("azure/trustee-az-tdx/evidence-v1.json")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        &doc,
+        document("az-tdx-vtpm", "bm9uY2U=", &test_key(), ev, "").to_string(),
+    )
+    .unwrap();
+    let (code, v) = verify_args("2026-06-01", &[doc.display().to_string()]);
+    assert_eq!(code, 1);
+    let list = checks(&v);
+    let failed: Vec<&str> = list
+        .iter()
+        .filter(|(_, p, _)| !p)
+        .map(|(n, _, _)| n.as_str())
+        .collect();
+    assert_eq!(failed, ["tpm.binding"], "{list:#?}");
+    for name in [
+        "tdx.pck_chain",
+        "tdx.report",
+        "hcl.var_data_binding",
+        "tpm.signature",
+    ] {
+        assert!(check(&list, name).1, "{name}: {list:#?}");
+    }
 }
 
 /// The rest of the signed artefacts (PROVENANCE.md 4.2, 4.3, 4.4): the Azure TDX vTPM quote
