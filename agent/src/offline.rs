@@ -67,8 +67,8 @@ pub struct Cli {
     /// CRL signed by the issuer, current at `--at`, not listing the certificate.
     #[arg(long, value_name = "FILE")]
     pub crl: Vec<PathBuf>,
-    /// Intel's collateral for a TDX quote (`QuoteCollateralV3` JSON, as dcap-qvl and PCCS
-    /// clients write it: TCB info, QE identity, their signatures and issuer chains, the root
+    /// Intel's collateral for a TDX quote (`QuoteCollateralV3` JSON, the form dcap-qvl
+    /// reads and writes: TCB info, QE identity, their signatures and issuer chains, the root
     /// and PCK CRLs): the quote's TCB status, UpToDate or the reason it is not.
     #[arg(long, value_name = "FILE")]
     pub collateral: Option<PathBuf>,
