@@ -95,6 +95,14 @@ impl Error {
             Error::Predict(_) => ErrorClass::Evidence,
         }
     }
+
+    /// The wait the broker asked for with `Retry-After`, if this is its "not now".
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Kbs(e) => e.retry_after(),
+            _ => None,
+        }
+    }
 }
 
 /// The error and its causes on one line. Causes whose text the message already contains

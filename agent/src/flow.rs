@@ -514,6 +514,12 @@ pub fn clients(config: &Config) -> Result<Vec<Box<dyn BrokerClient>>, Failure> {
 }
 
 /// The retry loop of [`release`] over brokers already built (the real clients, or fakes).
+///
+/// A round tries every broker once. A broker that answered the attestation "not now" (5xx,
+/// 429) keeps its session ([`Pending`]): the next round resends the same attestation in it,
+/// one request instead of a new session's auth, evidence and attest. Between rounds the loop
+/// waits as the brokers asked with `Retry-After` when every failure of the round carried one
+/// ([`hinted_wait`]), and by exponential backoff otherwise ([`backoff`]).
 pub(crate) fn release_from(
     config: &Config,
     clients: &[Box<dyn BrokerClient>],
@@ -526,13 +532,22 @@ pub(crate) fn release_from(
     let mut attempts = 0u32;
     let mut round = 0u32;
     let started = Instant::now();
+    let mut pending: Vec<Option<Box<Pending>>> = clients.iter().map(|_| None).collect();
     loop {
         let mut last = None;
-        for client in clients {
-            attempts += 1;
-            let mut timings = Timings::default();
-            match session(client.as_ref(), source, paths, init_data, &mut timings) {
-                Ok((resources, token)) => {
+        // The smallest wait the round's brokers asked for; `None` once one failure had none.
+        let mut hint = Some(Duration::MAX);
+        for (client, resume) in clients.iter().zip(pending.iter_mut()) {
+            let resumed = resume.take().filter(|p| p.opened.elapsed() < RESUME_FOR);
+            match attempt(
+                client.as_ref(),
+                source,
+                paths,
+                init_data,
+                resumed,
+                &mut attempts,
+            ) {
+                Ok((resources, token, mut timings)) => {
                     if config.measure.enabled {
                         timings
                             .time(Step::Measure, || measure_release(config, source))
@@ -548,7 +563,7 @@ pub(crate) fn release_from(
                         token,
                     });
                 }
-                Err((step, error)) => {
+                Err((step, error, kept)) => {
                     let class = error.class();
                     log::warn!(
                         "attempt {attempts}: broker {} step {step}: {} [{class}]",
@@ -558,6 +573,8 @@ pub(crate) fn release_from(
                     if !class.is_retryable() {
                         return Err(fail(step, Some(client.url().to_owned()), attempts, error));
                     }
+                    hint = hint.zip(error.retry_after()).map(|(a, b)| a.min(b));
+                    *resume = kept;
                     last = Some((step, client.url().to_owned(), error));
                 }
             }
@@ -574,7 +591,10 @@ pub(crate) fn release_from(
         if config.retry.max_rounds.is_some_and(|max| round >= max) {
             return Err(fail(step, Some(url), attempts, error));
         }
-        let delay = backoff(config, round, error.class());
+        let delay = match hint {
+            Some(asked) => hinted_wait(config, asked),
+            None => backoff(config, round, error.class()),
+        };
         if let Some(deadline) = config.retry.deadline_ms.map(Duration::from_millis) {
             if started.elapsed() + delay > deadline {
                 log::warn!("retry deadline of {:.1}s reached", deadline.as_secs_f64());
@@ -586,14 +606,87 @@ pub(crate) fn release_from(
                 "round {round}: denied by the broker's policy; retrying in {:.1}s (the operator may be updating the policy or registering this node's AK)",
                 delay.as_secs_f64()
             );
+        } else if let Some(asked) = hint {
+            log::info!(
+                "round {round} failed; retrying in {:.1}s as the broker asked (Retry-After: {}){}",
+                delay.as_secs_f64(),
+                asked.as_secs(),
+                resend_note(&pending)
+            );
         } else {
             log::info!(
-                "round {round} failed; retrying all brokers in {:.1}s",
-                delay.as_secs_f64()
+                "round {round} failed; retrying all brokers in {:.1}s{}",
+                delay.as_secs_f64(),
+                resend_note(&pending)
             );
         }
         std::thread::sleep(delay);
     }
+}
+
+/// What a successful attempt yields: the decrypted resources, the attestation token, and the
+/// timings of its session.
+type Done = (Resources, Zeroizing<String>, Timings);
+
+/// A failed attempt: its step, the error, and the session to resume at the next round when
+/// the broker answered the attestation "not now".
+type Failed = (Step, Error, Option<Box<Pending>>);
+
+/// How long a session whose attestation a broker answered "not now" is resumed: well within
+/// Trustee's session lifetime (5 minutes unless configured otherwise). A broker that forgot
+/// the session meanwhile answers the resent attestation with an error, and [`attempt`] opens
+/// a new session at once.
+const RESUME_FOR: Duration = Duration::from_secs(60);
+
+fn resend_note(pending: &[Option<Box<Pending>>]) -> &'static str {
+    if pending.iter().any(Option::is_some) {
+        " (resending the attestation in the same session)"
+    } else {
+        ""
+    }
+}
+
+/// One try at one broker: the attestation resent in `resumed` (its session kept), or a new
+/// session; a resumed session that fails other than "not now" is dropped and a new session
+/// opened at once (the broker may have forgotten it). Counts each into `attempts`. On
+/// failure: the step, the error, and the session to resume next round, if the broker
+/// answered the attestation "not now".
+fn attempt(
+    client: &dyn BrokerClient,
+    source: &mut dyn EvidenceSource,
+    paths: &[&str],
+    init_data: Option<&str>,
+    resumed: Option<Box<Pending>>,
+    attempts: &mut u32,
+) -> Result<Done, Failed> {
+    if let Some(pending) = resumed {
+        *attempts += 1;
+        match finish(client, pending, paths) {
+            Err((step, error, None)) => log::info!(
+                "attempt {attempts}: broker {} step {step}: the resumed session failed: {}; opening a new session",
+                client.url(),
+                crate::error::chain(&error)
+            ),
+            done => return done,
+        }
+    }
+    *attempts += 1;
+    let mut timings = Timings::default();
+    let opened = open(client, source, init_data, &mut timings);
+    // Whatever happened, nothing stays open for the next session or the measurement.
+    source.unprepare();
+    let (session, key, attestation) = opened.map_err(|(step, e)| (step, e, None))?;
+    finish(
+        client,
+        Box::new(Pending {
+            session,
+            key,
+            attestation,
+            timings,
+            opened: Instant::now(),
+        }),
+        paths,
+    )
 }
 
 /// Detect the platform and measure the trust anchors for fetching `paths`: what must happen
@@ -1084,9 +1177,6 @@ fn append_measurement_log(config: &Config, registers: &str, event: &[u8]) {
     }
 }
 
-/// What one successful session yields: the decrypted resources and the attestation token.
-type SessionOutput = (Resources, Zeroizing<String>);
-
 /// Collect the evidence of one session: the additional device's first (bound with the digest
 /// computed without the `additional-evidence` key), then the primary's, bound with the digest
 /// over the exact `additional_evidence` string sent.
@@ -1110,20 +1200,6 @@ pub fn collect(
     };
     let rd = binding::report_data(nonce, tee_pubkey, &additional).map_err(encode)?;
     Ok((source.collect(&rd)?, additional))
-}
-
-/// One session with one broker: everything up to decrypted resources in memory.
-fn session(
-    client: &dyn BrokerClient,
-    source: &mut dyn EvidenceSource,
-    paths: &[&str],
-    init_data: Option<&str>,
-    t: &mut Timings,
-) -> Result<SessionOutput, (Step, Error)> {
-    let out = session_steps(client, source, paths, init_data, t);
-    // Whatever happened, nothing stays open for the next session or the measurement.
-    source.unprepare();
-    out
 }
 
 /// `POST /kbs/v0/auth` on a thread of its own while this one prepares the evidence (loads the
@@ -1172,13 +1248,25 @@ fn auth_and_prepare(
     session.map_err(|e| (Step::Auth, e.into()))
 }
 
-fn session_steps(
+/// A session whose attestation is made: its key, its evidence bound to the session's nonce and
+/// the key, the timings so far. Kept across rounds when the broker answers the attestation
+/// "not now" (see [`release_from`]): the evidence still binds the same nonce and key.
+struct Pending {
+    session: Session,
+    key: EphemeralKey,
+    attestation: Attestation,
+    timings: Timings,
+    opened: Instant,
+}
+
+/// The first half of a session: the key, `auth` (beside the evidence preparation), the
+/// evidence, the attestation.
+fn open(
     client: &dyn BrokerClient,
     source: &mut dyn EvidenceSource,
-    paths: &[&str],
     init_data: Option<&str>,
     t: &mut Timings,
-) -> Result<SessionOutput, (Step, Error)> {
+) -> Result<(Session, EphemeralKey, Attestation), (Step, Error)> {
     let key = t.time(Step::Keygen, EphemeralKey::generate);
     let tee_pubkey = key.tee_pubkey();
     let session = auth_and_prepare(client, source, t)?;
@@ -1204,9 +1292,33 @@ fn session_steps(
             additional_evidence,
         },
     };
-    let token = t
-        .time(Step::Attest, || client.attest(&session, &attestation))
-        .map_err(|e| (Step::Attest, e.into()))?;
+    Ok((session, key, attestation))
+}
+
+/// The second half: `attest`, the resources, their decryption, with the timings of the
+/// session's first half. A "not now" (5xx, 429) at `attest` hands the session back to be
+/// resumed; the attempt's own `attest` time is not kept with it.
+fn finish(
+    client: &dyn BrokerClient,
+    pending: Box<Pending>,
+    paths: &[&str],
+) -> Result<Done, Failed> {
+    let start = Instant::now();
+    let token = match client.attest(&pending.session, &pending.attestation) {
+        Ok(token) => token,
+        Err(e) if e.class() == ErrorClass::BrokerUnavailable => {
+            return Err((Step::Attest, e.into(), Some(pending)))
+        }
+        Err(e) => return Err((Step::Attest, e.into(), None)),
+    };
+    let Pending {
+        session,
+        key,
+        timings: mut t,
+        ..
+    } = *pending;
+    t.0.push((Step::Attest, start.elapsed()));
+    let fail = |step| move |e| (step, e, None);
 
     let bodies = t
         .time(Step::Fetch, || {
@@ -1215,7 +1327,7 @@ fn session_steps(
                 .map(|p| client.resource(&session, p))
                 .collect::<Result<Vec<_>, KbsError>>()
         })
-        .map_err(|e| (Step::Fetch, e.into()))?;
+        .map_err(|e| fail(Step::Fetch)(e.into()))?;
 
     let plain = t
         .time(Step::Decrypt, || {
@@ -1231,8 +1343,8 @@ fn session_steps(
                 })
                 .collect::<Result<Vec<_>, Error>>()
         })
-        .map_err(|e| (Step::Decrypt, e))?;
-    Ok((Resources(plain), Zeroizing::new(token)))
+        .map_err(fail(Step::Decrypt))?;
+    Ok((Resources(plain), Zeroizing::new(token), t))
 }
 
 /// Turn the disk key resource into the LUKS passphrase.
@@ -1281,6 +1393,16 @@ pub fn disk_passphrase(
         return Err("disk key is empty".to_owned());
     }
     Ok(key)
+}
+
+/// The wait a broker asked for with `Retry-After` (delta-seconds), plus up to a second of
+/// jitter (the header's resolution: the nodes it told the same second spread over that
+/// second), never more than `max_backoff_ms`: a hostile broker cannot park the node.
+fn hinted_wait(config: &Config, asked: Duration) -> Duration {
+    let cap = Duration::from_millis(config.retry.max_backoff_ms);
+    let jitter = Duration::from_secs(1).min(cap);
+    let span = u64::try_from(jitter.as_micros()).unwrap_or(1).max(1);
+    asked.min(cap - jitter) + Duration::from_micros(OsRng.next_u64() % span)
 }
 
 /// Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^round)]. A denial
@@ -1426,6 +1548,8 @@ mod tests {
         deny: bool,
         resources: Vec<(String, Vec<u8>)>,
         key: Mutex<Option<kbs_types::TeePubKey>>,
+        /// Answers to the next `attest`s, before the normal one.
+        script: Mutex<std::collections::VecDeque<KbsError>>,
     }
 
     impl BrokerClient for FakeBroker {
@@ -1447,6 +1571,9 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("{} attest", self.name));
+            if let Some(e) = self.script.lock().unwrap().pop_front() {
+                return Err(e);
+            }
             if self.deny {
                 return Err(KbsError::Denied {
                     broker: self.name.clone(),
@@ -1595,7 +1722,16 @@ mod tests {
         }
 
         fn broker(&self, name: &str, deny: bool) -> Box<dyn BrokerClient> {
-            Box::new(FakeBroker {
+            Box::new(self.fake(name, deny, Vec::new()))
+        }
+
+        /// A broker whose next `attest`s answer `script` first.
+        fn scripted(&self, name: &str, script: Vec<KbsError>) -> Box<dyn BrokerClient> {
+            Box::new(self.fake(name, false, script))
+        }
+
+        fn fake(&self, name: &str, deny: bool, script: Vec<KbsError>) -> FakeBroker {
+            FakeBroker {
                 name: name.into(),
                 calls: self.calls.clone(),
                 deny,
@@ -1604,7 +1740,8 @@ mod tests {
                     ("default/n/kubelet".into(), b"kubelet".to_vec()),
                 ],
                 key: Mutex::new(None),
-            })
+                script: Mutex::new(script.into()),
+            }
         }
 
         fn run(
@@ -1766,6 +1903,87 @@ mod tests {
             )
             .unwrap();
         assert_eq!((report.broker.as_str(), report.attempts), ("b2", 2));
+    }
+
+    fn busy(retry_after: Option<u64>) -> KbsError {
+        KbsError::Unavailable {
+            broker: "b1".into(),
+            step: "attest",
+            status: 503,
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    /// A broker that answers the attestation "not now" gets it again in the same session:
+    /// one request per retry, no new auth or evidence, after the wait it asked for.
+    #[test]
+    fn not_now_resends_the_attestation_in_the_same_session_after_retry_after() {
+        let mut f = Fast::new();
+        f.config.retry.max_rounds = None;
+        let started = Instant::now();
+        let report = f
+            .run(&[f.scripted("b1", vec![busy(Some(0))])], None, true, false)
+            .unwrap();
+        // Retry-After: 0 waits less than its second of jitter.
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(report.attempts, 2);
+        let broker: Vec<String> = f
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("b1"))
+            .collect();
+        assert_eq!(
+            broker,
+            [
+                "b1 auth",
+                "b1 attest",
+                "b1 attest",
+                "b1 fetch default/n/root",
+                "b1 fetch default/n/kubelet"
+            ]
+        );
+        // One evidence collection only.
+        assert_eq!(f.calls().iter().filter(|c| *c == "collect").count(), 1);
+    }
+
+    /// A resumed session the broker no longer honours (it forgot it, or restarted) is
+    /// dropped, and a new one opened in the same round, without waiting.
+    #[test]
+    fn a_resumed_session_that_fails_gives_way_to_a_new_one_at_once() {
+        let mut f = Fast::new();
+        f.config.retry.max_rounds = Some(2);
+        let forgot = KbsError::Denied {
+            broker: "b1".into(),
+            step: "attest",
+            kind: "InvalidCookie".into(),
+            detail: "no such session".into(),
+        };
+        let report = f
+            .run(
+                &[f.scripted("b1", vec![busy(Some(0)), forgot])],
+                None,
+                true,
+                false,
+            )
+            .unwrap();
+        assert_eq!(report.attempts, 3);
+        let auths = f.calls().iter().filter(|c| *c == "b1 auth").count();
+        assert_eq!(auths, 2, "{:?}", f.calls());
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_the_backoff_cap() {
+        let mut c = Config::default();
+        for secs in [0, 3, 29] {
+            let d = hinted_wait(&c, Duration::from_secs(secs));
+            assert!(d >= Duration::from_secs(secs) && d < Duration::from_secs(secs + 1));
+        }
+        // A hostile broker's hour is the cap, with the jitter kept below it.
+        c.retry.max_backoff_ms = 10_000;
+        let d = hinted_wait(&c, Duration::from_secs(3600));
+        assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(10));
+        c.retry.max_backoff_ms = 0;
+        assert_eq!(hinted_wait(&c, Duration::from_secs(3600)), Duration::ZERO);
     }
 
     /// A stop request during the unlock: the opened volume is closed again and nothing is

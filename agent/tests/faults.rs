@@ -13,7 +13,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use test_kbs::{Broker, BrokerConfig, Endpoint, Faults, JweFault, Reset, TlsFault};
+use test_kbs::{Admission, Broker, BrokerConfig, Endpoint, Faults, JweFault, Reset, TlsFault};
 
 const ERRORS: &str = "https://github.com/confidential-containers/kbs/errors/";
 
@@ -431,6 +431,98 @@ fn jwe_replayed_from_previous_session() {
         .log()
         .iter()
         .any(|l| l.contains("JWE of default/node1/root: ReplayPrevious")));
+}
+
+// ---- load shedding: "not now" with Retry-After ----
+
+/// A broker that sheds load answers the attestation 503 with Retry-After; the agent waits as
+/// asked and resends the same attestation in the same session: one auth and one evidence
+/// collection for the whole unlock, one extra request for the wait.
+#[test]
+fn not_now_with_retry_after_resends_the_attestation_in_the_same_session() {
+    let w = World::new();
+    let broker = Broker::start(BrokerConfig {
+        admission: Some(Admission {
+            max_in_flight: 1,
+            service_ms: 2500,
+            retry_after: true,
+        }),
+        ..w.broker_config()
+    })
+    .unwrap();
+    // Another node's attestation holds the only slot for 2.5 s (admitted before it is
+    // read, so any body will do).
+    let url = format!("{}/kbs/v0/attest", broker.url());
+    let ca = broker.ca_pem();
+    let holder = std::thread::spawn(move || {
+        let cert = ureq::tls::parse_pem(ca.as_bytes())
+            .find_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .unwrap();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![
+                cert,
+            ])))
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent.post(&url).send("{}").map(|r| r.status().as_u16())
+    });
+    let waited = std::time::Instant::now();
+    while broker.admission_stats().attest_admitted == 0 {
+        assert!(
+            !holder.is_finished() && waited.elapsed().as_secs() < 20,
+            "the holding attestation never reached the broker: {:?}",
+            holder.join().map(|r| r.map_err(|e| e.to_string()))
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The world's tiny backoff cap would cut the broker's wait short (the cap wins).
+    let mut args: Vec<String> = [
+        "--set",
+        "retry.max_rounds=4",
+        "--set",
+        "retry.max_backoff_ms=30000",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.extend(["-v".to_owned()]);
+    let run = unlock_with(&w.agent_config(&broker), w.work.path(), &args);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_ne!(holder.join().unwrap().unwrap(), 503);
+    // Told 2 s while 2.5 s of the slot remain, the agent may come back just before it is
+    // free, and be told to wait again.
+    let attempts: u64 = run
+        .verdict()
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("attempts="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!((2..=3).contains(&attempts), "{}", run.verdict());
+    assert!(
+        run.stderr.contains("as the broker asked (Retry-After: 2)")
+            && run
+                .stderr
+                .contains("resending the attestation in the same session"),
+        "{}",
+        run.stderr
+    );
+    // One session for all of it: one auth, each refusal one request.
+    let s = broker.admission_stats();
+    assert_eq!(
+        (s.auth, s.attest_rejected, s.attest_admitted),
+        (1, attempts - 1, 2),
+        "{s:?}"
+    );
 }
 
 // ---- LUKS ----

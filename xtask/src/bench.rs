@@ -123,7 +123,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
 pub(crate) const USAGE: &str = "\
 usage: cargo xtask bench [--runs N] [--keyslot-runs N] [--boots N] [--storm-runs N]
                          [--storm-nodes N,N] [--service-ms MS] [--quick] [--no-write]
-                         [--real-storm-only]
+                         [--storm-only] [--real-storm-only]
   --runs N          time-to-key and memory runs per side (default 10)
   --keyslot-runs N  keyslot-open runs per case (default 5; argon2 cases take ~2 s each)
   --boots N         QEMU boots per kind via `cargo xtask e2e --measure N` (default 3; 0 skips)
@@ -133,5 +133,7 @@ usage: cargo xtask bench [--runs N] [--keyslot-runs N] [--boots N] [--storm-runs
                     (default 100 ms up to 100 nodes, 250 ms beyond)
   --quick           3 runs, 2 keyslot runs, no boots, 1 storm run (a smoke test)
   --no-write        print the table only; leave docs/benchmarks.* alone
+  --storm-only      only the storm against the admission model (6), for each of
+                    --storm-nodes; writes nothing
   --real-storm-only only the storm against the real Trustee KBS (6b), for each of
                     --storm-nodes; writes nothing";

@@ -10,6 +10,7 @@ pub mod jwe;
 pub mod key;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -51,8 +52,8 @@ pub enum KbsError {
         /// The transport's message.
         message: String,
     },
-    /// The broker answered 5xx.
-    #[error("broker {broker}: {step}: HTTP {status}: broker unavailable")]
+    /// The broker answered 5xx, or 429 (it, or its ingress, sheds load).
+    #[error("broker {broker}: {step}: HTTP {status}: broker unavailable{}", retry_after.map_or(String::new(), |d| format!(" (it asks to retry after {}s)", d.as_secs())))]
     Unavailable {
         /// Broker URL.
         broker: String,
@@ -60,6 +61,8 @@ pub enum KbsError {
         step: &'static str,
         /// The status.
         status: u16,
+        /// The reply's `Retry-After`, when it held delta-seconds ([`retry_after`]).
+        retry_after: Option<Duration>,
     },
     /// The broker refused (401/403): attestation failed or the policy denied the resource.
     #[error("broker {broker}: {step}: denied ({kind}): {detail}")]
@@ -106,6 +109,14 @@ pub enum KbsError {
 }
 
 impl KbsError {
+    /// The wait the broker asked for with `Retry-After`, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            KbsError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The class of this failure.
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -205,6 +216,10 @@ impl KbsClient {
         mut resp: ureq::http::Response<ureq::Body>,
     ) -> Result<Vec<u8>, KbsError> {
         let status = resp.status().as_u16();
+        let hint = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| retry_after(v.as_bytes()));
         let body = resp
             .body_mut()
             .with_config()
@@ -216,7 +231,7 @@ impl KbsClient {
                 }
                 e => self.transport(step, e),
             })?;
-        classify_reply(&self.base, step, status, body)
+        classify_reply(&self.base, step, status, hint, body)
     }
 
     fn transport(&self, step: &'static str, e: ureq::Error) -> KbsError {
@@ -381,6 +396,7 @@ pub(crate) fn register_ak(
             broker: url.to_owned(),
             step,
             status,
+            retry_after: None,
         }),
         // The registration server refused this node (not allowed, or another AK is already
         // registered for its uuid): a decision the operator acts on, not a malformed reply.
@@ -398,12 +414,29 @@ pub(crate) fn register_ak(
     }
 }
 
-/// Classify a complete reply: the body when 200, a typed error otherwise. Pure, so it can be
-/// fuzzed; the broker's words are cut to one bounded line before they reach a message.
+/// The wait a `Retry-After` header value asks for, when it is delta-seconds (RFC 9110, 10.2.3:
+/// digits only). An HTTP-date is ignored (the initramfs clock is not trusted to compare it
+/// with), and so is anything else; the retry loop caps what it honours at its own
+/// `max_backoff_ms`, so a hostile broker cannot park the node.
+pub fn retry_after(value: &[u8]) -> Option<Duration> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let secs = digits
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(Duration::from_secs(secs))
+}
+
+/// Classify a complete reply: the body when 200, a typed error otherwise (`retry_after`: the
+/// reply's [`retry_after`], kept on a 5xx or 429). Pure, so it can be fuzzed; the broker's
+/// words are cut to one bounded line before they reach a message.
 pub fn classify_reply(
     broker: &str,
     step: &'static str,
     status: u16,
+    retry_after: Option<Duration>,
     body: Vec<u8>,
 ) -> Result<Vec<u8>, KbsError> {
     let bad = |message: String| KbsError::BadReply {
@@ -447,10 +480,13 @@ pub fn classify_reply(
                 detail: crate::text::value(&one_line(&info.detail)),
             })
         }
-        500..=599 => Err(KbsError::Unavailable {
+        // A 429 is load shedding too (the broker's, or its ingress's rate limit): retried
+        // like a 5xx, honouring its Retry-After.
+        429 | 500..=599 => Err(KbsError::Unavailable {
             broker: broker.to_owned(),
             step,
             status,
+            retry_after,
         }),
         300..=399 => Err(not_kbs(format!(
             "HTTP {status} redirect, not followed (the session cookie goes to the configured broker only)"
@@ -462,7 +498,6 @@ pub fn classify_reply(
                 .into(),
         )),
         404 => Err(not_kbs("HTTP 404 without a KBS error body".into())),
-        429 => Err(not_kbs("HTTP 429 too many requests".into())),
         s => Err(bad(format!("unexpected HTTP {s}"))),
     }
 }
@@ -491,4 +526,43 @@ fn one_line(s: &str) -> String {
         out.push('…');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_delta_seconds_only() {
+        let secs = |v: &[u8]| retry_after(v).map(|d| d.as_secs());
+        assert_eq!(secs(b"0"), Some(0));
+        assert_eq!(secs(b" 12 "), Some(12));
+        assert_eq!(secs(b"999999999"), Some(999_999_999));
+        // An HTTP-date, a fraction, a sign, too many digits, nothing: no hint.
+        for v in [
+            &b"Wed, 21 Oct 2015 07:28:00 GMT"[..],
+            b"1.5",
+            b"-1",
+            b"+1",
+            b"1000000000",
+            b"",
+            b"  ",
+        ] {
+            assert_eq!(secs(v), None, "{:?}", String::from_utf8_lossy(v));
+        }
+    }
+
+    #[test]
+    fn load_shedding_replies_keep_the_hint() {
+        let hint = Some(Duration::from_secs(3));
+        for status in [429, 500, 503] {
+            let e = classify_reply("https://b", "attest", status, hint, Vec::new()).unwrap_err();
+            assert_eq!(e.class(), ErrorClass::BrokerUnavailable);
+            assert_eq!(e.retry_after(), hint);
+            assert!(e.to_string().contains("retry after 3s"), "{e}");
+        }
+        // Elsewhere a Retry-After means nothing.
+        let e = classify_reply("https://b", "attest", 418, hint, Vec::new()).unwrap_err();
+        assert_eq!(e.retry_after(), None);
+    }
 }

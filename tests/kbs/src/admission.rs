@@ -5,10 +5,16 @@
 //! admitted attestation holds its slot for [`Admission::service_ms`] (a fixed service time that
 //! stands in for a slower verifier) plus the real verification.
 //!
+//! With [`Admission::retry_after`] each 503 carries a `Retry-After` (whole seconds, as HTTP
+//! has it) from a calendar of the slots the broker has promised: each refusal books the next
+//! free share of capacity (the mean slot time / C), and is told the whole seconds until it.
+//! That is what a load shedder that knows its capacity can say; the agent honours it.
+//!
 //! Off by default ([`crate::BrokerConfig::admission`] is `None`); the request counters
 //! ([`AdmissionStats`]) are kept either way.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::http::{Action, Request, Response};
@@ -21,6 +27,8 @@ pub struct Admission {
     /// Fixed extra time an admitted attestation holds its slot, in milliseconds (at most
     /// [`crate::MAX_DELAY`]).
     pub service_ms: u64,
+    /// Send `Retry-After` with each 503 (see the module's documentation).
+    pub retry_after: bool,
 }
 
 /// What the broker has seen since it started (counted with or without an [`Admission`] limit).
@@ -60,6 +68,10 @@ pub(crate) struct AdmissionState {
     resource: AtomicU64,
     other: AtomicU64,
     busy_us: AtomicU64,
+    /// Admitted attestations done (whose hold `busy_us` counts).
+    held: AtomicU64,
+    /// The end of the capacity booked by refusals so far (the `Retry-After` calendar).
+    booked: Mutex<Option<Instant>>,
 }
 
 /// Gives the slot back when the attestation is done, whatever happened.
@@ -77,6 +89,7 @@ impl AdmissionState {
             limit: limit.map(|l| Admission {
                 max_in_flight: l.max_in_flight.max(1),
                 service_ms: l.service_ms,
+                retry_after: l.retry_after,
             }),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
@@ -86,6 +99,8 @@ impl AdmissionState {
             resource: AtomicU64::new(0),
             other: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            booked: Mutex::new(None),
         }
     }
 
@@ -123,6 +138,25 @@ impl AdmissionState {
         }
     }
 
+    /// Books the next free share of capacity for a refused attestation: the whole seconds
+    /// until it (rounded down: the client spreads over the following second).
+    fn book(&self, limit: Admission) -> u64 {
+        // The mean hold of the attestations done so far; the service time before any is.
+        let slot = self
+            .busy_us
+            .load(Ordering::SeqCst)
+            .checked_div(self.held.load(Ordering::SeqCst))
+            .map_or(Duration::from_millis(limit.service_ms), Duration::from_micros);
+        let share = slot / u32::try_from(limit.max_in_flight).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        let Ok(mut booked) = self.booked.lock() else {
+            return 1;
+        };
+        let end = booked.map_or(now, |b| b.max(now)) + share;
+        *booked = Some(end);
+        (end - now).as_secs()
+    }
+
     /// Counts `request`, applies the limit to attestations, and otherwise runs `inner` (the
     /// fault knobs and the real handler).
     pub(crate) fn handle(
@@ -148,13 +182,17 @@ impl AdmissionState {
         };
         let Some(_slot) = self.acquire(limit.max_in_flight) else {
             self.rejected.fetch_add(1, Ordering::SeqCst);
-            return Action::Reply(Response::json(
+            let mut reply = Response::json(
                 503,
                 &serde_json::json!({
                     "type": format!("{}ServiceUnavailable", crate::api::ERROR_TYPE_PREFIX),
                     "detail": "too many attestations in flight",
                 }),
-            ));
+            );
+            if limit.retry_after {
+                reply.retry_after = Some(self.book(limit));
+            }
+            return Action::Reply(reply);
         };
         self.admitted.fetch_add(1, Ordering::SeqCst);
         let start = Instant::now();
@@ -165,6 +203,7 @@ impl AdmissionState {
         let action = inner();
         let held = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.busy_us.fetch_add(held, Ordering::SeqCst);
+        self.held.fetch_add(1, Ordering::SeqCst);
         action
     }
 }
@@ -194,6 +233,7 @@ mod tests {
         let state = AdmissionState::new(Some(Admission {
             max_in_flight: 1,
             service_ms: 0,
+            retry_after: false,
         }));
         let stop = AtomicBool::new(false);
         let attest = request("POST", "/kbs/v0/attest");
@@ -215,6 +255,45 @@ mod tests {
             (1, 2, 1, 1)
         );
         assert_eq!((s.peak_in_flight, s.requests()), (1, 5));
+    }
+
+    /// Refusals book capacity one share (slot / C) after another: the n-th refusal is told
+    /// the whole seconds until its share, and a reply without the knob has no header.
+    #[test]
+    fn retry_after_books_the_next_free_share_of_capacity() {
+        let state = AdmissionState::new(Some(Admission {
+            max_in_flight: 2,
+            service_ms: 1000,
+            retry_after: true,
+        }));
+        let stop = AtomicBool::new(false);
+        let attest = request("POST", "/kbs/v0/attest");
+        let ok = || Action::Reply(Response::json(200, &serde_json::json!({})));
+        let mut told = Vec::new();
+        // Both slots held (service time 0 inside, so the test is quick): refusals nest.
+        let held = state.handle(&attest, &stop, || {
+            state.handle(&attest, &stop, || {
+                for _ in 0..5 {
+                    match state.handle(&attest, &stop, ok) {
+                        Action::Reply(r) => told.push((r.status, r.retry_after)),
+                        _ => panic!("not a reply"),
+                    }
+                }
+                ok()
+            })
+        });
+        assert_eq!(status(&held), 200);
+        // Nothing done yet: the slot is the service time, a share 0.5 s.
+        let secs: Vec<u64> = told
+            .iter()
+            .map(|(s, r)| {
+                assert_eq!(*s, 503);
+                r.expect("a Retry-After")
+            })
+            .collect();
+        assert!(secs.windows(2).all(|w| w[0] <= w[1]), "{secs:?}");
+        // Shares end at 0.5, 1, 1.5, 2, 2.5 s (less the microseconds between the calls).
+        assert_eq!(secs, [0, 0, 1, 1, 2]);
     }
 
     #[test]

@@ -135,6 +135,7 @@ fn error(status: u16, variant: &str, detail: &str) -> Response {
         status,
         body: serde_json::to_vec(&info).unwrap_or_default(),
         set_cookie: None,
+        retry_after: None,
     }
 }
 
@@ -400,6 +401,7 @@ impl Kbs {
                 "{SESSION_COOKIE}={id}; Expires={}",
                 http_date(expires)
             )),
+            retry_after: None,
         }
     }
 
@@ -413,6 +415,7 @@ impl Kbs {
                     "{SESSION_COOKIE}={session_id}; Expires={}",
                     http_date(expires)
                 )),
+                retry_after: None,
             },
             Err(e) => {
                 let who = if session_id.is_empty() {
@@ -620,6 +623,7 @@ impl Kbs {
             status: 200,
             body,
             set_cookie: None,
+            retry_after: None,
         }
     }
 }

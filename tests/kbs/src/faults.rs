@@ -231,6 +231,7 @@ impl FaultState {
                 status: *status,
                 body,
                 set_cookie: None,
+                retry_after: None,
             });
         }
         if let Some((_, len)) = faults.oversize_for.filter(|(e, _)| *e == endpoint) {

@@ -44,6 +44,8 @@ pub(crate) struct Response {
     pub status: u16,
     pub body: Vec<u8>,
     pub set_cookie: Option<String>,
+    /// A `Retry-After` header, in seconds (the admission knob's 503s).
+    pub retry_after: Option<u64>,
 }
 
 impl Response {
@@ -53,6 +55,7 @@ impl Response {
             status,
             body: body.to_string().into_bytes(),
             set_cookie: None,
+            retry_after: None,
         }
     }
 }
@@ -214,6 +217,9 @@ fn response_head(response: &Response, keep_alive: bool) -> String {
         head.push_str("Set-Cookie: ");
         head.push_str(cookie);
         head.push_str("\r\n");
+    }
+    if let Some(secs) = response.retry_after {
+        head.push_str(&format!("Retry-After: {secs}\r\n"));
     }
     if !keep_alive {
         head.push_str("Connection: close\r\n");

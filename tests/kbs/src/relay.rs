@@ -96,6 +96,7 @@ impl Relay {
                     status: 200,
                     body: serde_json::to_vec(&jwe)?,
                     set_cookie: None,
+                    retry_after: None,
                 });
             }
         }
@@ -142,6 +143,7 @@ impl Relay {
             status,
             body,
             set_cookie,
+            retry_after: None,
         })
     }
 }

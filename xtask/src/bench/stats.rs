@@ -77,7 +77,7 @@ pub(super) fn find_verdict(stderr: &str) -> Option<&str> {
 pub(super) struct Node {
     /// Seconds from the common start until it had the key; `None` if it gave up.
     pub done: Option<f64>,
-    /// Attestation sessions it started (auth requests).
+    /// Its attempts: sessions it opened, and attestations it resent in a kept session.
     pub sessions: u32,
 }
 

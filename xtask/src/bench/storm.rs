@@ -5,6 +5,10 @@
 //! reports the broker verifies for real (VCEK signature, chain to the simulated ARK, binding).
 //! So the broker's admission limit, not the nodes, is the bottleneck.
 //!
+//! A node of ours that is refused keeps its session and resends the attestation in it at the
+//! next try, after the wait the broker asked for (`Retry-After`), or its exponential backoff
+//! when the broker asks for none.
+//!
 //! The baselines are what the anchors do: a fixed interval between single-attempt sessions
 //! (`retry.max_rounds = 1`), giving up after a fixed number of tries.
 
@@ -37,20 +41,29 @@ pub(super) enum Policy {
     Fixed { interval: Duration, tries: u32 },
 }
 
-/// A retry policy under test.
+/// A retry policy under test, and whether the broker's 503s carry `Retry-After`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Variant {
     pub key: &'static str,
     pub label: &'static str,
     pub policy: Policy,
+    pub retry_after: bool,
 }
 
-/// Ours and the two baselines, in the order they are run and shown.
-pub(super) const VARIANTS: [Variant; 3] = [
+/// Ours (against a broker that sends `Retry-After`, and one that does not) and the two
+/// baselines, in the order they are run and shown.
+pub(super) const VARIANTS: [Variant; 4] = [
     Variant {
         key: "ours",
-        label: "attest-unlock (exp. backoff, full jitter)",
+        label: "attest-unlock, broker sends Retry-After",
         policy: Policy::Ours,
+        retry_after: true,
+    },
+    Variant {
+        key: "ours-no-hint",
+        label: "attest-unlock, no Retry-After (exp. backoff, full jitter)",
+        policy: Policy::Ours,
+        retry_after: false,
     },
     Variant {
         key: "fixed-1s-x5",
@@ -59,6 +72,7 @@ pub(super) const VARIANTS: [Variant; 3] = [
             interval: Duration::from_secs(1),
             tries: 5,
         },
+        retry_after: false,
     },
     Variant {
         key: "fixed-5s-x3",
@@ -67,6 +81,7 @@ pub(super) const VARIANTS: [Variant; 3] = [
             interval: Duration::from_secs(5),
             tries: 3,
         },
+        retry_after: false,
     },
 ];
 
@@ -262,7 +277,13 @@ pub(super) fn run(
     idle_hold_ms: f64,
     deadline: Duration,
 ) -> Result<Run> {
-    let broker = broker(signer, Some(limit))?;
+    let broker = broker(
+        signer,
+        Some(Admission {
+            retry_after: variant.retry_after,
+            ..limit
+        }),
+    )?;
     let config = node_config(&broker, variant.policy, deadline);
     let policy = variant.policy;
     let signer = Arc::clone(signer);
@@ -296,6 +317,7 @@ pub(super) fn calibrate(signer: &Arc<SnpSigner>) -> Result<(f64, f64)> {
         Some(Admission {
             max_in_flight: 1,
             service_ms: 0,
+            retry_after: false,
         }),
     )?;
     let config = node_config(&broker, Policy::Ours, Duration::from_secs(30));

@@ -7,15 +7,18 @@
 //! reports do not chain to AMD's roots, which the real KBS checks.
 //!
 //! Trustee does not shed load with 503 as our admission model does: its actix workers (one
-//! per core) queue the requests. The ideal is N x the KBS's own time per session, from its
-//! access log with one node alone, / its workers: every worker busy from the first instant,
-//! every session the first. The nodes share this machine's cores with the KBS (their TLS,
-//! keys and JWE), so the ratio is an upper bound of what separate machines would see.
+//! per core) queue the requests. The ideal is N x the KBS's own cost of a session / its
+//! workers: every worker busy from the first instant, every session the first. That cost is
+//! the KBS process's CPU time per session (all its threads, from `/proc/PID/stat`) with one
+//! node alone: its TLS handshake, HTTP, JSON, verification and JWE. The time its access log
+//! gives each request is shown too; it leaves out the TLS handshake and the reading of the
+//! request. The nodes share this machine's cores with the KBS (their TLS, keys and JWE, whose
+//! CPU time is shown), so the ratio is an upper bound of what separate machines would see.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use attest_unlock::config::{Broker as BrokerEntry, Config, Measure, Platform, Retry};
 use attest_unlock::evidence::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use base64::Engine;
@@ -25,17 +28,27 @@ use test_kbs::trustee::Trustee;
 use super::stats::Node;
 use super::storm::{start_together, RESOURCE, SECRET};
 
-/// Sessions of the lone node that measures the KBS's own time per session.
-const CALIBRATE_SESSIONS: u32 = 20;
+/// Sessions of the lone node that measures the KBS's own cost per session (enough for the
+/// kernel's 10 ms CPU-time ticks to be a small part of the total).
+const CALIBRATE_SESSIONS: u32 = 100;
 
 /// One storm against the real KBS.
 #[derive(Debug, Clone)]
 pub(super) struct Run {
     pub nodes: Vec<Node>,
-    /// N x the KBS's time per session / its workers, s.
+    /// N x the KBS's CPU time per session / its workers, s.
     pub ideal: f64,
-    /// The KBS's own time per session (auth, attest, resource), ms.
+    /// The KBS's CPU time per session (one node alone), ms.
+    pub cpu_ms: f64,
+    /// The time the KBS's access log gives a session's requests (auth, attest, resource), ms.
     pub service_ms: f64,
+    /// The nodes' CPU time per session in the storm (this process: their TLS, keys, JWE), ms.
+    pub node_cpu_ms: f64,
+    /// The KBS's CPU time per session in the storm, ms.
+    pub storm_cpu_ms: f64,
+    /// The share of the machine's cores the KBS and the nodes kept busy from the start to
+    /// the last node's release (1.0: every core, all the time: the storm is CPU-bound).
+    pub cpu_busy: f64,
     /// Its workers (actix: one per core of this machine).
     pub workers: usize,
     /// What the nodes saw other than success: the KBS's non-200 answers by status, and the
@@ -112,22 +125,55 @@ fn kbs() -> Result<Trustee> {
     Ok(kbs)
 }
 
-/// The KBS's own time per session, s: one node alone, `CALIBRATE_SESSIONS` sessions one
-/// after another, the time actix logged for each of their requests (auth, attest, resource)
-/// summed and divided by the sessions.
-fn calibrate(kbs: &Trustee, config: &Config) -> Result<f64> {
+/// The KBS's own cost per session with one node alone, `CALIBRATE_SESSIONS` sessions one
+/// after another: (its CPU time, the time actix logged for the requests), s per session.
+fn calibrate(kbs: &Trustee, config: &Config) -> Result<(f64, f64)> {
     let before = request_times(&kbs.log()).len();
+    let cpu_before = cpu_seconds(kbs.pid())?;
     let mut sessions = 0;
     for _ in 0..CALIBRATE_SESSIONS {
         let r = release(config).map_err(|f| anyhow::anyhow!("calibration release failed: {f}"))?;
         sessions += r.attempts;
     }
+    let cpu = cpu_seconds(kbs.pid())? - cpu_before;
     let times = request_times(&kbs.log());
     let spent: f64 = times.get(before..).unwrap_or_default().iter().sum();
-    if sessions == 0 || spent <= 0.0 {
-        bail!("the KBS logged no request times (its actix access log)");
+    if sessions == 0 || spent <= 0.0 || cpu <= 0.0 {
+        bail!("the KBS logged no request times (its actix access log), or used no CPU");
     }
-    Ok(spent / f64::from(sessions))
+    Ok((cpu / f64::from(sessions), spent / f64::from(sessions)))
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, s: fields 14 and 15 of
+/// `/proc/PID/stat`, in clock ticks.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces: the
+    // state (field 3) first.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> Result<f64> {
+        Ok(fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .with_context(|| format!("/proc/{pid}/stat field {n}"))? as f64)
+    };
+    Ok((field(14)? + field(15)?) / clock_ticks()?)
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`).
+fn clock_ticks() -> Result<f64> {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|t| *t > 0.0)
+        .context("getconf CLK_TCK")
 }
 
 /// The duration actix's access log gives each KBS request, s.
@@ -147,10 +193,12 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
     let mut once = (*config).clone();
     once.retry.max_rounds = Some(1);
     release(&once).map_err(|f| anyhow::anyhow!("a single release failed: {f}\n{}", kbs.log()))?;
-    let service = calibrate(&kbs, &config)?;
+    let (cpu, service) = calibrate(&kbs, &config)?;
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let node_errors = Arc::clone(&errors);
+    let self_before = cpu_seconds(std::process::id())?;
+    let kbs_before = cpu_seconds(kbs.pid())?;
     let (nodes, _) = start_together(n, move || match release(&config) {
         Ok(r) if r.resources.holds(RESOURCE, SECRET) => (Some(Instant::now()), r.attempts),
         Ok(r) => (None, r.attempts),
@@ -161,6 +209,9 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
             (None, f.attempts)
         }
     })?;
+    let node_cpu = cpu_seconds(std::process::id())? - self_before;
+    let kbs_cpu = cpu_seconds(kbs.pid())? - kbs_before;
+    let last = nodes.iter().filter_map(|x| x.done).fold(0.0, f64::max);
     // What the KBS answered other than 200, from its own access log.
     let log = kbs.log();
     let logged = request_times(&log).len() as u64;
@@ -186,8 +237,16 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
         }
     }
     Ok(Run {
-        ideal: n as f64 * service / workers as f64,
+        ideal: n as f64 * cpu / workers as f64,
+        cpu_ms: cpu * 1e3,
         service_ms: service * 1e3,
+        node_cpu_ms: node_cpu * 1e3 / sessions.max(1) as f64,
+        storm_cpu_ms: kbs_cpu * 1e3 / sessions.max(1) as f64,
+        cpu_busy: if last > 0.0 {
+            (node_cpu + kbs_cpu) / (workers as f64 * last)
+        } else {
+            0.0
+        },
         workers,
         nodes,
         errors: by_class.into_iter().collect(),
