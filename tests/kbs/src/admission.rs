@@ -7,7 +7,8 @@
 //!
 //! With [`Admission::retry_after`] each 503 carries a `Retry-After` (whole seconds, as HTTP
 //! has it) from a calendar of the slots the broker has promised: each refusal books the next
-//! free share of capacity (the mean slot time / C), and is told the whole seconds until it.
+//! free share of capacity (the shortest slot time so far / C), and is told the whole seconds
+//! until it.
 //! That is what a load shedder that knows its capacity can say; the agent honours it.
 //!
 //! Off by default ([`crate::BrokerConfig::admission`] is `None`); the request counters
@@ -68,8 +69,8 @@ pub(crate) struct AdmissionState {
     resource: AtomicU64,
     other: AtomicU64,
     busy_us: AtomicU64,
-    /// Admitted attestations done (whose hold `busy_us` counts).
-    held: AtomicU64,
+    /// The shortest hold of an admitted attestation so far (`u64::MAX`: none done yet).
+    min_hold_us: AtomicU64,
     /// The end of the capacity booked by refusals so far (the `Retry-After` calendar).
     booked: Mutex<Option<Instant>>,
 }
@@ -99,7 +100,7 @@ impl AdmissionState {
             resource: AtomicU64::new(0),
             other: AtomicU64::new(0),
             busy_us: AtomicU64::new(0),
-            held: AtomicU64::new(0),
+            min_hold_us: AtomicU64::new(u64::MAX),
             booked: Mutex::new(None),
         }
     }
@@ -141,12 +142,15 @@ impl AdmissionState {
     /// Books the next free share of capacity for a refused attestation: the whole seconds
     /// until it (rounded down: the client spreads over the following second).
     fn book(&self, limit: Admission) -> u64 {
-        // The mean hold of the attestations done so far; the service time before any is.
-        let slot = self
-            .busy_us
-            .load(Ordering::SeqCst)
-            .checked_div(self.held.load(Ordering::SeqCst))
-            .map_or(Duration::from_millis(limit.service_ms), Duration::from_micros);
+        // The broker's best case: the shortest hold so far (the service time before any is
+        // done). A mean would count the start of a storm, when every node's TLS handshake
+        // slows the broker, against the whole calendar: the first wave would be booked too
+        // far out and the broker left idle later. Booking a little beyond the mean capacity
+        // costs a few refusals instead.
+        let slot = match self.min_hold_us.load(Ordering::SeqCst) {
+            u64::MAX => Duration::from_millis(limit.service_ms),
+            us => Duration::from_micros(us),
+        };
         let share = slot / u32::try_from(limit.max_in_flight).unwrap_or(u32::MAX);
         let now = Instant::now();
         let Ok(mut booked) = self.booked.lock() else {
@@ -203,7 +207,7 @@ impl AdmissionState {
         let action = inner();
         let held = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.busy_us.fetch_add(held, Ordering::SeqCst);
-        self.held.fetch_add(1, Ordering::SeqCst);
+        self.min_hold_us.fetch_min(held, Ordering::SeqCst);
         action
     }
 }
