@@ -16,6 +16,7 @@
 //! | [`luks2`] | the LUKS2 on-disk header (binary header copies and JSON metadata) |
 //! | [`pe`] | PE/COFF images (EFI applications) and their Authenticode digest |
 //! | [`tpm`] | `TPMS_ATTEST` (quote) and `TPMT_SIGNATURE` |
+//! | [`qgs`] | the TDX quote generation service's `GET_QUOTE` messages (vsock framing) |
 //! | [`sha1`] | SHA-1, only to replay SHA-1 PCR banks of event logs |
 
 pub mod confdata;
@@ -24,6 +25,7 @@ pub mod eventlog;
 pub mod hcl;
 pub mod luks2;
 pub mod pe;
+pub mod qgs;
 mod reader;
 pub mod sha1;
 pub mod snp;
