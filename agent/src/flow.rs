@@ -632,10 +632,10 @@ type Done = (Resources, Zeroizing<String>, Timings);
 /// the broker answered the attestation "not now".
 type Failed = (Step, Error, Option<Box<Pending>>);
 
-/// How long a session whose attestation a broker answered "not now" is resumed: well within
-/// Trustee's session lifetime (5 minutes unless configured otherwise). A broker that forgot
-/// the session meanwhile answers the resent attestation with an error, and [`attempt`] opens
-/// a new session at once.
+/// How long a session whose attestation a broker answered "not now" is resumed: a minute, well
+/// under the session lifetime Trustee's source sets by default (5 minutes; not tested here). A
+/// broker that forgot the session meanwhile answers the resent attestation with an error, and
+/// [`attempt`] opens a new session at once.
 const RESUME_FOR: Duration = Duration::from_secs(60);
 
 fn resend_note(pending: &[Option<Box<Pending>>]) -> &'static str {
