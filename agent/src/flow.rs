@@ -516,7 +516,8 @@ pub fn clients(config: &Config) -> Result<Vec<Box<dyn BrokerClient>>, Failure> {
 /// The retry loop of [`release`] over brokers already built (the real clients, or fakes).
 ///
 /// A round tries every broker once. A broker that answered the attestation "not now" (5xx,
-/// 429) keeps its session ([`Pending`]): the next round resends the same attestation in it,
+/// 429, or a reply that is not the KBS's: an ingress answering for it) keeps its session
+/// ([`Pending`]): the next round resends the same attestation in it,
 /// one request instead of a new session's auth, evidence and attest. Between rounds the loop
 /// waits as the brokers asked with `Retry-After` when every failure of the round carried one
 /// ([`hinted_wait`]), and by exponential backoff otherwise ([`backoff`]).
@@ -1296,8 +1297,8 @@ fn open(
 }
 
 /// The second half: `attest`, the resources, their decryption, with the timings of the
-/// session's first half. A "not now" (5xx, 429) at `attest` hands the session back to be
-/// resumed; the attempt's own `attest` time is not kept with it.
+/// session's first half. A "not now" at `attest` (the broker-unavailable class: 5xx, 429, or
+/// an ingress answering for the KBS) hands the session back to be resumed; the attempt's own `attest` time is not kept with it.
 fn finish(
     client: &dyn BrokerClient,
     pending: Box<Pending>,
@@ -1318,7 +1319,6 @@ fn finish(
         ..
     } = *pending;
     t.0.push((Step::Attest, start.elapsed()));
-    let fail = |step| move |e| (step, e, None);
 
     let bodies = t
         .time(Step::Fetch, || {
@@ -1327,7 +1327,7 @@ fn finish(
                 .map(|p| client.resource(&session, p))
                 .collect::<Result<Vec<_>, KbsError>>()
         })
-        .map_err(|e| fail(Step::Fetch)(e.into()))?;
+        .map_err(|e| (Step::Fetch, e.into(), None))?;
 
     let plain = t
         .time(Step::Decrypt, || {
@@ -1343,7 +1343,7 @@ fn finish(
                 })
                 .collect::<Result<Vec<_>, Error>>()
         })
-        .map_err(fail(Step::Decrypt))?;
+        .map_err(|e| (Step::Decrypt, e, None))?;
     Ok((Resources(plain), Zeroizing::new(token), t))
 }
 
