@@ -153,9 +153,7 @@ impl AdmissionState {
         };
         let share = slot / u32::try_from(limit.max_in_flight).unwrap_or(u32::MAX);
         let now = Instant::now();
-        let Ok(mut booked) = self.booked.lock() else {
-            return 1;
-        };
+        let mut booked = crate::faults::lock(&self.booked);
         let end = booked.map_or(now, |b| b.max(now)) + share;
         *booked = Some(end);
         (end - now).as_secs()

@@ -253,10 +253,11 @@ pub(super) fn run(args: &[String]) -> Result<()> {
         step("bench: 6. boot storm");
         let storm = storm_all(&options)?;
         for n in storm_sizes(&storm) {
-            for key in ["ours", "ours-no-hint"] {
-                let (ok, ours, baselines) = storm_target(&storm, n, key);
+            for v in storm::ours() {
+                let (ok, ours, baselines) = storm_target(&storm, n, v.key);
                 eprintln!(
-                    "bench: storm N={n} {key}: {ours}; baselines: {baselines}; target {}",
+                    "bench: storm N={n} {}: {ours}; baselines: {baselines}; target {}",
+                    v.key,
                     verdict(ok)
                 );
             }
@@ -402,8 +403,7 @@ fn storm_all(o: &Options) -> Result<Storm> {
     let mut runs = Vec::new();
     for &n in &o.storm_nodes {
         let limit = limit_for(n, o.service_ms);
-        let est =
-            n as f64 * (limit.service_ms as f64 + idle_hold_ms) / 1e3 / limit.max_in_flight as f64;
+        let est = storm::ideal(n, limit, idle_hold_ms);
         let deadline = Duration::from_secs_f64((est * 8.0).max(60.0));
         for r in 0..o.storm_runs {
             for v in storm::VARIANTS {
@@ -804,11 +804,13 @@ fn storm_rows_summary(rows: &mut Vec<Vec<String>>, r: &Results) {
     match &r.storm {
         Ok(s) => {
             for n in storm_sizes(s) {
-                for (key, broker) in [
-                    ("ours", "503 with Retry-After"),
-                    ("ours-no-hint", "bare 503"),
-                ] {
-                    let (ok, ours, base) = storm_target(s, n, key);
+                for v in storm::ours() {
+                    let broker = if v.retry_after {
+                        "503 with Retry-After"
+                    } else {
+                        "bare 503"
+                    };
+                    let (ok, ours, base) = storm_target(s, n, v.key);
                     rows.push(vec![
                         {
                             let l = limit_for(n, r.options.service_ms);
@@ -1571,8 +1573,7 @@ fn storm_limits(s: &mut String, st: &Storm, r: &Results) {
     );
     for n in storm_sizes(st) {
         let l = limit_for(n, r.options.service_ms);
-        let ideal =
-            n as f64 * (l.service_ms as f64 + st.idle_hold_ms) / 1e3 / l.max_in_flight as f64;
+        let ideal = storm::ideal(n, l, st.idle_hold_ms);
         let _ = writeln!(
             s,
             "- N={n}: the first wave alone is +{:.2} requests/node ({} of {n} refused); one \
@@ -1608,7 +1609,7 @@ fn real_storm_section(s: &mut String, r: &Results) {
                  share this machine's {} CPUs with the KBS (their TLS handshakes, P-256 keys, JWE: \
                  *nodes' CPU ms/session*, this process's CPU time in the storm per session), which the \
                  ratio counts against them. *Cores busy* is the KBS's and the nodes' CPU time in the \
-                 storm over (cores x the last node's release): near 100%, the storm is bound by this \
+                 storm over (cores x the time until every node thread ended, the window it is read over): near 100%, the storm is bound by this \
                  machine's CPUs, which no retry policy changes (the nodes made no extra requests to \
                  wait on). *Errors* are the KBS's non-200 answers and the nodes' final failures.\n",
                 r.machine.nproc

@@ -103,6 +103,17 @@ pub(super) struct Run {
     pub wall: f64,
 }
 
+/// Our variants (the agent's own policy), against a broker with and without `Retry-After`.
+pub(super) fn ours() -> impl Iterator<Item = &'static Variant> {
+    VARIANTS.iter().filter(|v| v.policy == Policy::Ours)
+}
+
+/// N x (service time + the broker's time per attestation when idle) / C, in seconds: the
+/// ideal of a storm of `n` nodes (see [`Run::ideal`]).
+pub(super) fn ideal(n: usize, limit: Admission, idle_hold_ms: f64) -> f64 {
+    n as f64 * (limit.service_ms as f64 + idle_hold_ms) / 1e3 / limit.max_in_flight as f64
+}
+
 /// Simulated SNP hardware as an evidence source (the bench's only one; nothing of it is in
 /// the agent).
 struct SimSnp {
@@ -295,8 +306,7 @@ pub(super) fn run(
     } else {
         limit.service_ms as f64
     };
-    let ideal =
-        n as f64 * (limit.service_ms as f64 + idle_hold_ms) / 1e3 / limit.max_in_flight as f64;
+    let ideal = ideal(n, limit, idle_hold_ms);
     Ok(Run {
         variant,
         nodes,

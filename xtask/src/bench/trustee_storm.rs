@@ -46,8 +46,9 @@ pub(super) struct Run {
     pub node_cpu_ms: f64,
     /// The KBS's CPU time per session in the storm, ms.
     pub storm_cpu_ms: f64,
-    /// The share of the machine's cores the KBS and the nodes kept busy from the start to
-    /// the last node's release (1.0: every core, all the time: the storm is CPU-bound).
+    /// The share of the machine's cores the KBS and the nodes kept busy from the start until
+    /// every node thread ended, the window their CPU time is read over (1.0: every core, all
+    /// the time: the storm is CPU-bound).
     pub cpu_busy: f64,
     /// Its workers (actix: one per core of this machine).
     pub workers: usize,
@@ -127,15 +128,15 @@ fn kbs() -> Result<Trustee> {
 
 /// The KBS's own cost per session with one node alone, `CALIBRATE_SESSIONS` sessions one
 /// after another: (its CPU time, the time actix logged for the requests), s per session.
-fn calibrate(kbs: &Trustee, config: &Config) -> Result<(f64, f64)> {
+fn calibrate(kbs: &Trustee, config: &Config, ticks: f64) -> Result<(f64, f64)> {
     let before = request_times(&kbs.log()).len();
-    let cpu_before = cpu_seconds(kbs.pid())?;
+    let cpu_before = cpu_seconds(kbs.pid(), ticks)?;
     let mut sessions = 0;
     for _ in 0..CALIBRATE_SESSIONS {
         let r = release(config).map_err(|f| anyhow::anyhow!("calibration release failed: {f}"))?;
         sessions += r.attempts;
     }
-    let cpu = cpu_seconds(kbs.pid())? - cpu_before;
+    let cpu = cpu_seconds(kbs.pid(), ticks)? - cpu_before;
     let times = request_times(&kbs.log());
     let spent: f64 = times.get(before..).unwrap_or_default().iter().sum();
     if sessions == 0 || spent <= 0.0 || cpu <= 0.0 {
@@ -145,8 +146,8 @@ fn calibrate(kbs: &Trustee, config: &Config) -> Result<(f64, f64)> {
 }
 
 /// CPU time (user + system, all threads) of process `pid` so far, s: fields 14 and 15 of
-/// `/proc/PID/stat`, in clock ticks.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+/// `/proc/PID/stat`, in clock ticks (`ticks` per second, [`clock_ticks`]).
+fn cpu_seconds(pid: u32, ticks: f64) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The fields after the command name, which is in parentheses and may hold spaces: the
     // state (field 3) first.
@@ -160,7 +161,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
             .and_then(|v| v.parse::<u64>().ok())
             .with_context(|| format!("/proc/{pid}/stat field {n}"))? as f64)
     };
-    Ok((field(14)? + field(15)?) / clock_ticks()?)
+    Ok((field(14)? + field(15)?) / ticks)
 }
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`).
@@ -193,13 +194,14 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
     let mut once = (*config).clone();
     once.retry.max_rounds = Some(1);
     release(&once).map_err(|f| anyhow::anyhow!("a single release failed: {f}\n{}", kbs.log()))?;
-    let (cpu, service) = calibrate(&kbs, &config)?;
+    let ticks = clock_ticks()?;
+    let (cpu, service) = calibrate(&kbs, &config, ticks)?;
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let node_errors = Arc::clone(&errors);
-    let self_before = cpu_seconds(std::process::id())?;
-    let kbs_before = cpu_seconds(kbs.pid())?;
-    let (nodes, _) = start_together(n, move || match release(&config) {
+    let self_before = cpu_seconds(std::process::id(), ticks)?;
+    let kbs_before = cpu_seconds(kbs.pid(), ticks)?;
+    let (nodes, wall) = start_together(n, move || match release(&config) {
         Ok(r) if r.resources.holds(RESOURCE, SECRET) => (Some(Instant::now()), r.attempts),
         Ok(r) => (None, r.attempts),
         Err(f) => {
@@ -209,9 +211,8 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
             (None, f.attempts)
         }
     })?;
-    let node_cpu = cpu_seconds(std::process::id())? - self_before;
-    let kbs_cpu = cpu_seconds(kbs.pid())? - kbs_before;
-    let last = nodes.iter().filter_map(|x| x.done).fold(0.0, f64::max);
+    let node_cpu = cpu_seconds(std::process::id(), ticks)? - self_before;
+    let kbs_cpu = cpu_seconds(kbs.pid(), ticks)? - kbs_before;
     // What the KBS answered other than 200, from its own access log.
     let log = kbs.log();
     let logged = request_times(&log).len() as u64;
@@ -242,8 +243,8 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
         service_ms: service * 1e3,
         node_cpu_ms: node_cpu * 1e3 / sessions.max(1) as f64,
         storm_cpu_ms: kbs_cpu * 1e3 / sessions.max(1) as f64,
-        cpu_busy: if last > 0.0 {
-            (node_cpu + kbs_cpu) / (workers as f64 * last)
+        cpu_busy: if wall > 0.0 {
+            (node_cpu + kbs_cpu) / (workers as f64 * wall)
         } else {
             0.0
         },
