@@ -354,6 +354,13 @@ pub struct Tee {
     /// The TDX RTMR the post-release measurement extends when there is no TPM (Linux >= 6.16
     /// exposes RTMR3 as a writable sysfs attribute taking a SHA-384 digest).
     pub rtmr: PathBuf,
+    /// The TDX guest device, whose TDREPORT the quote generation service signs on the direct
+    /// path.
+    pub tdx_guest: PathBuf,
+    /// The host's vsock port of the TDX quote generation service (QGS). With the TDX guest
+    /// device present, quotes are asked of the service directly (milliseconds) instead of
+    /// through configfs-tsm (about a second), which stays the fallback. 0: configfs-tsm only.
+    pub qgs_port: u32,
 }
 
 impl Default for Tee {
@@ -365,6 +372,8 @@ impl Default for Tee {
             ccel: PathBuf::from("/sys/firmware/acpi/tables/data/CCEL"),
             composite: true,
             rtmr: PathBuf::from("/sys/class/misc/tdx_guest/measurements/rtmr3:sha384"),
+            tdx_guest: PathBuf::from("/dev/tdx_guest"),
+            qgs_port: 4050,
         }
     }
 }

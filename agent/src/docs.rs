@@ -47,6 +47,8 @@ pub(crate) const KEYS: &[Key] = &[
     k("tee.ccel", "\"/sys/firmware/acpi/tables/data/CCEL\"", "TDX CCEL event log."),
     k("tee.composite", "true", "With a TEE and a TPM, send the TPM quote as additional evidence bound to the TEE report."),
     k("tee.rtmr", "\"/sys/class/misc/tdx_guest/measurements/rtmr3:sha384\"", "TDX without a TPM: the RTMR attribute extended with SHA-384 of the post-release event (Linux >= 6.16)."),
+    k("tee.tdx_guest", "\"/dev/tdx_guest\"", "TDX guest device: its TDREPORT is what the quote generation service signs on the direct path."),
+    k("tee.qgs_port", "4050", "Host vsock port of the TDX quote generation service. With the TDX guest device present the quote is asked of it directly (milliseconds; the request timeout applies) instead of through configfs-tsm, whose driver polls once a second and which stays the fallback. 0: configfs-tsm only."),
     k("azure.imds_url", "\"http://169.254.169.254\"", "Azure Instance Metadata Service: VCEK and chain (`/metadata/THIM/amd/certification`) on SNP, TD quote (`/acc/tdquote`) on TDX."),
     k("azure.poll_timeout_ms", "10000", "How long to wait for the HCL report to carry the user data just written to NV 0x01400002 (polled with short backoff, no fixed sleep)."),
     k("azure.insecure_boot_report", "false", "Send the boot-time HCL report (evidence `version: 1`): the hardware report is then not bound to the session, only the vTPM quote is. Only for brokers whose policy accepts it (logged at warn)."),

@@ -294,6 +294,32 @@ fn tdx_with_vtpm_unlocks_after_the_broker_verified_both() {
     assert!(line.contains("ear.status affirming"), "{line}");
 }
 
+/// With the TDX guest device beside configfs-tsm, detection chooses the quote generation
+/// service over vsock first and says configfs-tsm is the fallback. Only `detect` runs: the
+/// service's address is the host's vsock CID 2, which on these test machines is the real
+/// host, outside what tests may reach (the direct path's exchange is tested against a fake
+/// service in `evidence::tdx`).
+#[test]
+fn tdx_guest_device_makes_the_quote_service_the_first_choice() {
+    let mut w = Tee::tdx();
+    w.start_tsm(false);
+    let dev = w.root.path().join("dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("tdx_guest"), b"").unwrap();
+    let broker = Broker::start(w.broker_config()).unwrap();
+    let detect = w.detect(&w.agent_config(&broker));
+    assert!(detect.status.success(), "{}", detect.stderr);
+    assert!(
+        detect
+            .stdout
+            .starts_with("tdx (quote generation service at vsock 2:4050 with ")
+            && detect.stdout.contains("/dev/tdx_guest, configfs-tsm ")
+            && detect.stdout.contains(" as the fallback"),
+        "{}",
+        detect.stdout
+    );
+}
+
 #[test]
 fn tdx_wrong_mrtd_is_denied_and_nothing_is_unlocked() {
     let mut w = Tee::tdx();

@@ -246,6 +246,8 @@ pub struct Detected {
     pub detail: String,
     /// How SNP reports are obtained, when the platform is SNP.
     pub snp_backend: Option<SnpBackendKind>,
+    /// How TDX quotes are obtained, when the platform is TDX.
+    pub tdx_backend: Option<TdxBackendKind>,
     /// Whether a TPM is present beside the TEE (for composite evidence).
     pub tpm_present: bool,
 }
@@ -257,6 +259,17 @@ pub enum SnpBackendKind {
     Tsm,
     /// `/dev/sev-guest`.
     SevGuest,
+}
+
+/// The TDX quote interface found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TdxBackendKind {
+    /// configfs-tsm.
+    Tsm,
+    /// The quote generation service over vsock, configfs-tsm as the fallback.
+    QgsThenTsm,
+    /// The quote generation service over vsock (a kernel without configfs-tsm).
+    Qgs,
 }
 
 /// What detection asks the TPM: which NV indices exist and what they hold. The production
@@ -331,7 +344,10 @@ impl NvProbe for TctiProbe {
 /// Order, strongest evidence first, each step only when the configured platform allows it:
 ///
 /// 1. configfs-tsm whose provider is SNP or TDX (bare-metal or cloud SNP/TDX guests, Linux
-///    >= 6.7): a hardware report over our own report data;
+///    6.7 or later): a hardware report over our own report data. For TDX with the guest
+///    device and `tee.qgs_port` set, quotes are asked of the quote generation service over
+///    vsock first, configfs-tsm being the fallback. The TDX guest device alone (kernels
+///    before 6.7) is TDX through the quote generation service only;
 /// 2. the Azure HCL report in vTPM NV 0x01400001 (its header says SNP or TDX): the hardware
 ///    report is reached through the paravisor. Before `/dev/sev-guest`, because on an Azure
 ///    CVM a guest-visible SNP device would report at the guest's VMPL, not the paravisor's
@@ -364,6 +380,16 @@ pub(crate) fn detect_with(
     };
     let tsm_root = rooted_path(root, &config.tee.tsm_root);
     let sev_guest = rooted_path(root, &config.tee.sev_guest);
+    let tdx_guest = rooted_path(root, &config.tee.tdx_guest);
+    // The direct path to the TDX quote service: the guest device for the TDREPORT, a port.
+    let qgs = (config.tee.qgs_port != 0 && tdx_guest.exists()).then(|| {
+        format!(
+            "quote generation service at vsock {}:{} with {}",
+            crate::hw::qgs::HOST_CID,
+            config.tee.qgs_port,
+            tdx_guest.display()
+        )
+    });
     let wanted = config.platform;
     let wants = |platforms: &[Platform]| wanted == Platform::Auto || platforms.contains(&wanted);
     let mut checked = Vec::new();
@@ -371,7 +397,12 @@ pub(crate) fn detect_with(
         platform,
         detail,
         snp_backend,
+        tdx_backend: None,
         tpm_present,
+    };
+    let tdx = |detail: String, backend| Detected {
+        tdx_backend: Some(backend),
+        ..found(Platform::Tdx, detail, None)
     };
 
     // 1. configfs-tsm.
@@ -405,11 +436,19 @@ pub(crate) fn detect_with(
                 ))
             }
             (Platform::Auto | Platform::Tdx, Some("tdx_guest")) => {
-                return Ok(found(
-                    Platform::Tdx,
-                    format!("configfs-tsm {}", tsm_root.display()),
-                    None,
-                ))
+                return Ok(match &qgs {
+                    Some(direct) => tdx(
+                        format!(
+                            "{direct}, configfs-tsm {} as the fallback",
+                            tsm_root.display()
+                        ),
+                        TdxBackendKind::QgsThenTsm,
+                    ),
+                    None => tdx(
+                        format!("configfs-tsm {}", tsm_root.display()),
+                        TdxBackendKind::Tsm,
+                    ),
+                })
             }
             (Platform::Auto, Some(other)) => {
                 return Err(EvidenceError::NoPlatform {
@@ -421,6 +460,26 @@ pub(crate) fn detect_with(
         }
     } else if wants(&[Platform::Snp, Platform::Tdx]) {
         checked.push(format!("configfs-tsm at {}", tsm_root.display()));
+    }
+
+    // 1b. The TDX guest device without configfs-tsm (kernels before 6.7): the quote service
+    // directly.
+    if wants(&[Platform::Tdx]) {
+        if let Some(direct) = qgs {
+            return Ok(tdx(
+                format!("{direct} (no configfs-tsm)"),
+                TdxBackendKind::Qgs,
+            ));
+        }
+        checked.push(format!(
+            "{}{}",
+            tdx_guest.display(),
+            if config.tee.qgs_port == 0 {
+                " (tee.qgs_port = 0)"
+            } else {
+                ""
+            }
+        ));
     }
 
     // 2. The Azure HCL report.
@@ -617,11 +676,24 @@ pub(crate) fn source_for(
             };
             Box::new(snp::SnpSource::new(backend, config.tee.vmpl))
         }
-        Platform::Tdx => Box::new(tdx::TdxSource::new(
-            rooted_path(root, &config.tee.tsm_root),
-            rooted_path(root, &config.tee.ccel),
-            rooted_path(root, &config.tee.rtmr),
-        )),
+        Platform::Tdx => {
+            let qgs = match detected.tdx_backend {
+                Some(TdxBackendKind::Qgs | TdxBackendKind::QgsThenTsm) => {
+                    Some(crate::hw::qgs::QgsClient::vsock(
+                        rooted_path(root, &config.tee.tdx_guest),
+                        config.tee.qgs_port,
+                        config.timeouts.request(),
+                    ))
+                }
+                _ => None,
+            };
+            Box::new(tdx::TdxSource::new(
+                rooted_path(root, &config.tee.tsm_root),
+                rooted_path(root, &config.tee.ccel),
+                rooted_path(root, &config.tee.rtmr),
+                qgs,
+            ))
+        }
     };
     if config.tee.composite && detected.tpm_present {
         Box::new(Composite {
@@ -755,6 +827,40 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("HCL report: vTPM NV 0x01400001 holds none usable"),
+            "{e}"
+        );
+    }
+
+    /// The TDX guest device without configfs-tsm (kernels before 6.7) is TDX through the
+    /// quote generation service, chosen and said at detection; with `tee.qgs_port = 0` it is
+    /// not, and a configured `tdx` then says why.
+    #[test]
+    fn the_tdx_guest_device_alone_is_tdx_through_the_quote_service() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        std::fs::write(dir.path().join("dev/tdx_guest"), b"").unwrap();
+        let mut config = Config::default();
+        let d = detect_with(&config, dir.path(), &mut nv(&[])).unwrap();
+        assert_eq!(d.platform, Platform::Tdx);
+        assert_eq!(d.tdx_backend, Some(TdxBackendKind::Qgs));
+        assert!(
+            d.detail
+                .starts_with("quote generation service at vsock 2:4050 with ")
+                && d.detail.ends_with("/dev/tdx_guest (no configfs-tsm)"),
+            "{}",
+            d.detail
+        );
+        config.tee.qgs_port = 0;
+        let e = detect_with(&config, dir.path(), &mut nv(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("tdx_guest (tee.qgs_port = 0)"),
+            "{e}"
+        );
+        config.platform = Platform::Tdx;
+        let e = detect_with(&config, dir.path(), &mut nv(&[])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("no tdx platform found")
+                && e.to_string().contains("tdx_guest (tee.qgs_port = 0)"),
             "{e}"
         );
     }

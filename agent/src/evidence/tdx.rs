@@ -1,9 +1,12 @@
 //! Intel TDX evidence in the shape Trustee's `tdx` verifier reads:
 //! `{"cc_eventlog": <std base64 of the trimmed CCEL> | null, "quote": <std base64>}`.
 //!
-//! The quote comes from configfs-tsm (the host's quote generation service signs it); its
-//! REPORTDATA is the 48-byte binding digest zero-padded to 64 bytes. The CCEL is trimmed the
-//! way Trustee's guest side does it, so the broker replays exactly the same bytes.
+//! The quote is signed by the host's quote generation service (QGS). It is asked directly over
+//! vsock when detection found the TDX guest device ([`crate::hw::qgs`]: milliseconds), else
+//! through configfs-tsm, whose driver polls for it once a second; configfs-tsm is also the
+//! fallback when the direct path fails. Its REPORTDATA is the 48-byte binding digest
+//! zero-padded to 64 bytes. The CCEL is trimmed the way Trustee's guest side does it, so the
+//! broker replays exactly the same bytes.
 
 use std::path::PathBuf;
 
@@ -13,6 +16,7 @@ use kbs_types::Tee;
 
 use super::{EvidenceError, EvidenceSource, Recorded, ReportData};
 use crate::config::Platform;
+use crate::hw::qgs::QgsClient;
 use crate::hw::tsm;
 
 /// Appended after the trimmed log, as Trustee's guest side does.
@@ -74,17 +78,56 @@ pub(crate) struct TdxSource {
     rtmr: PathBuf,
     /// MRCONFIGID of the last quote produced.
     mr_config_id: Option<[u8; 48]>,
+    /// The direct path to the quote generation service, when detection chose it.
+    qgs: Option<QgsClient>,
+    /// Why the direct path could not be prepared for this session (its quote then comes
+    /// from configfs-tsm).
+    qgs_failed: Option<String>,
 }
 
 impl TdxSource {
     /// A source using the configfs-tsm tree at `tsm_root`, the CCEL at `ccel` and the RTMR
-    /// attribute at `rtmr`.
-    pub(crate) fn new(tsm_root: PathBuf, ccel: PathBuf, rtmr: PathBuf) -> TdxSource {
+    /// attribute at `rtmr`; with `qgs`, quotes are asked of the service directly first.
+    pub(crate) fn new(
+        tsm_root: PathBuf,
+        ccel: PathBuf,
+        rtmr: PathBuf,
+        qgs: Option<QgsClient>,
+    ) -> TdxSource {
         TdxSource {
             tsm_root,
             ccel,
             rtmr,
             mr_config_id: None,
+            qgs,
+            qgs_failed: None,
+        }
+    }
+
+    /// A quote over `data`: from the service directly when that path is chosen and works,
+    /// else from configfs-tsm. A failure of the direct path is logged and said again if the
+    /// fallback fails too.
+    fn quote(&mut self, data: &[u8; 64]) -> Result<Vec<u8>, EvidenceError> {
+        let direct = match (&mut self.qgs, self.qgs_failed.take()) {
+            (Some(_), Some(why)) => Some(why),
+            (Some(qgs), None) => match qgs.quote(data) {
+                Ok(quote) => {
+                    log::debug!("TDX quote from {}", qgs.what());
+                    return Ok(quote);
+                }
+                Err(e) => Some(e.to_string()),
+            },
+            (None, _) => None,
+        };
+        if let Some(why) = &direct {
+            log::warn!("TDX quote: {why}; asking configfs-tsm instead");
+        }
+        match tsm::report(&self.tsm_root, "tdx_guest", data, None) {
+            Ok(r) => Ok(r.outblob),
+            Err(e) => Err(match direct {
+                Some(why) => EvidenceError::Unavailable(format!("TDX quote: {why}; and then {e}")),
+                None => e.into(),
+            }),
         }
     }
 }
@@ -98,18 +141,34 @@ impl EvidenceSource for TdxSource {
         Tee::Tdx
     }
 
+    fn prepare(&mut self) -> Result<(), EvidenceError> {
+        // The connection is opened while the broker's challenge is on its way; a failure
+        // only sends this session's quote to configfs-tsm.
+        if let Some(qgs) = &mut self.qgs {
+            self.qgs_failed = qgs.connect().err().map(|e| e.to_string());
+        }
+        Ok(())
+    }
+
+    fn unprepare(&mut self) {
+        if let Some(qgs) = &mut self.qgs {
+            qgs.disconnect();
+        }
+        self.qgs_failed = None;
+    }
+
     fn collect(&mut self, report_data: &ReportData) -> Result<serde_json::Value, EvidenceError> {
         let data = report_data.padded64();
-        let r = tsm::report(&self.tsm_root, "tdx_guest", &data, None)?;
+        let quote = self.quote(&data)?;
         let ccel = crate::hw::fw::read_log(&self.ccel).map_err(|source| EvidenceError::Device {
             action: "read",
             path: self.ccel.clone(),
             source,
         })?;
-        self.mr_config_id = crate::formats::tdx::parse_quote(&r.outblob)
+        self.mr_config_id = crate::formats::tdx::parse_quote(&quote)
             .ok()
             .map(|q| q.body.mr_config_id);
-        encode(&r.outblob, ccel.as_deref(), &data)
+        encode(&quote, ccel.as_deref(), &data)
     }
 
     fn launch_init_data(&self) -> Option<super::LaunchInitData> {
@@ -148,6 +207,7 @@ pub(crate) fn extend_rtmr(
 mod tests {
     use super::*;
 
+    use crate::hw::qgs::QgsError;
     use test_kbs::testdata;
 
     #[test]
@@ -250,5 +310,188 @@ mod tests {
             assert!(encode(&quote, None, &rd).is_ok(), "{path}");
             assert!(encode(&quote, None, &[0u8; 64]).is_err(), "{path}");
         }
+    }
+
+    /// How the fake quote generation service behaves on a connection.
+    #[derive(Clone, Copy, Debug)]
+    enum Qgs {
+        /// Answers with a quote of the TDREPORT it was sent.
+        Answers,
+        /// Answers with this error code.
+        Refuses(u32),
+        /// Answers with a quote over other report data.
+        OtherReportData,
+        /// Reads the request and says nothing.
+        Silent,
+        /// Sends its answer one byte every 20 ms.
+        Trickles,
+        /// Closes the connection after the length prefix.
+        HangsUp,
+        /// Cannot be connected to.
+        Absent,
+    }
+
+    /// The fake service's counters.
+    #[derive(Default)]
+    struct Seen {
+        connects: usize,
+        requests: usize,
+    }
+
+    /// A client of a fake service behaving as `qgs` over a socket pair, with TDREPORTs of
+    /// the simulated TDX module and quotes by `signer`: only the device and the vsock are
+    /// replaced, the framing and checks are the agent's.
+    fn client(
+        signer: std::sync::Arc<test_kbs::sim::TdxSigner>,
+        qgs: Qgs,
+        seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+    ) -> QgsClient {
+        use std::io::{Read, Write};
+        use test_kbs::sim::TdxQuoteParams;
+        use test_kbs::sim_cloud::{qgs_answer, td_report};
+        let connect = move || -> Result<Box<dyn crate::hw::qgs::Stream>, QgsError> {
+            seen.lock().unwrap().connects += 1;
+            if let Qgs::Absent = qgs {
+                return Err(QgsError::Io {
+                    action: "connect to",
+                    what: "the fake".into(),
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                });
+            }
+            let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+            // As `connect_vsock` bounds each read.
+            ours.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                .unwrap();
+            let signer = signer.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut prefix = [0u8; 4];
+                if theirs.read_exact(&mut prefix).is_err() {
+                    return; // connected ahead, then dropped
+                }
+                let mut request = prefix.to_vec();
+                request.resize(4 + u32::from_be_bytes(prefix) as usize, 0);
+                theirs.read_exact(&mut request[4..]).unwrap();
+                seen.lock().unwrap().requests += 1;
+                let answer = match qgs {
+                    Qgs::Refuses(code) => qgs_answer(&signer, &request, code),
+                    Qgs::OtherReportData => {
+                        request[4 + 24 + 128] ^= 1; // REPORTDATA[0] of the TDREPORT
+                        qgs_answer(&signer, &request, 0)
+                    }
+                    _ => qgs_answer(&signer, &request, 0),
+                }
+                .unwrap();
+                match qgs {
+                    Qgs::Silent => std::thread::sleep(std::time::Duration::from_secs(2)),
+                    Qgs::Trickles => {
+                        for b in answer {
+                            if theirs.write_all(&[b]).is_err() {
+                                return;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                    }
+                    Qgs::HangsUp => {
+                        let _ = theirs.write_all(&answer[..4]);
+                    }
+                    _ => theirs.write_all(&answer).unwrap(),
+                }
+            });
+            Ok(Box::new(ours))
+        };
+        QgsClient::new(
+            "the fake QGS".into(),
+            Box::new(connect),
+            Box::new(|data| Ok(td_report(&TdxQuoteParams::default(), data))),
+            std::time::Duration::from_millis(500),
+        )
+    }
+
+    fn source(qgs: Qgs) -> (TdxSource, std::sync::Arc<std::sync::Mutex<Seen>>, Vec<u8>) {
+        let signer = test_kbs::sim::TdxSigner::new().unwrap();
+        let root = signer.root_der().to_vec();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        let qgs = client(std::sync::Arc::new(signer), qgs, seen.clone());
+        let source = TdxSource::new(
+            "/nonexistent/tsm".into(),
+            "/nonexistent/ccel".into(),
+            "/nonexistent/rtmr".into(),
+            Some(qgs),
+        );
+        (source, seen, root)
+    }
+
+    fn report_data() -> ReportData {
+        ReportData([0x3c; 48])
+    }
+
+    /// The direct path: the connection is opened in `prepare` (while `auth` runs), the
+    /// quote is the service's over our REPORTDATA, and it verifies to the platform's root.
+    #[test]
+    fn the_quote_comes_from_the_service_and_verifies() {
+        let (mut source, seen, root) = source(Qgs::Answers);
+        source.prepare().unwrap();
+        assert_eq!(seen.lock().unwrap().connects, 1);
+        let rd = report_data();
+        let evidence = source.collect(&rd).unwrap();
+        source.unprepare();
+        let seen = seen.lock().unwrap();
+        assert_eq!((seen.connects, seen.requests), (1, 1));
+        let quote = STANDARD
+            .decode(evidence["quote"].as_str().unwrap())
+            .unwrap();
+        let roots = [attest_verify::x509::from_der(&root).unwrap()];
+        let verified =
+            attest_verify::tdx::verify_quote(&quote, &roots, std::time::SystemTime::now()).unwrap();
+        assert_eq!(verified.body.report_data, rd.padded64());
+        assert_eq!(
+            source.launch_init_data(),
+            Some(super::super::LaunchInitData::TdxMrConfigId([0; 48]))
+        );
+    }
+
+    /// Whatever the service does wrong, the quote is then asked of configfs-tsm (absent
+    /// here), and the error names both: no crash, no hang past the timeout.
+    #[test]
+    fn a_failing_service_falls_back_to_configfs_tsm() {
+        for (qgs, says) in [
+            (Qgs::Refuses(0x0001_2000), "answered error 0x00012000"),
+            (Qgs::OtherReportData, "other REPORTDATA than asked"),
+            (
+                Qgs::Silent,
+                "cannot read the reply length from the fake QGS",
+            ),
+            (Qgs::Trickles, "the reply took too long"),
+            (Qgs::HangsUp, "the connection ended after 0 of"),
+            (Qgs::Absent, "cannot connect to the fake"),
+        ] {
+            let (mut source, _, _) = source(qgs);
+            let start = std::time::Instant::now();
+            let e = source.collect(&report_data()).unwrap_err().to_string();
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(2),
+                "{qgs:?}"
+            );
+            assert!(e.contains(says), "{qgs:?}: {e}");
+            assert!(
+                e.contains("configfs-tsm is not available at /nonexistent/tsm"),
+                "{qgs:?}: {e}"
+            );
+        }
+    }
+
+    /// A connection that cannot be opened in `prepare` sends this session's quote straight
+    /// to configfs-tsm (no second connect); the next session tries the service again.
+    #[test]
+    fn a_service_not_reached_in_prepare_is_not_asked_again_this_session() {
+        let (mut source, seen, _) = source(Qgs::Absent);
+        source.prepare().unwrap();
+        let e = source.collect(&report_data()).unwrap_err().to_string();
+        assert!(e.contains("cannot connect to the fake"), "{e}");
+        assert_eq!(seen.lock().unwrap().connects, 1);
+        source.unprepare();
+        source.prepare().unwrap();
+        assert_eq!(seen.lock().unwrap().connects, 2);
     }
 }

@@ -7,6 +7,10 @@
 //!   an SNP report signed by a [`SnpSigner`], or a TDREPORT that [`td_quote_for`] turns into a
 //!   quote signed by a [`TdxSigner`] (what IMDS `/acc/tdquote` does on Azure).
 //! - [`GceCa`]: root -> intermediate -> AK certificate, as Google's EK/AK CA issues them.
+//! - [`qgs_answer`]: what Intel's TDX quote generation service sends back over vsock for a
+//!   `GET_QUOTE_REQ` (`qgs_msg_lib` 1.1 messages behind a 4-byte big-endian length, as QEMU's
+//!   `hw/i386/tdx-quote-generator.c` frames them), written here from that layout and not
+//!   from the agent's encoder.
 //!
 //! The layouts follow the real artefacts (kinvolk/azure-cvm-tooling `az-cvm-vtpm/src/hcl`,
 //! the Azure samples in `shared/testdata/azure`); nothing here is used by the broker's
@@ -173,6 +177,64 @@ pub fn td_quote_for(signer: &TdxSigner, td_report: &[u8]) -> anyhow::Result<Vec<
     }
     let report_data: [u8; 64] = td_report[128..192].try_into().context("REPORTDATA")?;
     Ok(signer.quote(&params, &report_data))
+}
+
+/// The quote generation service's reply to one framed `GET_QUOTE_REQ` (`request`: the
+/// 4-byte big-endian length, then the message): a framed `GET_QUOTE_RESP` carrying
+/// `signer`'s quote of the request's TDREPORT, or with `error_code` set and no quote when
+/// `error_code` is not 0. A request not laid out as the service expects is an error.
+pub fn qgs_answer(signer: &TdxSigner, request: &[u8], error_code: u32) -> anyhow::Result<Vec<u8>> {
+    let u16_at = |at: usize| -> anyhow::Result<u16> {
+        Ok(u16::from_le_bytes(
+            request.get(at..at + 2).context("short")?.try_into()?,
+        ))
+    };
+    let u32_at = |at: usize| -> anyhow::Result<u32> {
+        Ok(u32::from_le_bytes(
+            request.get(at..at + 4).context("short")?.try_into()?,
+        ))
+    };
+    let prefix = u32::from_be_bytes(request.get(..4).context("no length")?.try_into()?);
+    ensure!(
+        prefix as usize + 4 == request.len(),
+        "length prefix {prefix} for {} bytes",
+        request.len() - 4
+    );
+    ensure!(
+        (u16_at(4)?, u16_at(6)?) == (1, 1),
+        "not a qgs_msg 1.1 message"
+    );
+    ensure!(u32_at(8)? == 0, "type {} is not GET_QUOTE_REQ", u32_at(8)?);
+    ensure!(
+        u32_at(12)? == prefix,
+        "header size {} != {prefix}",
+        u32_at(12)?
+    );
+    ensure!(u32_at(16)? == 0, "a request with an error code");
+    ensure!(
+        u32_at(20)? as usize == TD_REPORT_LEN,
+        "report size {}",
+        u32_at(20)?
+    );
+    ensure!(u32_at(24)? == 0, "an id list");
+    let report = request.get(28..).context("no report")?;
+    let quote = if error_code == 0 {
+        td_quote_for(signer, report)?
+    } else {
+        Vec::new()
+    };
+    let size = u32::try_from(24 + quote.len())?;
+    let mut out = Vec::with_capacity(4 + size as usize);
+    out.extend_from_slice(&size.to_be_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes()); // GET_QUOTE_RESP
+    out.extend_from_slice(&size.to_le_bytes());
+    out.extend_from_slice(&error_code.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // selected_id_size
+    out.extend_from_slice(&u32::try_from(quote.len())?.to_le_bytes());
+    out.extend_from_slice(&quote);
+    Ok(out)
 }
 
 /// A public key given by its DER SubjectPublicKeyInfo, for rcgen to certify.
