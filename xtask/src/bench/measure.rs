@@ -572,6 +572,8 @@ pub(super) fn memory(w: &World, runs: usize) -> Result<Memory> {
 /// Binary size and shared libraries.
 pub(super) struct Binary {
     pub bytes: u64,
+    /// `opt-level` of the workspace's release profile, as Cargo.toml says it.
+    pub opt_level: String,
     pub stripped: Option<bool>,
     /// (soname, resolved path, bytes of the file).
     pub libs: Vec<(String, String, u64)>,
@@ -608,9 +610,26 @@ pub(super) fn binary(bin: &Path) -> Result<Binary> {
     }
     Ok(Binary {
         bytes,
+        opt_level: release_opt_level(&std::fs::read_to_string(root().join("Cargo.toml"))?),
         stripped,
         libs,
     })
+}
+
+/// The `opt-level` of `[profile.release]` in a Cargo.toml's text (`3` when it is not set).
+fn release_opt_level(manifest: &str) -> String {
+    let mut in_release = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_release = line == "[profile.release]";
+        } else if let Some(value) = line.strip_prefix("opt-level") {
+            if in_release {
+                let value = value.trim_start().trim_start_matches('=');
+                return value.trim().trim_matches('"').to_owned();
+            }
+        }
+    }
+    "3".to_owned()
 }
 
 /// One initramfs build.
@@ -867,6 +886,20 @@ pub(super) fn parse_boot(line: &str) -> Result<Boot> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The size section names the profile's real opt-level (it once said `s` under `z`).
+    #[test]
+    fn the_release_opt_level_is_read_from_the_manifest() {
+        assert_eq!(
+            release_opt_level("[profile.release]\n# size\nopt-level = \"z\"\nlto = true\n"),
+            "z"
+        );
+        assert_eq!(
+            release_opt_level("[profile.dev]\nopt-level = 1\n[profile.release]\nlto = true\n"),
+            "3"
+        );
+        assert_eq!(release_opt_level("[profile.release]\nopt-level=2\n"), "2");
+    }
 
     #[test]
     fn e2e_summary_parses() {

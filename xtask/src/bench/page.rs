@@ -1308,9 +1308,10 @@ fn size_section(s: &mut String, r: &Results) {
         Ok(b) => {
             let _ = writeln!(
                 s,
-                "`target/release/attest-unlock` (profile `release`: opt-level s, LTO, one codegen unit, \
+                "`target/release/attest-unlock` (profile `release`: opt-level {}, LTO, one codegen unit, \
                  panic=abort, strip): **{} ({} bytes)**{}. Shared libraries (`ldd`; sizes of the files \
                  the links resolve to):\n",
+                b.opt_level,
                 bytes(b.bytes),
                 b.bytes,
                 match b.stripped {
