@@ -46,9 +46,13 @@ pub(super) struct Run {
     pub node_cpu_ms: f64,
     /// The KBS's CPU time per session in the storm, ms.
     pub storm_cpu_ms: f64,
-    /// The share of the machine's cores the KBS and the nodes kept busy from the start until
-    /// every node thread ended, the window their CPU time is read over (1.0: every core, all
-    /// the time: the storm is CPU-bound).
+    /// The KBS's and the nodes' CPU time in the storm / this machine's cores, s: the least
+    /// time these cores could take for the work the storm did (the nodes share the KBS's
+    /// cores here; in a cluster they do not).
+    pub cpu_floor: f64,
+    /// The share of the machine's cores the KBS and the nodes kept busy over the window their
+    /// CPU time is read over (spawning the node threads to the last one ending; 1.0: every
+    /// core, all the time: the storm is CPU-bound).
     pub cpu_busy: f64,
     /// Its workers (actix: one per core of this machine).
     pub workers: usize,
@@ -199,9 +203,12 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
     let node_errors = Arc::clone(&errors);
+    // The CPU time is read from before the node threads are spawned: the window the cores'
+    // share is taken over starts there too, not at the barrier.
+    let window = Instant::now();
     let self_before = cpu_seconds(std::process::id(), ticks)?;
     let kbs_before = cpu_seconds(kbs.pid(), ticks)?;
-    let (nodes, wall) = start_together(n, move || match release(&config) {
+    let (nodes, _) = start_together(n, move || match release(&config) {
         Ok(r) if r.resources.holds(RESOURCE, SECRET) => (Some(Instant::now()), r.attempts),
         Ok(r) => (None, r.attempts),
         Err(f) => {
@@ -213,6 +220,7 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
     })?;
     let node_cpu = cpu_seconds(std::process::id(), ticks)? - self_before;
     let kbs_cpu = cpu_seconds(kbs.pid(), ticks)? - kbs_before;
+    let window = window.elapsed().as_secs_f64();
     // What the KBS answered other than 200, from its own access log.
     let log = kbs.log();
     let logged = request_times(&log).len() as u64;
@@ -243,8 +251,9 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
         service_ms: service * 1e3,
         node_cpu_ms: node_cpu * 1e3 / sessions.max(1) as f64,
         storm_cpu_ms: kbs_cpu * 1e3 / sessions.max(1) as f64,
-        cpu_busy: if wall > 0.0 {
-            (node_cpu + kbs_cpu) / (workers as f64 * wall)
+        cpu_floor: (node_cpu + kbs_cpu) / workers as f64,
+        cpu_busy: if window > 0.0 {
+            (node_cpu + kbs_cpu) / (workers as f64 * window)
         } else {
             0.0
         },
