@@ -517,8 +517,8 @@ pub fn clients(config: &Config) -> Result<Vec<Box<dyn BrokerClient>>, Failure> {
 ///
 /// A round tries every broker once. A broker that answered the attestation "not now" (5xx,
 /// 429, or a reply that is not the KBS's: an ingress answering for it) keeps its session
-/// ([`Pending`]): the next round resends the same attestation in it,
-/// one request instead of a new session's auth, evidence and attest. Between rounds the loop
+/// ([`Pending`]): the next round resends the same attestation in it, one request instead of
+/// a new session's auth, evidence and attest. Between rounds the loop
 /// waits as the brokers asked with `Retry-After` when every failure of the round carried one
 /// ([`hinted_wait`]), and by exponential backoff otherwise ([`backoff`]).
 pub(crate) fn release_from(
@@ -1298,7 +1298,8 @@ fn open(
 
 /// The second half: `attest`, the resources, their decryption, with the timings of the
 /// session's first half. A "not now" at `attest` (the broker-unavailable class: 5xx, 429, or
-/// an ingress answering for the KBS) hands the session back to be resumed; the attempt's own `attest` time is not kept with it.
+/// an ingress answering for the KBS) hands the session back to be resumed; the attempt's own
+/// `attest` time is not kept with it.
 fn finish(
     client: &dyn BrokerClient,
     pending: Box<Pending>,

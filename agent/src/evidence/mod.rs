@@ -266,9 +266,8 @@ pub enum SnpBackendKind {
 pub enum TdxBackendKind {
     /// configfs-tsm.
     Tsm,
-    /// The quote generation service over vsock, configfs-tsm as the fallback.
-    QgsThenTsm,
-    /// The quote generation service over vsock (a kernel without configfs-tsm).
+    /// The quote generation service over vsock first, configfs-tsm as the fallback (absent
+    /// on kernels before 6.7, which the detail says).
     Qgs,
 }
 
@@ -442,7 +441,7 @@ pub(crate) fn detect_with(
                             "{direct}, configfs-tsm {} as the fallback",
                             tsm_root.display()
                         ),
-                        TdxBackendKind::QgsThenTsm,
+                        TdxBackendKind::Qgs,
                     ),
                     None => tdx(
                         format!("configfs-tsm {}", tsm_root.display()),
@@ -677,16 +676,13 @@ pub(crate) fn source_for(
             Box::new(snp::SnpSource::new(backend, config.tee.vmpl))
         }
         Platform::Tdx => {
-            let qgs = match detected.tdx_backend {
-                Some(TdxBackendKind::Qgs | TdxBackendKind::QgsThenTsm) => {
-                    Some(crate::hw::qgs::QgsClient::vsock(
-                        rooted_path(root, &config.tee.tdx_guest),
-                        config.tee.qgs_port,
-                        config.timeouts.request(),
-                    ))
-                }
-                _ => None,
-            };
+            let qgs = (detected.tdx_backend == Some(TdxBackendKind::Qgs)).then(|| {
+                crate::hw::qgs::QgsClient::vsock(
+                    rooted_path(root, &config.tee.tdx_guest),
+                    config.tee.qgs_port,
+                    config.timeouts.request(),
+                )
+            });
             Box::new(tdx::TdxSource::new(
                 rooted_path(root, &config.tee.tsm_root),
                 rooted_path(root, &config.tee.ccel),

@@ -50,10 +50,9 @@ pub(super) struct Run {
     /// time these cores could take for the work the storm did (the nodes share the KBS's
     /// cores here; in a cluster they do not).
     pub cpu_floor: f64,
-    /// The share of the machine's cores the KBS and the nodes kept busy over the window their
-    /// CPU time is read over (spawning the node threads to the last one ending; 1.0: every
-    /// core, all the time: the storm is CPU-bound).
-    pub cpu_busy: f64,
+    /// The window the CPU time is read over, s: from spawning the node threads to the last
+    /// one ending.
+    pub window: f64,
     /// Its workers (actix: one per core of this machine).
     pub workers: usize,
     /// What the nodes saw other than success: the KBS's non-200 answers by status, and the
@@ -61,6 +60,18 @@ pub(super) struct Run {
     pub errors: Vec<(String, usize)>,
     /// Requests the KBS logged (auth, attest, resource), or 3 per session if it logged none.
     pub requests: u64,
+}
+
+impl Run {
+    /// The share of the machine's cores the KBS and the nodes kept busy over the window their
+    /// CPU time is read over (1.0: every core, all the time: the storm is CPU-bound).
+    pub(super) fn cpu_busy(&self) -> f64 {
+        if self.window > 0.0 {
+            self.cpu_floor / self.window
+        } else {
+            0.0
+        }
+    }
 }
 
 /// Trustee's sample TEE evidence: `{"svn","report_data"}`, the report data being the binding
@@ -252,11 +263,7 @@ pub(super) fn run(n: usize, deadline: Duration) -> Result<Run> {
         node_cpu_ms: node_cpu * 1e3 / sessions.max(1) as f64,
         storm_cpu_ms: kbs_cpu * 1e3 / sessions.max(1) as f64,
         cpu_floor: (node_cpu + kbs_cpu) / workers as f64,
-        cpu_busy: if window > 0.0 {
-            (node_cpu + kbs_cpu) / (workers as f64 * window)
-        } else {
-            0.0
-        },
+        window,
         workers,
         nodes,
         errors: by_class.into_iter().collect(),
